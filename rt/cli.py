@@ -1,0 +1,221 @@
+"""The `rt` command (PROTOCOL.md section 8). `python -m rt` is the same.
+
+Every setting of `rt serve` is a flag and an `RT_*` environment variable
+(flag wins); a flag given twice keeps the last value, repeatable flags
+(`--allow-origin`, `--user`, `--flow`) accumulate.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+import trio
+
+from rt.config import LIMIT_TYPES, Config
+from rt.core.errors import RtError
+from rt.core.grammar import check_flow, check_user
+from rt.store import Store, open_store_for
+
+LIMIT_HELP = {
+    "ops_rate": "operations a second per user",
+    "ops_burst": "burst of operations per user",
+    "poll_rate": "polls a second per polling session",
+    "max_body": "bytes in a request body or WebSocket frame",
+    "max_flows": "flows per stream",
+    "max_streams": "open streams per user (one more evicts the oldest)",
+    "buffer_objects": "objects buffered per stream before `lagging`",
+    "buffer_bytes": "bytes buffered per stream before `lagging`",
+    "heartbeat": "seconds between heartbeats",
+    "write_timeout": "seconds a write may block before the stream is dropped",
+    "poll_timeout": "seconds a poll waits",
+    "poll_linger": "seconds a poll gathers after the first due object",
+    "poll_mailbox": "ephemeral events kept per polling session",
+    "rotate_bytes": "bytes before xhr, multipart and htmlfile responses rotate",
+    "presence_grace": "seconds before going offline is announced",
+    "window": "recent events kept in memory",
+    "guest_rate": "guest accounts a minute per client address",
+}
+
+
+def _limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for name, kind in reversed(LIMIT_TYPES.items()):
+        flag = "--" + name.replace("_", "-")
+        default = getattr(Config(), name)
+        func = click.option(
+            flag, name, type=click.FloatRange(min=0) if kind is float else click.IntRange(min=1),
+            default=default, show_default=True, envvar="RT_" + name.upper(),
+            help=LIMIT_HELP.get(name, ""))(func)
+    return func
+
+
+db_option = click.option("--db", default="rt.db", show_default=True, envvar="RT_DB",
+                         help="SQLite file, or :memory: for a store that lives in memory")
+
+
+@click.group()
+@click.version_option(package_name="rt")
+def main() -> None:
+    """rt: a self-hosted realtime server. Start with `rt serve`."""
+
+
+def _serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--host", default="127.0.0.1", show_default=True, envvar="RT_HOST"),
+        click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+                     envvar="RT_PORT"),
+        db_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@_serve_options
+@click.option("--guests/--no-guests", default=False, envvar="RT_GUESTS",
+              help="let anyone make a guest account with POST /auth/guest")
+@click.option("--allow-origin", multiple=True, envvar="RT_ALLOW_ORIGIN",
+              help="a browser origin allowed besides the server's own (repeatable)")
+@click.option("--sync", type=click.Choice(["normal", "full"]), default="normal",
+              show_default=True, envvar="RT_SYNC",
+              help="normal: acknowledged events survive a crash; full: also a power loss")
+@click.option("--metrics-token", default=None, envvar="RT_METRICS_TOKEN",
+              help="bearer token for /metrics (without one, loopback clients only)")
+@click.option("--user", "users", multiple=True, help="create this user if missing (repeatable)")
+@click.option("--flow", "flows", multiple=True, help="create this flow if missing (repeatable)")
+@_limit_options
+def serve(**options: Any) -> None:
+    """Serve rt until SIGTERM or SIGINT."""
+    _serve(_config(options))
+
+
+@main.command()
+@_serve_options
+def demo(**options: Any) -> None:
+    """Serve the demo chat: guests on, flows `general` and `random`."""
+    _serve(_config({**options, "guests": True, "flows": ("general", "random")}))
+
+
+def _config(options: dict[str, Any]) -> Config:
+    for name in ("users", "flows"):
+        options[name] = tuple(options.get(name, ()))
+    for name in options.get("users", ()):
+        check_or_exit(check_user, name)
+    for name in options.get("flows", ()):
+        check_or_exit(check_flow, name)
+    options["allow_origin"] = tuple(o.rstrip("/") for o in options.get("allow_origin", ()))
+    return Config(**options)
+
+
+def check_or_exit(check: Callable[[str], str], value: str) -> None:
+    try:
+        check(value)
+    except RtError as error:
+        raise click.BadParameter(error.message) from None
+
+
+def _serve(config: Config) -> None:
+    from rt.web.server import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", stream=sys.stderr)
+
+    async def on_ready(server: Any) -> None:
+        for name, token in server.seeded:
+            click.echo(f"created user {name}; token: {token}")
+        click.echo(f"rt serving on {server.url} (store: {config.db})", err=False)
+        sys.stdout.flush()
+
+    trio.run(run, config, on_ready)
+
+
+# -- users and flows --------------------------------------------------------------
+
+
+def _with_store(db: str, job: Callable[[Store], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        async with open_store_for(db) as store:
+            return await job(store)
+
+    try:
+        return trio.run(main)
+    except RtError as error:
+        raise click.ClickException(error.message) from None
+
+
+@main.group()
+def user() -> None:
+    """Manage users and their tokens."""
+
+
+@user.command("add")
+@click.argument("name")
+@db_option
+def user_add(name: str, db: str) -> None:
+    """Create a user; prints the new token alone on the last line."""
+    check_or_exit(check_user, name)
+    token = _with_store(db, lambda s: s.create_user(name))
+    click.echo(f"created user {name}")
+    click.echo(token)
+
+
+@user.command("token")
+@click.argument("name")
+@click.option("--revoke", is_flag=True, help="revoke every token of the user instead")
+@db_option
+def user_token(name: str, revoke: bool, db: str) -> None:
+    """Print a new token for NAME (or revoke all of NAME's tokens)."""
+    if revoke:
+        _with_store(db, lambda s: s.revoke_tokens(name))
+        click.echo(f"revoked every token of {name}; their streams close within a second")
+        return
+    click.echo(_with_store(db, lambda s: s.add_token(name)))
+
+
+@user.command("list")
+@db_option
+def user_list(db: str) -> None:
+    """List users."""
+    for record in _with_store(db, lambda s: s.list_users()):
+        click.echo(f"{record.name}{'  (guest)' if record.guest else ''}")
+
+
+@main.group()
+def flow() -> None:
+    """Manage flows and their members."""
+
+
+@flow.command("add")
+@click.argument("name")
+@click.option("--private", is_flag=True, help="readable and writable by members only")
+@click.option("--owner", default=None, help="the user who owns it (adds members, deletes)")
+@click.option("--member", "members", multiple=True, help="a member (repeatable)")
+@db_option
+def flow_add(name: str, private: bool, owner: str | None, members: tuple[str, ...],
+             db: str) -> None:
+    """Create a flow."""
+    check_or_exit(check_flow, name)
+    _with_store(db, lambda s: s.create_flow(name, private=private, owner=owner,
+                                            members=members))
+    click.echo(f"created {'private ' if private else ''}flow {name}")
+
+
+@flow.command("list")
+@db_option
+def flow_list(db: str) -> None:
+    """List flows."""
+    async def job(store: Store) -> list[Any]:
+        return store.flows()
+
+    for f in _with_store(db, job):
+        extra = f"  private, owner {f.owner}, members {', '.join(sorted(f.members))}" \
+            if f.private else ""
+        click.echo(f"{f.name}{extra}")
+
+
+if __name__ == "__main__":
+    main()

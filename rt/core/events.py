@@ -1,0 +1,96 @@
+"""Events as delivered on streams, and message states.
+
+An `Event` carries its encoded bytes (`raw`), made once when the event is
+created, and reused by every connection. Stored events have an integer
+`id`; ephemeral events (`presence`, `typing`) have `id` None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rt.core.codec import encode
+
+
+class Event:
+    """One stored or ephemeral event, encoded once.
+
+    Treat as immutable: when a stored event changes (a delete blanks the
+    content of its message and edits), the store makes a new Event.
+    """
+
+    __slots__ = ("id", "flow", "type", "data", "raw")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.id: int | None = data.get("id")
+        self.flow: str = data["flow"]
+        self.type: str = data["type"]
+        self.data = data
+        self.raw = encode(data)
+
+    def __repr__(self) -> str:
+        return f"Event({self.data!r})"
+
+
+def presence_event(flow: str, user: str, state: str) -> Event:
+    return Event({"type": "presence", "flow": flow, "user": user, "state": state})
+
+
+def typing_event(flow: str, user: str) -> Event:
+    return Event({"type": "typing", "flow": flow, "user": user})
+
+
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    """A message as the history endpoint shows it (PROTOCOL.md section 2)."""
+
+    id: int
+    flow: str
+    user: str
+    sent: int
+    content: str
+    tags: tuple[str, ...] = ()
+    edited: int | bool = False
+    deleted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "flow": self.flow,
+            "user": self.user,
+            "sent": self.sent,
+            "content": self.content,
+            "tags": list(self.tags),
+            "edited": self.edited,
+            "deleted": self.deleted,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MessageState:
+        return cls(
+            id=d["id"],
+            flow=d["flow"],
+            user=d["user"],
+            sent=d["sent"],
+            content=d["content"],
+            tags=tuple(d["tags"]),
+            edited=d["edited"],
+            deleted=d["deleted"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A flow and who may read and write it."""
+
+    name: str
+    private: bool = False
+    owner: str | None = None
+    members: frozenset[str] = field(default_factory=frozenset)
+
+    def readable_by(self, user: str) -> bool:
+        return not self.private or user in self.members or user == self.owner
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "private": self.private, "owner": self.owner}

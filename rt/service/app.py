@@ -1,0 +1,285 @@
+"""`Service`: the application behind every route, independent of the web framework.
+
+Check order for ops (PROTOCOL.md section 2): the web layer parses and
+validates (400, 413); `Service` authenticates (401), checks the flow (404,
+403), applies the rate limit (429) unless the uuid was already used, and
+hands the op to the store's writer (uuid, 404/409/403, no-op, store).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from rt.config import Config
+from rt.core.errors import RtError
+from rt.core.events import Event, Flow, typing_event
+from rt.core.grammar import check_user
+from rt.core.ops import Op
+from rt.core.ratelimit import TokenBuckets
+from rt.hub import MemoryHub
+from rt.service.metrics import Metrics
+from rt.service.presence import Presence
+from rt.service.streams import StreamEnd, StreamRegistry, StreamSession
+from rt.service.tickets import Tickets
+from rt.store import OpResult, Store, open_store_for
+
+log = logging.getLogger("rt")
+
+REFRESH_INTERVAL = 0.5  # how often changes by the `rt` CLI are picked up
+
+
+class Service:
+    def __init__(self, config: Config, store: Store, hub: MemoryHub) -> None:
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.metrics = Metrics()
+        self.presence = Presence(config.presence_grace, hub.publish_ephemeral)
+        self.registry = StreamRegistry(config.write_timeout, config.max_streams)
+        self.registry.on_takeover = lambda old: self.metrics.takeovers.labels(
+            old.transport).inc()
+        self.tickets = Tickets(config.ticket_ttl)
+        self.ops_limit = TokenBuckets(config.ops_rate, config.ops_burst)
+        self.guest_limit = TokenBuckets(config.guest_rate / 60.0, max(1.0, config.guest_rate))
+        self._typing_seen: dict[tuple[str, str], float] = {}
+        self.draining = False
+        self.started = time.time()
+        # (user, client) -> [(first write, last write)] when config.extra["record_deliveries"]
+        self.deliveries: dict[tuple[str, str], list[tuple[float, float]]] | None = (
+            {} if config.extra.get("record_deliveries") else None
+        )
+        store.publish = self._publish
+
+    def _publish(self, events: list[Event]) -> None:
+        self.hub.publish(events)
+        self.metrics.events_stored.inc(len(events))
+
+    # -- authentication ----------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> tuple[str, str]:
+        """(user, token) from an `Authorization: Bearer T` header; 401 otherwise."""
+        if not authorization:
+            raise RtError("unauthorized", "send Authorization: Bearer <token>")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise RtError("unauthorized", "the Authorization header must be Bearer <token>")
+        user = self.store.authenticate(token)
+        if user is None:
+            raise RtError("unauthorized", "the token is unknown or revoked; get a new one")
+        return user, token
+
+    def authenticate_stream(
+        self, authorization: str | None, ticket: str | None, client: str
+    ) -> tuple[str, str]:
+        """(user, token) for a stream: the Authorization header wins over a ticket."""
+        if authorization:
+            return self.authenticate(authorization)
+        if not ticket:
+            raise RtError("unauthorized", "a stream needs a ticket (POST /auth/ticket) or an "
+                                          "Authorization header")
+        record = self.tickets.redeem(ticket, client)
+        if self.store.authenticate(record.token) != record.user:
+            raise RtError("unauthorized", "the token behind this ticket was revoked")
+        return record.user, record.token
+
+    async def create_guest(self, name: Any, address: str) -> tuple[str, str]:
+        if not self.config.guests:
+            raise RtError("not_found", "guest accounts are not enabled on this server")
+        name = check_user(name, "name")
+        wait = self.guest_limit.take(address, trio.current_time())
+        if wait:
+            raise RtError("rate_limited", "too many guest accounts from this address",
+                          retry_after=wait)
+        token = await self.store.create_user(name, guest=True)
+        return name, token
+
+    # -- flows -------------------------------------------------------------
+
+    def require_flow(self, user: str, name: str) -> Flow:
+        """The flow, if the user may read and write it; 404 or 403 otherwise."""
+        flow = self.store.flow(name)
+        if flow is None:
+            raise RtError("not_found", f"no flow named {name}")
+        if not flow.readable_by(user):
+            raise RtError("forbidden", f"flow {name} is private and you are not a member")
+        return flow
+
+    def visible_flows(self, user: str) -> list[Flow]:
+        return [f for f in self.store.flows() if f.readable_by(user)]
+
+    async def add_member(self, user: str, flow_name: str, member: Any) -> None:
+        flow = self.require_flow(user, flow_name)
+        member = check_user(member)
+        if flow.owner != user:
+            raise RtError("forbidden", "only the flow's owner adds members")
+        if not self.store.user_exists(member):
+            raise RtError("not_found", f"no user named {member}")
+        await self.store.add_member(flow_name, member)
+
+    async def remove_member(self, user: str, flow_name: str, member: str) -> None:
+        flow = self.require_flow(user, flow_name)
+        if user not in (flow.owner, member):
+            raise RtError("forbidden", "only the owner removes members, or a member leaves")
+        await self.store.remove_member(flow_name, member)
+        self.revalidate()
+
+    # -- ops ---------------------------------------------------------------
+
+    async def apply(self, op: Op) -> OpResult:
+        """Run one storing op after the flow check and the rate limit."""
+        started = trio.current_time()
+        self.check_draining()
+        self.require_flow(op.user, op.flow)
+        wait = self.ops_limit.take(op.user, started)
+        if wait and not await self.store.uuid_used(op.user, op.uuid):
+            raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
+        result = await self.store.submit(op)
+        self.metrics.op_latency.labels(op.kind).observe(trio.current_time() - started)
+        return result
+
+    def typing(self, user: str, flow: str) -> None:
+        """Publish a typing event; above one a second per user and flow it is dropped."""
+        self.require_flow(user, flow)
+        now = trio.current_time()
+        wait = self.ops_limit.take(user, now)
+        if wait:
+            raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
+        key = (user, flow)
+        if now - self._typing_seen.get(key, -1e9) < 1.0:
+            return
+        if len(self._typing_seen) > 10_000:
+            self._typing_seen = {k: t for k, t in self._typing_seen.items() if now - t < 1.0}
+        self._typing_seen[key] = now
+        self.hub.publish_ephemeral(typing_event(flow, user))
+
+    async def history(self, user: str, flow: str, *, before: int | None, after: int | None,
+                      limit: int, tag: str | None) -> dict[str, Any]:
+        self.require_flow(user, flow)
+        head = self.store.head
+        states = await self.store.history(flow, before=before, after=after, limit=limit, tag=tag)
+        return {"cursor": head, "epoch": self.store.epoch,
+                "messages": [s.to_dict() for s in states]}
+
+    def check_draining(self) -> None:
+        if self.draining:
+            raise RtError("shutting_down", "the server is restarting; retry shortly",
+                          retry_after=2)
+
+    # -- streams -----------------------------------------------------------
+
+    async def open_stream(
+        self, *, user: str, token: str, client: str, flows: list[str], transport: str,
+        cursor: int | None, epoch: str | None,
+    ) -> StreamSession:
+        """Claim (user, client), subscribe and build `ready`.
+
+        Raises StreamEnd('superseded') if a newer stream claimed the client
+        id meanwhile (the caller sends that `close`), RtError for refusals.
+        The caller must call `session.finish()` when done, whatever happens.
+        """
+        self.check_draining()
+        for name in flows:
+            self.require_flow(user, name)
+        session = StreamSession(self, user=user, client=client, flows=flows,
+                                transport=transport, token=token)
+        try:
+            await self.registry.claim(session)
+            if session.ended is not None:
+                raise session.ended
+            for name in flows:  # access may have changed while we waited
+                self.require_flow(user, name)
+            session.start(self.hub, cursor, epoch)
+        except BaseException:
+            session.finish()
+            raise
+        metrics = self.metrics
+        metrics.streams_opened.labels(transport).inc()
+        if session.ready["reset"]:
+            metrics.resets.labels(transport).inc()
+        elif cursor is not None:
+            metrics.resumes.labels(transport).inc()
+        return session
+
+    def record_delivery(self, session: StreamSession) -> None:
+        """Note a write of events for the takeover tests (off unless configured)."""
+        if self.deliveries is None:
+            return
+        now = trio.current_time()
+        intervals = self.deliveries.setdefault(session.key, [])
+        if session.delivered_from is None:
+            session.delivered_from = now
+            intervals.append((now, now))
+        else:
+            intervals[-1] = (session.delivered_from, now)
+
+    def revalidate(self) -> None:
+        """End every stream whose token was revoked or that lost access to a flow."""
+        store = self.store
+        for session in self.registry.sessions():
+            if session.ended is not None:
+                continue
+            lost = [f for f in session.flows
+                    if (flow := store.flow(f)) is None or not flow.readable_by(session.user)]
+            if store.authenticate(session.token) != session.user:
+                lost = session.flows
+            if lost:
+                session.end("unauthorized")
+                self.presence.leave_now(session.user, lost)
+
+    async def watch_changes(self) -> None:
+        """Pick up CLI changes to the same database within a second."""
+        while True:
+            await trio.sleep(REFRESH_INTERVAL)
+            try:
+                changed = await self.store.refresh()
+            except Exception:  # a locked or busy file: try again next round
+                log.exception("rt: reading changes made by the rt command failed")
+                continue
+            if changed:
+                self.revalidate()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new work (503) and end every stream with `shutdown`."""
+        self.draining = True
+        for session in self.registry.sessions():
+            session.end("shutdown")
+
+    async def seed(self) -> list[tuple[str, str]]:
+        """Create the `--user` and `--flow` names that are missing; return (user, token) made."""
+        made = []
+        for name in self.config.users:
+            if not self.store.user_exists(name):
+                made.append((name, await self.store.create_user(name)))
+        for name in self.config.flows:
+            if self.store.flow(name) is None:
+                await self.store.create_flow(name)
+        return made
+
+
+@asynccontextmanager
+async def open_service(
+    config: Config, *, store: Store | None = None, hub: MemoryHub | None = None
+) -> AsyncIterator[Service]:
+    """A running Service: store open, writer, presence and change watcher started."""
+    if store is None:
+        store = open_store_for(config.db, window=config.window, sync=config.sync)
+    hub = hub or MemoryHub()
+    async with store:
+        service = Service(config, store, hub)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.presence.run)
+            nursery.start_soon(service.watch_changes)
+            try:
+                yield service
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+__all__ = ["Service", "StreamEnd", "open_service"]

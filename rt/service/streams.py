@@ -1,0 +1,260 @@
+"""Streams: resume from a cursor, takeover by client id, lagging, ends.
+
+`StreamSession` is the transport-independent half of one stream. The web
+layer opens it with `Service.open_stream`, writes `ready`, then loops on
+`next_batch()` (framing and writing each batch) until it raises `StreamEnd`,
+writes the `close` frame, and calls `finish()` in a `finally` block.
+
+Resume (DESIGN.md invariant 2): the session subscribes to the hub *before*
+it reads the store, so every event it does not find in the store is in its
+buffer; it sends catch-up pages from the store while behind, then drains
+the buffer, skipping every id at or below the last id it sent. Catch-up
+pages do not pass through the bounded buffer.
+
+Takeover (invariant 5): `StreamRegistry.claim` registers the new session
+under (user, client id), ends the old one at once (detached from the hub,
+so it delivers nothing more), waits for it at most `write_timeout`, and
+then re-checks that the new session is still the registered claimant.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from rt.core.events import Event
+from rt.hub import MemoryHub, Subscriber
+
+if TYPE_CHECKING:
+    from rt.service.app import Service
+
+CATCH_UP_PAGE = 500
+# How long an old stream may take to finish after a takeover, beyond write_timeout.
+_RNG = random.Random()
+
+
+def close_frame(reason: str, retry_ms: int | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "close", "reason": reason}
+    if retry_ms is not None:
+        frame["retry_ms"] = retry_ms
+    return frame
+
+
+def retry_ms_for(reason: str) -> int | None:
+    """`retry_ms` of a `close` frame (PROTOCOL.md section 3, Ends)."""
+    if reason == "rotate":
+        return 0
+    if reason == "lagging":
+        return _RNG.randint(0, 1000)
+    if reason == "shutdown":
+        return _RNG.randint(1000, 5000)
+    return None
+
+
+class StreamEnd(Exception):
+    """The stream ends with a `close` frame of this reason."""
+
+    def __init__(self, reason: str, retry_ms: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_ms = retry_ms
+
+    def frame(self) -> dict[str, Any]:
+        return close_frame(self.reason, self.retry_ms)
+
+
+class StreamSession:
+    """One open stream of one user and client id over one transport."""
+
+    def __init__(
+        self, service: Service, *, user: str, client: str, flows: list[str],
+        transport: str, token: str,
+    ) -> None:
+        self.service = service
+        self.user = user
+        self.client = client
+        self.flows = flows
+        self.flow_set = frozenset(flows)
+        self.transport = transport
+        self.token = token
+        self.done = trio.Event()
+        self.opened_at = trio.current_time()
+        self.ready: dict[str, Any] = {}
+        self.last_id = 0
+        self.delivered_from: float | None = None
+        self._sub: Subscriber | None = None
+        self._catching_up = False
+        self._end: StreamEnd | None = None
+        self._end_hooks: list[Callable[[], None]] = []
+        self._joined = False
+        self._finished = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user, self.client)
+
+    @property
+    def ended(self) -> StreamEnd | None:
+        return self._end
+
+    # -- opening -----------------------------------------------------------
+
+    def start(self, hub: MemoryHub, cursor: int | None, epoch: str | None) -> dict[str, Any]:
+        """Subscribe, join presence and build `ready`, all in one synchronous step.
+
+        Synchronous on purpose: no other task runs between the subscription
+        and the reads of `head` and the presence snapshot, so `ready` is
+        exact.
+        """
+        service = self.service
+        store = service.store
+        config = service.config
+        self._sub = hub.subscribe(self.flows, max_objects=config.buffer_objects,
+                                  max_bytes=config.buffer_bytes)
+        service.presence.join(self.user, self.flows)
+        self._joined = True
+        head = store.head
+        reset = False
+        if cursor is None and epoch is None:
+            start = head
+        elif cursor is not None and epoch == store.epoch and cursor <= head:
+            start = cursor
+            self._catching_up = cursor < head
+        else:
+            start, reset = head, True
+        self.last_id = start
+        self.ready = {
+            "type": "ready", "protocol": 1, "cursor": start, "epoch": store.epoch,
+            "reset": reset, "flows": self.flows, "client": self.client,
+            "transport": self.transport, "heartbeat": config.heartbeat,
+            "poll_timeout": config.poll_timeout,
+            "presence": service.presence.snapshot(self.flows),
+        }
+        return self.ready
+
+    # -- running -----------------------------------------------------------
+
+    async def next_batch(self) -> list[Event]:
+        """The next events to send, in order; raises StreamEnd when the stream must end.
+
+        Cancellation-safe: a cancelled call loses nothing (a store read in a
+        thread completes and is kept; the buffer is only taken synchronously).
+        """
+        while True:
+            if self._end is not None:
+                raise self._end
+            if self._catching_up:
+                page = await self.service.store.read(self.flow_set, self.last_id, CATCH_UP_PAGE)
+                if len(page) < CATCH_UP_PAGE:
+                    self._catching_up = False
+                if self._end is not None:
+                    raise self._end
+                if page:
+                    self.last_id = page[-1].id  # type: ignore[assignment]
+                    return page
+                continue
+            sub = self._sub
+            assert sub is not None
+            await sub.wait()
+            if self._end is not None:
+                raise self._end
+            items = sub.take_all()
+            last = self.last_id
+            batch: list[Event] = []
+            for event in items:
+                if event.id is None:
+                    batch.append(event)
+                elif event.id > last:
+                    batch.append(event)
+                    last = event.id
+            self.last_id = last
+            if batch:
+                return batch
+            if sub.lagging:
+                self.service.metrics.lagging.labels(self.transport).inc()
+                raise StreamEnd("lagging", retry_ms_for("lagging"))
+
+    def end(self, reason: str) -> None:
+        """End this stream: detach it from the hub at once and wake its loop.
+
+        It delivers nothing after this call; its loop raises StreamEnd(reason).
+        """
+        if self._end is None:
+            self._end = StreamEnd(reason, retry_ms_for(reason))
+        self._detach()
+        for hook in self._end_hooks:
+            hook()
+
+    def on_end(self, hook: Callable[[], None]) -> None:
+        """Call `hook` (sync) when the stream is ended from outside (takeover, shutdown...)."""
+        self._end_hooks.append(hook)
+
+    def _detach(self) -> None:
+        if self._sub is not None:
+            self.service.hub.unsubscribe(self._sub)
+
+    def finish(self) -> None:
+        """Release everything the stream holds. Idempotent; call in `finally`."""
+        if self._finished:
+            return
+        self._finished = True
+        self._detach()
+        if self._joined:
+            self.service.presence.leave(self.user, self.flows)
+        self.service.registry.release(self)
+        self.done.set()
+
+
+class StreamRegistry:
+    """Live streams by (user, client id), and by user for the stream limit."""
+
+    def __init__(self, write_timeout: float, max_streams: int) -> None:
+        self.write_timeout = write_timeout
+        self.max_streams = max_streams
+        self.by_key: dict[tuple[str, str], StreamSession] = {}
+        self.by_user: dict[str, list[StreamSession]] = {}
+        self.on_takeover: Callable[[StreamSession], None] = lambda old: None
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def sessions(self) -> list[StreamSession]:
+        return [s for sessions in self.by_user.values() for s in sessions]
+
+    async def claim(self, session: StreamSession) -> None:
+        """Make `session` the claimant of its key; raises StreamEnd('superseded') if it lost.
+
+        Ends the previous claimant and waits for it (at most write_timeout),
+        and evicts the user's oldest stream past `max_streams`.
+        """
+        key = session.key
+        old = self.by_key.get(key)
+        self.by_key[key] = session
+        streams = self.by_user.setdefault(session.user, [])
+        streams.append(session)
+        if old is not None:
+            self.on_takeover(old)
+            old.end("superseded")
+            with trio.move_on_after(self.write_timeout):
+                await old.done.wait()
+        if self.by_key.get(key) is not session:
+            raise StreamEnd("superseded")
+        live = [s for s in streams if s.ended is None]
+        while len(live) > self.max_streams:
+            live.pop(0).end("evicted")
+
+    def release(self, session: StreamSession) -> None:
+        """Forget `session`; the key's entry only if it still points to it."""
+        if self.by_key.get(session.key) is session:
+            del self.by_key[session.key]
+        streams = self.by_user.get(session.user)
+        if streams is not None:
+            try:
+                streams.remove(session)
+            except ValueError:
+                pass
+            if not streams:
+                del self.by_user[session.user]

@@ -1,0 +1,127 @@
+"""Running rt: hypercorn's trio worker serving the app, and graceful shutdown.
+
+`open_server(config)` runs a whole server (store, service, web) in the
+caller's nursery and yields a handle with its URL: the in-process tests use
+it on 127.0.0.1:0, and `rt serve` uses it under `run()`.
+
+Shutdown (PROTOCOL.md section 8): `Server.shutdown()` makes every request
+answer 503 with `Retry-After` and ends every stream with `close` reason
+`shutdown`; after `drain_seconds` hypercorn stops accepting and closes what
+is left (at most `graceful_timeout`), then the writer flushes and the store
+closes. Stuck writes are bounded by the hypercorn guard's write deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from rt.config import Config
+from rt.hub import MemoryHub
+from rt.service import Service, open_service
+from rt.store import Store
+from rt.web import hypercorn_guard
+from rt.web.app import create_app
+
+log = logging.getLogger("rt")
+GRACEFUL_TIMEOUT = 1.5
+
+
+@dataclass
+class Server:
+    service: Service
+    host: str
+    port: int
+    seeded: list[tuple[str, str]] = field(default_factory=list)  # (user, token) made at start
+    stopped: trio.Event = field(default_factory=trio.Event)
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url[4:]
+
+    def shutdown(self) -> None:
+        """Begin graceful shutdown (idempotent): drain, then stop."""
+        if not self.service.draining:
+            self.service.begin_shutdown()
+        self._stop.set()
+
+
+def hyper_config(config: Config) -> HyperConfig:
+    hc = HyperConfig()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.accesslog = None  # rt logs requests itself, without query strings (tickets)
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = GRACEFUL_TIMEOUT
+    hc.websocket_max_message_size = config.max_body
+    hc.keep_alive_timeout = 5
+    hc.read_timeout = None
+    return hc
+
+
+@asynccontextmanager
+async def open_server(
+    config: Config, *, store: Store | None = None, hub: MemoryHub | None = None,
+) -> AsyncIterator[Server]:
+    """Serve rt until the block exits (graceful shutdown then) or `shutdown()` is called."""
+    hypercorn_guard.install(write_timeout=config.write_timeout)
+    async with open_service(config, store=store, hub=hub) as service:
+        seeded = await service.seed()
+        app = create_app(service)
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+
+            async def trigger() -> None:
+                await stop.wait()
+
+            binds = await nursery.start(_serve, app, hyper_config(config), trigger)
+            host, port = _parse_bind(binds[0])
+            server = Server(service, host, port, seeded)
+            nursery.start_soon(_drain_then_stop, server, stop, config.drain_seconds)
+            try:
+                yield server
+            finally:
+                server.shutdown()
+            # the nursery waits for hypercorn to finish its graceful stop
+        server.stopped.set()
+
+
+async def _serve(app, hc, trigger, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    await serve(app, hc, shutdown_trigger=trigger, task_status=task_status)
+
+
+async def _drain_then_stop(server: Server, stop: trio.Event, drain_seconds: float) -> None:
+    await server._stop.wait()
+    await trio.sleep(drain_seconds)
+    stop.set()
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    hostport = bind.split("://", 1)[1]
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def run(config: Config, *, on_ready=None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (for `rt serve`)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_server(config) as server:
+            if on_ready is not None:
+                await on_ready(server)
+            async for signum in signals:
+                log.info("rt: %s received, draining for %.1f s", signal.Signals(signum).name,
+                         config.drain_seconds)
+                server.shutdown()
+                break

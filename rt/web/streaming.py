@@ -1,0 +1,135 @@
+"""The streaming HTTP connection shape (SSE now; xhr, multipart, htmlfile later).
+
+Trio forbids a nursery or cancel scope held across a `yield`, so the body
+is not a generator: `StreamBody` is a Quart response body whose
+`__aenter__` opens the stream session (takeover, subscription, `ready`) and
+whose `__aexit__` releases it, and `__anext__` produces one framed chunk at
+a time with its own cancel scope for the heartbeat. Quart iterates it in
+quart-trio's per-request nursery, which is cancelled the moment the client
+disconnects, so `__aexit__` (and `finish`) runs at once.
+
+A write that blocks for `write-timeout` is aborted by rt's hypercorn guard
+(rt/web/hypercorn_guard.py), which ends the response the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from quart.wrappers.response import ResponseBody
+
+from rt.core.errors import RtError, bad_request
+from rt.core.grammar import check_client, check_flow_list, parse_int
+from rt.service import Service, StreamEnd, StreamSession
+from rt.transports import Framer
+from rt.transports.sse import parse_last_event_id
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """A validated stream request: who, which client id, which flows, from where."""
+
+    user: str
+    token: str
+    client: str
+    flows: list[str]
+    transport: str
+    cursor: int | None
+    epoch: str | None
+
+    async def open(self, service: Service) -> StreamSession:
+        return await service.open_stream(
+            user=self.user, token=self.token, client=self.client, flows=self.flows,
+            transport=self.transport, cursor=self.cursor, epoch=self.epoch)
+
+
+class StreamBody(ResponseBody):
+    """One streaming HTTP response: preamble and `ready`, then batches, then `close`."""
+
+    def __init__(self, service: Service, framer: Framer, params: StreamRequest) -> None:
+        self.service = service
+        self.framer = framer
+        self.params = params
+        self.session: StreamSession | None = None
+        self._first: bytes | None = None
+        self._done = False
+        self._last_write = 0.0
+
+    async def __aenter__(self) -> StreamBody:
+        framer = self.framer
+        opening = framer.preamble()
+        try:
+            self.session = await self.params.open(self.service)
+        except StreamEnd as end:
+            self._first = opening + framer.control(end.frame())
+            self._done = True
+            return self
+        except RtError as error:  # access changed between the checks and the claim
+            reason = "shutdown" if error.code == "shutting_down" else "unauthorized"
+            end = StreamEnd(reason)
+            self._first = opening + framer.control(end.frame())
+            self._done = True
+            return self
+        self._first = opening + framer.ready(self.session.ready, self.session.ready["epoch"])
+        self.service.metrics.streams_open.labels(framer.name).inc()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self.session is not None:
+            self.service.metrics.streams_open.labels(self.framer.name).dec()
+            self.session.finish()
+
+    def __aiter__(self) -> StreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            self._last_write = trio.current_time()
+            return chunk
+        if self._done:
+            raise StopAsyncIteration
+        session = self.session
+        assert session is not None
+        framer = self.framer
+        service = self.service
+        try:
+            with trio.move_on_at(self._last_write + service.config.heartbeat):
+                batch = await session.next_batch()
+                service.record_delivery(session)
+                service.metrics.events_delivered.labels(framer.name).inc(len(batch))
+                self._last_write = trio.current_time()
+                return framer.frame(batch, session.ready["epoch"])
+        except StreamEnd as end:
+            self._done = True
+            return framer.control(end.frame())
+        self._last_write = trio.current_time()
+        return framer.heartbeat()
+
+
+def parse_stream_request(
+    service: Service, args: Any, authorization: str | None, transport: str,
+    last_event_id: str | None = None,
+) -> StreamRequest:
+    """Validate a stream request in the order of PROTOCOL.md (400, 401, 404/403)."""
+    version = args.get("v", "1")
+    if version != "1":
+        raise bad_request(f"protocol version {version!r} is not supported; this server speaks 1")
+    if "token" in args or "access_token" in args:
+        raise bad_request("a bearer token is never accepted in a URL; use a ticket "
+                          "(POST /auth/ticket) or the Authorization header")
+    client = check_client(args.get("client"))
+    flows = check_flow_list(args.get("flows"), service.config.max_flows)
+    cursor = parse_int(args.get("cursor"), "cursor")
+    epoch = args.get("epoch") or None
+    if epoch is not None and len(epoch) > 64:
+        raise bad_request("epoch is too long")
+    if last_event_id:
+        epoch, cursor = parse_last_event_id(last_event_id)
+    user, token = service.authenticate_stream(authorization, args.get("ticket"), client)
+    for name in flows:
+        service.require_flow(user, name)
+    return StreamRequest(user=user, token=token, client=client, flows=flows,
+                         transport=transport, cursor=cursor, epoch=epoch)

@@ -1,0 +1,221 @@
+"""The WebSocket connection shape: one nursery per connection with three tasks.
+
+- the writer (the handler's own task): `ready`, then batches, heartbeats
+  when idle, and finally `close` and the close code;
+- the reader: ops (post, edit, tag, delete, typing, ping) with `ack`,
+  `error` and `pong` replies; each storing op runs in its own task of the
+  nursery (bounded), so one slow commit does not stall the socket, while
+  ops are still queued to the writer in the order they arrived;
+- the watchdog: closes with 4408, without a `close` frame, a socket on
+  which nothing (data, Ping or Pong) arrived for 2.5 heartbeats.
+
+Refusals (bad ticket, forbidden flow, bad parameter, origin not allowed)
+are an accepted upgrade closed before `ready` with the matching close code
+and the error code as reason, so a browser can tell them from a network
+failure (PROTOCOL.md section 6).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+from rt.core.codec import decode_object, encode
+from rt.core.errors import CLOSE_CODES, RtError, bad_request
+from rt.core.grammar import check_flow, check_ref
+from rt.core.ops import delete_op, edit_op, post_op, tag_op
+from rt.service import Service, StreamEnd, StreamSession
+from rt.transports import FRAMERS
+from rt.web import hypercorn_guard
+from rt.web.http import origin_allowed
+from rt.web.streaming import StreamRequest, parse_stream_request
+
+MAX_FAILED_FRAMES = 10
+MAX_OPS_IN_FLIGHT = 64
+FRAMER = FRAMERS["ws"]
+
+
+async def serve_websocket(service: Service, ws: Any) -> None:
+    """Run one `/stream/ws` connection from upgrade to close."""
+    config = service.config
+    try:
+        if not origin_allowed(ws.headers.get("Origin"), ws.scheme, ws.headers.get("Host"),
+                              config.allow_origin):
+            raise RtError("forbidden", "this page's origin is not allowed to connect; "
+                          "add it with --allow-origin")
+        service.check_draining()
+        params = parse_stream_request(service, ws.args, ws.headers.get("Authorization"), "ws")
+    except RtError as error:
+        await ws.accept()
+        await ws.close(error.close_code, error.code)
+        return
+    await ws.accept()
+    await WsConnection(service, ws, params).run()
+
+
+class WsConnection:
+    def __init__(self, service: Service, ws: Any, params: StreamRequest) -> None:
+        self.service = service
+        self.ws = ws
+        self.params = params
+        self.user = params.user
+        self.last_write = trio.current_time()
+        self.last_seen = trio.current_time()
+        self.peer = tuple(ws.scope.get("client") or ())
+        self.failures = 0
+        self.ops_limiter = trio.CapacityLimiter(MAX_OPS_IN_FLIGHT)
+        self.session: StreamSession | None = None
+        self.nursery: trio.Nursery | None = None
+
+    async def send(self, data: bytes) -> None:
+        self.last_write = trio.current_time()
+        await self.ws.send(data.decode())
+
+    async def run(self) -> None:
+        service = self.service
+        try:
+            self.session = await self.params.open(service)
+        except StreamEnd as end:
+            await self._close_with(end)
+            return
+        except RtError as error:
+            await self.ws.close(error.close_code, error.code)
+            return
+        metrics = service.metrics
+        metrics.streams_open.labels("ws").inc()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._watchdog)
+                await self._writer()
+                nursery.cancel_scope.cancel()
+        finally:
+            metrics.streams_open.labels("ws").dec()
+            self.session.finish()
+
+    async def _writer(self) -> None:
+        session = self.session
+        assert session is not None
+        service = self.service
+        heartbeat = service.config.heartbeat
+        delivered = service.metrics.events_delivered.labels("ws")
+        await self.send(FRAMER.ready(session.ready, session.ready["epoch"]))
+        while True:
+            try:
+                with trio.move_on_at(self.last_write + heartbeat):
+                    batch = await session.next_batch()
+                    service.record_delivery(session)
+                    delivered.inc(len(batch))
+                    await self.send(FRAMER.frame(batch, session.ready["epoch"]))
+                    continue
+            except StreamEnd as end:
+                await self._close_with(end)
+                return
+            await self.send(FRAMER.heartbeat())
+
+    async def _close_with(self, end: StreamEnd) -> None:
+        with trio.move_on_after(self.service.config.write_timeout):
+            await self.send(FRAMER.control(end.frame()))
+            await self.ws.close(CLOSE_CODES[end.reason], end.reason)
+
+    async def _watchdog(self) -> None:
+        """Close a silent socket (4408): nothing received for 2.5 heartbeats."""
+        limit = 2.5 * self.service.config.heartbeat
+        while True:
+            last = max(self.last_seen, getattr(hypercorn_guard, "last_receive", lambda p: 0.0)(self.peer))
+            remaining = last + limit - trio.current_time()
+            if remaining <= 0:
+                with trio.move_on_after(self.service.config.write_timeout):
+                    await self.ws.close(CLOSE_CODES["silent"], "silent")
+                assert self.nursery is not None
+                self.nursery.cancel_scope.cancel()
+                return
+            await trio.sleep(remaining)
+
+    async def _reader(self) -> None:
+        while True:
+            data = await self.ws.receive()
+            self.last_seen = trio.current_time()
+            try:
+                await self._handle(data)
+            except RtError as error:
+                await self._failed(None, error)
+
+    async def _handle(self, data: str | bytes | None) -> None:
+        if data is None or data == b"" or data == "":
+            raise bad_request("empty frame; send one JSON object with an op")
+        frame = decode_object(data, "frame")
+        ref = frame.get("ref")
+        try:
+            ref = check_ref(ref)
+        except RtError as error:
+            await self._failed(None, error)
+            return
+        op_name = frame.get("op")
+        try:
+            if op_name == "ping":
+                self.failures = 0
+                await self.send(encode({"type": "pong", "ref": ref,
+                                        "sent": time.time_ns() // 1_000_000}))
+            elif op_name == "typing":
+                self.service.typing(self.user, check_flow(frame.get("flow")))
+                self.failures = 0
+            elif op_name in ("post", "edit", "tag", "delete"):
+                op = self._parse_op(op_name, frame)
+                token = object()
+                await self.ops_limiter.acquire_on_behalf_of(token)
+                assert self.nursery is not None
+                self.nursery.start_soon(self._run_op, op, ref, token)
+            else:
+                raise bad_request(f"unknown op {op_name!r}; use post, edit, tag, delete, "
+                                  "typing or ping")
+        except RtError as error:
+            await self._failed(ref, error)
+
+    def _parse_op(self, name: str, frame: dict[str, Any]):
+        user = self.user
+        flow = frame.get("flow")
+        if not isinstance(flow, str):
+            raise bad_request("flow must be a flow name")
+        if name == "post":
+            return post_op(user, flow, frame)
+        if name == "edit":
+            return edit_op(user, flow, frame.get("message"), frame)
+        if name == "tag":
+            return tag_op(user, flow, frame.get("message"), frame)
+        return delete_op(user, flow, frame.get("message"), frame.get("uuid"))
+
+    async def _run_op(self, op, ref: str | None, token: object) -> None:
+        try:
+            result = await self.service.apply(op)
+        except RtError as error:
+            await self._failed(ref, error)
+            return
+        finally:
+            self.ops_limiter.release_on_behalf_of(token)
+        self.failures = 0
+        reply: dict[str, Any] = {"type": "ack", "ref": ref}
+        if result.changed:
+            reply["event"] = result.body
+        else:
+            reply.update(result.body)
+        await self.send(encode(reply))
+
+    async def _failed(self, ref: str | None, error: RtError) -> None:
+        reply: dict[str, Any] = {"type": "error", "ref": ref, "code": error.code,
+                                 "message": error.message, "retry": error.retry}
+        if error.retry_after is not None:
+            reply["retry_after"] = int(error.retry_after * 1000)
+        await self.send(encode(reply))
+        # Only frames that are malformed or over the rate count towards the limit:
+        # a legitimate op that fails (a 404, a 409) is the client's normal business.
+        if error.code in ("bad_request", "too_large", "rate_limited"):
+            self.failures += 1
+        if self.failures >= MAX_FAILED_FRAMES:
+            code = 4029 if error.code == "rate_limited" else 4400
+            await self.ws.close(code, error.code)
+            assert self.nursery is not None
+            self.nursery.cancel_scope.cancel()

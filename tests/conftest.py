@@ -1,0 +1,24 @@
+import pytest
+
+from tests.helpers import new_flow, new_user, serve_rt
+
+
+@pytest.fixture
+async def server():
+    async with serve_rt() as s:
+        await new_flow(s, "general")
+        yield s
+
+
+@pytest.fixture
+async def alice(server):
+    api = await new_user(server, "alice")
+    yield api
+    await api.aclose()
+
+
+@pytest.fixture
+async def bob(server):
+    api = await new_user(server, "bob")
+    yield api
+    await api.aclose()
