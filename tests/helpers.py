@@ -25,8 +25,9 @@ TEST_CONFIG = dict(host="127.0.0.1", port=0, db=":memory:", guests=True, drain_s
 async def serve_rt(**overrides: Any) -> AsyncIterator[Server]:
     """An rt server on 127.0.0.1 with an ephemeral port, shut down on exit."""
     extra = overrides.pop("extra", {})
+    store = overrides.pop("store", None)
     config = Config(**{**TEST_CONFIG, **overrides}, extra=extra)
-    async with open_server(config, store=overrides.get("store")) as server:
+    async with open_server(config, store=store) as server:
         yield server
 
 

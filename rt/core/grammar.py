@@ -26,6 +26,9 @@ MAX_TAG_CODEPOINTS = 64
 MAX_TAGS = 32
 MAX_REF = 64
 MAX_CALLBACK = 64
+# Ids are SQLite INTEGERs: a larger one from a client frame is not a message,
+# and must not reach the store (it would fail the writer's whole batch).
+MAX_ID = 2**63 - 1
 
 # Unicode White_Space (PropList.txt); Python's str.isspace() differs slightly.
 WHITE_SPACE = frozenset(
@@ -91,7 +94,7 @@ def check_ref(value: Any) -> str | None:
 
 
 def check_message_id(value: Any, field: str = "message") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
         raise bad_request(f"{field} must be a positive integer message id")
     return value
 

@@ -137,9 +137,12 @@ class Service:
         started = trio.current_time()
         self.check_draining()
         self.require_flow(op.user, op.flow)
-        wait = self.ops_limit.take(op.user, started)
-        if wait and not await self.store.uuid_used(op.user, op.uuid):
-            raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
+        # A retry of a used uuid neither is limited nor consumes a token (PROTOCOL.md 2).
+        if not await self.store.uuid_used(op.user, op.uuid):
+            wait = self.ops_limit.take(op.user, started)
+            if wait:
+                raise RtError("rate_limited", "too many operations; slow down",
+                              retry_after=wait)
         result = await self.store.submit(op)
         self.metrics.op_latency.labels(op.kind).observe(trio.current_time() - started)
         return result
@@ -231,7 +234,9 @@ class Service:
                 lost = session.flows
             if lost:
                 session.end("unauthorized")
-                self.presence.leave_now(session.user, lost)
+                gone = [f for f in session.present_in if f in lost]
+                session.present_in = [f for f in session.present_in if f not in lost]
+                self.presence.leave_now(session.user, gone)
 
     async def watch_changes(self) -> None:
         """Pick up CLI changes to the same database within a second."""

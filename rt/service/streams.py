@@ -89,7 +89,7 @@ class StreamSession:
         self._catching_up = False
         self._end: StreamEnd | None = None
         self._end_hooks: list[Callable[[], None]] = []
-        self._joined = False
+        self.present_in: list[str] = []  # flows where this stream counts for presence
         self._finished = False
 
     @property
@@ -115,7 +115,7 @@ class StreamSession:
         self._sub = hub.subscribe(self.flows, max_objects=config.buffer_objects,
                                   max_bytes=config.buffer_bytes)
         service.presence.join(self.user, self.flows)
-        self._joined = True
+        self.present_in = list(self.flows)
         head = store.head
         reset = False
         if cursor is None and epoch is None:
@@ -202,8 +202,9 @@ class StreamSession:
             return
         self._finished = True
         self._detach()
-        if self._joined:
-            self.service.presence.leave(self.user, self.flows)
+        if self.present_in:
+            self.service.presence.leave(self.user, self.present_in)
+            self.present_in = []
         self.service.registry.release(self)
         self.done.set()
 

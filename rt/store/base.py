@@ -26,7 +26,8 @@ import hashlib
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,23 +108,27 @@ class Store(ABC):
         self.publish: Publish = lambda events: None
         self.after_commit: Callable[[list[Event]], Awaitable[None]] | None = None
         self._send, self._recv = trio.open_memory_channel[_Pending](10_000)
-        self._nursery: trio.Nursery | None = None
-        self._nursery_cm: Any = None
 
     # -- lifecycle ---------------------------------------------------------
 
     async def __aenter__(self) -> Store:
-        await self._open()
-        self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
-        self._nursery.start_soon(self._writer)
-        return self
+        self._running = self._run()
+        return await self._running.__aenter__()
 
-    async def __aexit__(self, *exc_info: Any) -> None:
-        # Stop taking ops, let the writer drain what is queued, then close.
-        await self._send.aclose()
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._running.__aexit__(*exc_info)
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[Store]:
+        await self._open()
         try:
-            await self._nursery_cm.__aexit__(*exc_info)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                try:
+                    yield self
+                finally:
+                    # Stop taking ops; the writer drains what is queued, then ends.
+                    self._send.close()
         finally:
             await self._close()
 
@@ -182,9 +187,18 @@ class Store(ABC):
             return
         events = [o.event for o in outcomes if isinstance(o, OpResult) and o.event is not None]
         if events:
-            if self.after_commit is not None:
-                await self.after_commit(events)
-            self.publish(events)
+            try:
+                if self.after_commit is not None:
+                    await self.after_commit(events)
+                self.publish(events)
+            except BaseException:
+                # Committed but not published: the hub is broken, and so is the
+                # server. Release the submitters (a retry returns the stored
+                # result), then crash loudly rather than hang.
+                for pending in batch:
+                    pending.error = RtError("internal", "the server failed to publish; retry")
+                    pending.done.set()
+                raise
             self.head = events[-1].id  # type: ignore[assignment]
         for pending, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, OpResult):

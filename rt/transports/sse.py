@@ -53,6 +53,8 @@ class SseFramer(Framer):
 def parse_last_event_id(value: str) -> tuple[str, int]:
     """`E:N` from a Last-Event-ID header as (epoch, cursor); 400 if malformed."""
     epoch, sep, cursor = value.strip().rpartition(":")
-    if not sep or not EPOCH_RE.fullmatch(epoch) or not cursor.isdigit() or len(cursor) > 18:
+    # isascii: str.isdigit() also accepts digits such as "\xb2" that int() refuses.
+    if (not sep or not EPOCH_RE.fullmatch(epoch) or not cursor.isascii()
+            or not cursor.isdigit() or len(cursor) > 18):
         raise bad_request("Last-Event-ID must be EPOCH:ID as sent in SSE id: lines")
     return epoch, int(cursor)

@@ -68,10 +68,20 @@ class WsConnection:
         self.ops_limiter = trio.CapacityLimiter(MAX_OPS_IN_FLIGHT)
         self.session: StreamSession | None = None
         self.nursery: trio.Nursery | None = None
+        self.closing = False
 
     async def send(self, data: bytes) -> None:
+        if self.closing:  # hypercorn raises on a send after close; the client resumes anyway
+            return
         self.last_write = trio.current_time()
         await self.ws.send(data.decode())
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close once; from then on `send` drops what other tasks still send."""
+        if self.closing:
+            return
+        self.closing = True
+        await self.ws.close(code, reason)
 
     async def run(self) -> None:
         service = self.service
@@ -104,32 +114,36 @@ class WsConnection:
         delivered = service.metrics.events_delivered.labels("ws")
         await self.send(FRAMER.ready(session.ready, session.ready["epoch"]))
         while True:
+            batch = None
             try:
+                # Only the wait is bounded by the heartbeat: a batch taken from the
+                # buffer is written whatever the time, or it would be lost (a gap).
                 with trio.move_on_at(self.last_write + heartbeat):
                     batch = await session.next_batch()
-                    service.record_delivery(session)
-                    delivered.inc(len(batch))
-                    await self.send(FRAMER.frame(batch, session.ready["epoch"]))
-                    continue
             except StreamEnd as end:
                 await self._close_with(end)
                 return
-            await self.send(FRAMER.heartbeat())
+            if batch is None:
+                await self.send(FRAMER.heartbeat())
+                continue
+            service.record_delivery(session)
+            delivered.inc(len(batch))
+            await self.send(FRAMER.frame(batch, session.ready["epoch"]))
 
     async def _close_with(self, end: StreamEnd) -> None:
         with trio.move_on_after(self.service.config.write_timeout):
             await self.send(FRAMER.control(end.frame()))
-            await self.ws.close(CLOSE_CODES[end.reason], end.reason)
+            await self.close(CLOSE_CODES[end.reason], end.reason)
 
     async def _watchdog(self) -> None:
         """Close a silent socket (4408): nothing received for 2.5 heartbeats."""
         limit = 2.5 * self.service.config.heartbeat
         while True:
-            last = max(self.last_seen, getattr(hypercorn_guard, "last_receive", lambda p: 0.0)(self.peer))
+            last = max(self.last_seen, hypercorn_guard.last_receive(self.peer))
             remaining = last + limit - trio.current_time()
             if remaining <= 0:
                 with trio.move_on_after(self.service.config.write_timeout):
-                    await self.ws.close(CLOSE_CODES["silent"], "silent")
+                    await self.close(CLOSE_CODES["silent"], "silent")
                 assert self.nursery is not None
                 self.nursery.cancel_scope.cancel()
                 return
@@ -216,6 +230,6 @@ class WsConnection:
             self.failures += 1
         if self.failures >= MAX_FAILED_FRAMES:
             code = 4029 if error.code == "rate_limited" else 4400
-            await self.ws.close(code, error.code)
+            await self.close(code, error.code)
             assert self.nursery is not None
             self.nursery.cancel_scope.cancel()

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket serving for rt: Quart on hypercorn's trio worker."""

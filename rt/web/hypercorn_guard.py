@@ -1,0 +1,294 @@
+"""A small, pinned patch of hypercorn's trio TCP server (hypercorn==0.18.0).
+
+It fixes two traps of the stack (DESIGN.md, section 3a):
+
+1. **Unbounded writes.** Upstream ``TCPServer.protocol_send`` writes with
+   ``send_all`` inside a shielded cancel scope with no deadline. A client that
+   stops reading fills the socket buffers, the write never finishes, the
+   connection's handler blocks for ever, cancellation cannot reach it, and a
+   graceful shutdown hangs for as long as that client stays connected.
+   :class:`GuardedTCPServer` keeps the shield (an outer cancellation must not
+   tear a frame in half) but gives every write a deadline: a write that makes
+   no progress for ``write_timeout`` seconds aborts the connection.
+
+2. **Hypercorn issue 225.** One malformed WebSocket upgrade (an
+   ``Upgrade: websocket`` GET followed by trailing bytes in the same packet)
+   makes h11 raise out of the connection's task; the exception reaches
+   ``trio.serve_listeners``' handler nursery and kills the whole worker, so
+   one request is a remote denial of service. :class:`GuardedTCPServer`
+   contains and logs any exception (never a cancellation) that escapes one
+   connection's ``run()``.
+
+Use :func:`install` once before ``hypercorn.trio.serve`` starts; it checks
+the upstream sources with :func:`check_upstream` first and refuses to patch a
+hypercorn whose patched or depended-on functions changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.trio import run as _hypercorn_run
+from hypercorn.trio import tcp_server as _hypercorn_tcp_server
+
+__all__ = [
+    "DEFAULT_WRITE_TIMEOUT",
+    "UPSTREAM_SHA256",
+    "WRITE_CHUNK_SIZE",
+    "GuardedTCPServer",
+    "check_upstream",
+    "install",
+    "installed",
+    "last_receive",
+    "uninstall",
+]
+
+#: Write timeout used until :func:`install` is given another one, in seconds.
+DEFAULT_WRITE_TIMEOUT: float = 30.0
+
+#: Writes are handed to the stream in chunks of at most this many bytes, each
+#: with its own deadline, so "no progress for ``write_timeout``" means "not
+#: even this many bytes accepted by the kernel in ``write_timeout`` seconds"
+#: and a large body to a slow but live client is not cut off for its size.
+WRITE_CHUNK_SIZE: int = 16 * 1024
+
+#: SHA-256 of ``inspect.getsource`` of every upstream function this module
+#: overrides or relies on, as shipped in hypercorn 0.18.0. If one changes,
+#: the patch may be wrong: :func:`check_upstream` (and so :func:`install`)
+#: fails, and the pin in pyproject.toml must not be moved without reviewing
+#: this module against the new source.
+UPSTREAM_SHA256: dict[str, str] = {
+    # Overridden: the write path (trap 1).
+    "hypercorn.trio.tcp_server.TCPServer.protocol_send": (
+        "225856426bff7be02990c0badb90f51f801db14ac5db0f3d0c210cafbeb528ab"
+    ),
+    # Wrapped: the per-connection task (trap 2).
+    "hypercorn.trio.tcp_server.TCPServer.run": (
+        "fd34b021d1a86c9859514de9472306ea47f4a6763732b26b7a5945278ded0e08"
+    ),
+    # Relied on: sets the stream, protocol and send_lock used here.
+    "hypercorn.trio.tcp_server.TCPServer.__init__": (
+        "4c1d42457bc197b22f41b54b7dd6a79e195cdc037f9cc55f50e3e4332ebf6988"
+    ),
+    # Relied on: looks ``TCPServer`` up in its module globals per call,
+    # which is where install() puts the subclass.
+    "hypercorn.trio.run.worker_serve": (
+        "8dc8347a9fc357ca334f8c3e4bcf0368176510a96d434f21a5eb4c9ec4103726"
+    ),
+}
+
+_UpstreamTCPServer = _hypercorn_tcp_server.TCPServer
+
+_UPSTREAM_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "hypercorn.trio.tcp_server.TCPServer.protocol_send": _UpstreamTCPServer.protocol_send,
+    "hypercorn.trio.tcp_server.TCPServer.run": _UpstreamTCPServer.run,
+    "hypercorn.trio.tcp_server.TCPServer.__init__": _UpstreamTCPServer.__init__,
+    "hypercorn.trio.run.worker_serve": _hypercorn_run.worker_serve,
+}
+
+
+def _source_sha256(function: Callable[..., Any]) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode("utf-8")).hexdigest()
+
+
+def check_upstream() -> None:
+    """Check that hypercorn's patched functions are the ones this patch was written for.
+
+    Raises ``RuntimeError`` naming the first function whose source no longer
+    hashes to the value recorded in :data:`UPSTREAM_SHA256`. Call it (tests
+    do, and :func:`install` does) so that a hypercorn upgrade cannot silently
+    run with a patch that no longer matches the code it replaces.
+    """
+    for name, expected in UPSTREAM_SHA256.items():
+        function = _UPSTREAM_FUNCTIONS.get(name)
+        if function is None:
+            raise RuntimeError(f"rt.web.hypercorn_guard: no upstream function is known as {name}")
+        actual = _source_sha256(function)
+        if actual != expected:
+            raise RuntimeError(
+                f"rt.web.hypercorn_guard: the source of {name} changed "
+                f"(sha256 {actual}, patch written for {expected}). "
+                "rt patches hypercorn 0.18.0's trio TCP server; review "
+                "rt/web/hypercorn_guard.py against the new source, then update "
+                "UPSTREAM_SHA256 and the hypercorn pin together."
+            )
+
+
+# (host, port) of each open connection's peer -> trio time its last bytes arrived.
+_last_receive: dict[tuple[Any, ...], float] = {}
+
+
+def last_receive(peer: tuple[Any, ...]) -> float:
+    """When bytes last arrived from `peer` (an ASGI scope's `client`), on Trio's clock.
+
+    Counts every byte, WebSocket Ping and Pong frames included, which the
+    ASGI app never sees: rt's silence watchdog uses it. 0.0 if unknown.
+    """
+    return _last_receive.get(tuple(peer), 0.0)
+
+
+class _StampingStream:
+    """Forwards everything to the real stream, noting when data was received."""
+
+    def __init__(self, stream: Any, key: tuple[Any, ...]) -> None:
+        self._stream = stream
+        self._key = key
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await self._stream.receive_some(max_bytes)
+        _last_receive[self._key] = trio.current_time()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _WriteStalled(Exception):
+    """A chunk was not accepted by the stream within the write timeout."""
+
+
+class GuardedTCPServer(_UpstreamTCPServer):
+    """Hypercorn's trio ``TCPServer`` with bounded writes and a per-connection guard.
+
+    Contract, on top of upstream's:
+
+    * ``protocol_send(RawData)`` returns within about ``write_timeout``
+      seconds of the last progress of the write, even when the peer stops
+      reading and even under an outer cancellation (the write is shielded, so
+      an outer cancellation takes effect only once it returns). A stalled
+      write aborts the connection: the stream is closed at once (the reader
+      task wakes with ``ClosedResourceError``), the protocol is told
+      ``Closed()`` (the ASGI app receives ``http.disconnect`` or
+      ``websocket.disconnect``) and the call returns normally, exactly like
+      upstream treats ``BrokenResourceError``. Senders queued on
+      ``send_lock`` behind the stalled one then find the stream closed and
+      return at once.
+    * ``run()`` never lets an exception (an ``Exception``, bare or in an
+      exception group) escape one connection: it is logged on hypercorn's
+      error log and the connection, already closed by upstream's ``finally``,
+      ends. Cancellations and other ``BaseException`` leaves propagate
+      unchanged.
+
+    ``write_timeout`` is a class attribute set by :func:`install` and read on
+    every write, so changing it also applies to open connections.
+    """
+
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+
+    _peer: str | None = None
+
+    async def run(self) -> None:
+        peer = self._peer_for_log()
+        key = _peer_key(self.stream)
+        if key is not None:
+            _last_receive[key] = trio.current_time()
+            self.stream = _StampingStream(self.stream, key)  # type: ignore[assignment]
+        try:
+            await super().run()
+        except* Exception as group:
+            # Upstream's finally has already closed the stream, and the
+            # connection's TaskGroup has cancelled its app tasks; only this
+            # connection is lost. (hypercorn issue 225)
+            await self.config.log.error(
+                "rt: an error escaped the connection from %s; closed that connection only",
+                peer,
+                exc_info=group,
+            )
+        finally:
+            if key is not None:
+                _last_receive.pop(key, None)
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            stalled = False
+            try:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._send_with_deadline(event.data)
+                    except _WriteStalled:
+                        stalled = True
+                        self._peer_for_log()  # while the socket can still tell
+                        # Wakes the reader blocked in receive_some and makes
+                        # every later send_all raise ClosedResourceError.
+                        await trio.aclose_forcefully(self.stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            else:
+                if stalled:
+                    await self.config.log.info(
+                        "rt: a write to %s made no progress for %ss; closed the connection",
+                        self._peer_for_log(),
+                        self.write_timeout,
+                    )
+                    await self.protocol.handle(Closed())
+
+    async def _send_with_deadline(self, data: bytes) -> None:
+        """Write ``data``, giving each chunk ``write_timeout`` seconds to be accepted.
+
+        Raises ``_WriteStalled`` when a chunk is not accepted in time (the
+        stream is then in an unknown state and must be closed), and lets the
+        stream's ``BrokenResourceError`` and ``ClosedResourceError`` through.
+        """
+        timeout = self.write_timeout
+        with memoryview(data) as view:
+            for start in range(0, len(view), WRITE_CHUNK_SIZE):
+                with trio.move_on_after(timeout) as timer:
+                    await self.stream.send_all(view[start : start + WRITE_CHUNK_SIZE])
+                if timer.cancelled_caught:
+                    raise _WriteStalled
+
+    def _peer_for_log(self) -> str:
+        """``host:port`` of the peer, remembered (a closed socket no longer knows it)."""
+        if self._peer is None:
+            stream: Any = self.stream
+            try:
+                # SSLStream forwards unknown attributes, .socket included, to its transport.
+                host, port, *_ = stream.socket.getpeername()
+            except (AttributeError, OSError, ValueError, TypeError):
+                return "an unknown peer"
+            self._peer = f"{host}:{port}"
+        return self._peer
+
+
+def _peer_key(stream: Any) -> tuple[Any, ...] | None:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    return (host, port)
+
+
+def install(write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> None:
+    """Make hypercorn's trio worker serve TCP connections with :class:`GuardedTCPServer`.
+
+    Checks the upstream sources first (:func:`check_upstream` raises
+    ``RuntimeError`` if they changed), then sets the write timeout (seconds,
+    > 0; ``math.inf`` disables the bound) and assigns the subclass to
+    ``hypercorn.trio.run.TCPServer``, where ``worker_serve`` looks it up when
+    it starts listening. Idempotent; call it again to change the timeout,
+    which also applies to connections already open. Call it before
+    ``hypercorn.trio.serve`` (or ``worker_serve``) starts.
+    """
+    if not (isinstance(write_timeout, int | float) and write_timeout > 0):
+        raise ValueError(f"write_timeout must be a number of seconds > 0, not {write_timeout!r}")
+    check_upstream()
+    GuardedTCPServer.write_timeout = float(write_timeout)
+    _hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[misc]
+
+
+def uninstall() -> None:
+    """Put hypercorn's own ``TCPServer`` back (for tests that probe upstream)."""
+    _hypercorn_run.TCPServer = _UpstreamTCPServer  # type: ignore[misc]
+
+
+def installed() -> bool:
+    """Whether hypercorn's trio worker currently uses :class:`GuardedTCPServer`."""
+    return _hypercorn_run.TCPServer is GuardedTCPServer
