@@ -8,6 +8,7 @@ Every setting of `rt serve` is a flag and an `RT_*` environment variable
 from __future__ import annotations
 
 import logging
+from functools import partial
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -130,7 +131,7 @@ def _serve(config: Config) -> None:
         click.echo(f"rt serving on {server.url} (store: {config.db})", err=False)
         sys.stdout.flush()
 
-    trio.run(run, config, on_ready)
+    trio.run(partial(run, config, on_ready=on_ready))
 
 
 # -- users and flows --------------------------------------------------------------

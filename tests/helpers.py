@@ -170,7 +170,12 @@ async def sse_stream(api: Api, flows: list[str], client: str | None = None,
     http_headers = dict(headers or {})
     async with httpx.AsyncClient(base_url=api.server.url, timeout=30) as http:
         if use_ticket:
-            query["ticket"] = await api.ticket(client)
+            # On this stream's own client, so closing the stream closes every
+            # connection it opened (the task-tree checks rely on that).
+            r = await http.post("/auth/ticket", json={"client": client},
+                                headers={"Authorization": f"Bearer {api.token}"})
+            assert r.status_code == 200, r.text
+            query["ticket"] = r.json()["ticket"]
         else:
             http_headers["Authorization"] = f"Bearer {api.token}"
         async with http.stream("GET", "/stream/sse", params=query, headers=http_headers) as r:

@@ -37,3 +37,9 @@ class TokenBuckets:
             k: (t, s) for k, (t, s) in self._buckets.items()
             if t + (now - s) * self.rate < self.burst
         }
+
+    def refund(self, key: Hashable) -> None:
+        """Give back the token the last `take` spent (the op turned out to be free)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            self._buckets[key] = (min(self.burst, bucket[0] + 1), bucket[1])

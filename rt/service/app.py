@@ -137,13 +137,15 @@ class Service:
         started = trio.current_time()
         self.check_draining()
         self.require_flow(op.user, op.flow)
-        # A retry of a used uuid neither is limited nor consumes a token (PROTOCOL.md 2).
-        if not await self.store.uuid_used(op.user, op.uuid):
-            wait = self.ops_limit.take(op.user, started)
-            if wait:
-                raise RtError("rate_limited", "too many operations; slow down",
-                              retry_after=wait)
+        # A retry of a used uuid is neither limited nor charged (PROTOCOL.md 2). The
+        # store is asked only when the limit bites; a replay that got a token gets
+        # it back, so the common path costs no extra store read.
+        wait = self.ops_limit.take(op.user, started)
+        if wait and not await self.store.uuid_used(op.user, op.uuid):
+            raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
         result = await self.store.submit(op)
+        if result.replay and not wait:
+            self.ops_limit.refund(op.user)
         self.metrics.op_latency.labels(op.kind).observe(trio.current_time() - started)
         return result
 

@@ -51,6 +51,7 @@ class OpResult:
     status: int
     body: dict[str, Any]
     event: Event | None = None
+    replay: bool = False  # a retry of a used uuid: nothing was stored
 
     @property
     def changed(self) -> bool:

@@ -60,9 +60,9 @@ class MemoryStore(Store):
             if event_id is not None:
                 event = self._log.get(event_id)
                 assert event is not None
-                return OpResult(200, event.data)
+                return OpResult(200, event.data, replay=True)
             assert body is not None
-            return OpResult(200, body)
+            return OpResult(200, body, replay=True)
         flow = self._flows.get(op.flow)
         state = self._states.get(op.message) if op.message is not None else None
         try:

@@ -7,6 +7,7 @@ to 500 `internal`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -25,7 +26,7 @@ from rt.core.grammar import (
     normalize_tag,
     parse_int,
 )
-from rt.core.ops import delete_op, edit_op, post_op, tag_op
+from rt.core.ops import Op, delete_op, edit_op, post_op, tag_op
 from rt.service import Service
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
 from rt.web.http import error_response, json_response, origin_allowed
@@ -195,30 +196,28 @@ def create_app(service: Service) -> QuartTrio:
             tag=normalize_tag(tag) if tag is not None else None)
         return json_response(page)
 
-    async def run_op(op) -> Response:
-        result = await service.apply(op)
+    async def run_op(op: Op) -> Response:
+        # PROTOCOL.md section 2: the request is parsed and validated (400, 413)
+        # before authentication (401), so ops are built for a placeholder user.
+        name, _ = user()
+        result = await service.apply(dataclasses.replace(op, user=name))
         return json_response(result.body, result.status)
 
     @app.post("/flows/<flow>/messages")
     async def post(flow: str) -> Response:
-        name, _ = user()
-        return await run_op(post_op(name, flow, await body_json()))
+        return await run_op(post_op("", flow, await body_json()))
 
     @app.patch("/flows/<flow>/messages/<message>")
     async def edit(flow: str, message: str) -> Response:
-        name, _ = user()
-        return await run_op(edit_op(name, flow, _message_id(message), await body_json()))
+        return await run_op(edit_op("", flow, _message_id(message), await body_json()))
 
     @app.post("/flows/<flow>/messages/<message>/tags")
     async def tags(flow: str, message: str) -> Response:
-        name, _ = user()
-        return await run_op(tag_op(name, flow, _message_id(message), await body_json()))
+        return await run_op(tag_op("", flow, _message_id(message), await body_json()))
 
     @app.delete("/flows/<flow>/messages/<message>")
     async def delete(flow: str, message: str) -> Response:
-        name, _ = user()
-        return await run_op(delete_op(name, flow, _message_id(message),
-                                      request.args.get("uuid")))
+        return await run_op(delete_op("", flow, _message_id(message), request.args.get("uuid")))
 
     # -- metrics ---------------------------------------------------------------
 
