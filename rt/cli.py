@@ -8,9 +8,9 @@ Every setting of `rt serve` is a flag and an `RT_*` environment variable
 from __future__ import annotations
 
 import logging
-from functools import partial
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import click
@@ -47,7 +47,7 @@ def _limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
         flag = "--" + name.replace("_", "-")
         default = getattr(Config(), name)
         func = click.option(
-            flag, name, type=click.FloatRange(min=0) if kind is float else click.IntRange(min=1),
+            flag, name, type=click.FloatRange(min=0, min_open=True) if kind is float else click.IntRange(min=1),
             default=default, show_default=True, envvar="RT_" + name.upper(),
             help=LIMIT_HELP.get(name, ""))(func)
     return func

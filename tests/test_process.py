@@ -153,6 +153,8 @@ async def test_stalled_reader_is_dropped_and_sigterm_still_ends_the_server(tmp_p
                 while open_sse_streams(server.url, token) > 0:
                     assert time.monotonic() - posted < write_timeout + 1, "not dropped"
                     await trio.sleep(0.05)
+                metrics = (await http.get(f"{server.url}/metrics")).text
+                assert 'rt_write_timeouts_total{transport="sse"} 1.0' in metrics
             # a second stalled client stays connected through the shutdown
             stalled2 = raw_stalled_stream(server.url, token)
             seconds = server.terminate()

@@ -247,7 +247,7 @@ def create_app(service: Service) -> QuartTrio:
                                       transport, last_event_id)
         if "callback" in args:
             check_callback(args["callback"])
-        body = StreamBody(service, framer, params)
+        body = StreamBody(service, framer, params, request.scope.get("client"))
         response = Response(body, status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
         response.timeout = None

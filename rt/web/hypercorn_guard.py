@@ -45,6 +45,7 @@ __all__ = [
     "install",
     "installed",
     "last_receive",
+    "stall_listeners",
     "uninstall",
 ]
 
@@ -130,6 +131,17 @@ def last_receive(peer: tuple[Any, ...]) -> float:
     ASGI app never sees: rt's silence watchdog uses it. 0.0 if unknown.
     """
     return _last_receive.get(tuple(peer), 0.0)
+
+
+# Called with the peer (host, port) of every connection dropped for a stalled write.
+stall_listeners: list[Callable[[tuple[Any, ...]], None]] = []
+
+
+def _notify_stall(stream: Any) -> None:
+    key = getattr(stream, "_key", None)
+    if key is not None:
+        for listener in stall_listeners:
+            listener(key)
 
 
 class _StampingStream:
@@ -223,6 +235,7 @@ class GuardedTCPServer(_UpstreamTCPServer):
                 await self.protocol.handle(Closed())
             else:
                 if stalled:
+                    _notify_stall(self.stream)
                     await self.config.log.info(
                         "rt: a write to %s made no progress for %ss; closed the connection",
                         self._peer_for_log(),

@@ -121,7 +121,7 @@ async def run(config: Config, *, on_ready=None) -> None:
             if on_ready is not None:
                 await on_ready(server)
             async for signum in signals:
-                log.info("rt: %s received, draining for %.1f s", signal.Signals(signum).name,
+                log.info("%s received, draining for %.1f s", signal.Signals(signum).name,
                          config.drain_seconds)
                 server.shutdown()
                 break

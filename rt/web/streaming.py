@@ -23,8 +23,30 @@ from quart.wrappers.response import ResponseBody
 from rt.core.errors import RtError, bad_request
 from rt.core.grammar import check_client, check_flow_list, parse_int
 from rt.service import Service, StreamEnd, StreamSession
+from rt.service.streams import retry_ms_for
 from rt.transports import Framer
 from rt.transports.sse import parse_last_event_id
+from rt.web import hypercorn_guard
+
+# (host, port) of each open stream's peer -> (metrics, transport): lets the
+# hypercorn guard's stall notice count `rt_write_timeouts` by transport.
+STREAM_PEERS: dict[tuple[Any, ...], tuple[Any, str]] = {}
+
+
+def _count_write_timeout(peer: tuple[Any, ...]) -> None:
+    entry = STREAM_PEERS.get(peer)
+    if entry is not None:
+        metrics, transport = entry
+        metrics.write_timeouts.labels(transport).inc()
+
+
+hypercorn_guard.stall_listeners.append(_count_write_timeout)
+
+
+def register_peer(peer: Any, service: Service, transport: str) -> tuple[Any, ...]:
+    key = tuple(peer or ())
+    STREAM_PEERS[key] = (service.metrics, transport)
+    return key
 
 
 @dataclass(frozen=True)
@@ -48,10 +70,12 @@ class StreamRequest:
 class StreamBody(ResponseBody):
     """One streaming HTTP response: preamble and `ready`, then batches, then `close`."""
 
-    def __init__(self, service: Service, framer: Framer, params: StreamRequest) -> None:
+    def __init__(self, service: Service, framer: Framer, params: StreamRequest,
+                 peer: Any = None) -> None:
         self.service = service
         self.framer = framer
         self.params = params
+        self.peer = register_peer(peer, service, framer.name)
         self.session: StreamSession | None = None
         self._first: bytes | None = None
         self._done = False
@@ -68,7 +92,7 @@ class StreamBody(ResponseBody):
             return self
         except RtError as error:  # access changed between the checks and the claim
             reason = "shutdown" if error.code == "shutting_down" else "unauthorized"
-            end = StreamEnd(reason)
+            end = StreamEnd(reason, retry_ms_for(reason))  # shutdown: 1000..5000 ms
             self._first = opening + framer.control(end.frame())
             self._done = True
             return self
@@ -77,6 +101,7 @@ class StreamBody(ResponseBody):
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        STREAM_PEERS.pop(self.peer, None)
         if self.session is not None:
             self.service.metrics.streams_open.labels(self.framer.name).dec()
             self.session.finish()

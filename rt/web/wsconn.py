@@ -30,10 +30,15 @@ from rt.service import Service, StreamEnd, StreamSession
 from rt.transports import FRAMERS
 from rt.web import hypercorn_guard
 from rt.web.http import origin_allowed
-from rt.web.streaming import StreamRequest, parse_stream_request
+from rt.web.streaming import STREAM_PEERS, StreamRequest, parse_stream_request, register_peer
 
 MAX_FAILED_FRAMES = 10
 MAX_OPS_IN_FLIGHT = 64
+# A batch is written as several text frames of at most this many bytes (unless one
+# object is larger): 1 MiB is the default message limit of common clients (Python's
+# websockets, trio-websocket), which would otherwise close with 1009 on a catch-up
+# page of big messages and loop for ever reconnecting from the same cursor.
+MAX_FRAME_BYTES = 1 << 20
 FRAMER = FRAMERS["ws"]
 
 
@@ -50,9 +55,28 @@ async def serve_websocket(service: Service, ws: Any) -> None:
     except RtError as error:
         await ws.accept()
         await ws.close(error.close_code, error.code)
+        await drain_after_close(ws, config.write_timeout)
         return
     await ws.accept()
     await WsConnection(service, ws, params).run()
+    await drain_after_close(ws, config.write_timeout)
+
+
+async def drain_after_close(ws: Any, quiet: float) -> None:
+    """After the server's close: drop what the client still sends until it goes away.
+
+    Returning at once would end the ASGI app while the client may still be sending;
+    hypercorn then blocks for ever putting `websocket.disconnect` into the app's
+    queue, full of frames nobody reads, and the connection (its socket and tasks)
+    outlives the client until the server stops. Draining also lets the client's
+    close reply arrive before the socket closes. The client's close or its
+    disconnect ends this by cancellation; a client quiet for `quiet` seconds too.
+    """
+    while True:
+        with trio.move_on_after(quiet) as scope:
+            await ws.receive()
+        if scope.cancelled_caught:
+            return
 
 
 class WsConnection:
@@ -77,11 +101,17 @@ class WsConnection:
         await self.ws.send(data.decode())
 
     async def close(self, code: int, reason: str) -> None:
-        """Close once; from then on `send` drops what other tasks still send."""
+        """Close once; from then on `send` drops what other tasks still send.
+
+        Shielded (for at most write_timeout): another task that fails a frame at the
+        same time cancels the nursery, and that must not cut the close frame off.
+        """
         if self.closing:
             return
         self.closing = True
-        await self.ws.close(code, reason)
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.service.config.write_timeout
+            await self.ws.close(code, reason)
 
     async def run(self) -> None:
         service = self.service
@@ -95,6 +125,7 @@ class WsConnection:
             return
         metrics = service.metrics
         metrics.streams_open.labels("ws").inc()
+        register_peer(self.peer, service, "ws")
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -103,6 +134,7 @@ class WsConnection:
                 await self._writer()
                 nursery.cancel_scope.cancel()
         finally:
+            STREAM_PEERS.pop(self.peer, None)
             metrics.streams_open.labels("ws").dec()
             self.session.finish()
 
@@ -128,7 +160,8 @@ class WsConnection:
                 continue
             service.record_delivery(session)
             delivered.inc(len(batch))
-            await self.send(FRAMER.frame(batch, session.ready["epoch"]))
+            for part in _frames(batch):
+                await self.send(FRAMER.frame(part, session.ready["epoch"]))
 
     async def _close_with(self, end: StreamEnd) -> None:
         with trio.move_on_after(self.service.config.write_timeout):
@@ -233,3 +266,17 @@ class WsConnection:
             await self.close(code, error.code)
             assert self.nursery is not None
             self.nursery.cancel_scope.cancel()
+
+
+def _frames(batch: list[Any]) -> list[list[Any]]:
+    """`batch` cut into runs whose frame (objects joined by newlines) is <= MAX_FRAME_BYTES."""
+    parts: list[list[Any]] = [[]]
+    size = 0
+    for event in batch:
+        grow = len(event.raw) + 1
+        if parts[-1] and size + grow > MAX_FRAME_BYTES + 1:
+            parts.append([])
+            size = 0
+        parts[-1].append(event)
+        size += grow
+    return parts
