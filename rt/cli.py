@@ -139,13 +139,17 @@ def _serve(config: Config) -> None:
 
 def _with_store(db: str, job: Callable[[Store], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        async with open_store_for(db) as store:
-            return await job(store)
+        # window=0: the CLI never reads events, so it loads none.
+        async with open_store_for(db, window=0) as store:
+            try:
+                return await job(store)
+            except RtError as error:
+                return error
 
-    try:
-        return trio.run(main)
-    except RtError as error:
-        raise click.ClickException(error.message) from None
+    outcome = trio.run(main)
+    if isinstance(outcome, RtError):
+        raise click.ClickException(outcome.message)
+    return outcome
 
 
 @main.group()
