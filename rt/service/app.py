@@ -24,6 +24,7 @@ from rt.core.ops import Op
 from rt.core.ratelimit import TokenBuckets
 from rt.hub import MemoryHub
 from rt.service.metrics import Metrics
+from rt.service.polling import Polling
 from rt.service.presence import Presence
 from rt.service.streams import StreamEnd, StreamRegistry, StreamSession
 from rt.service.tickets import Tickets
@@ -45,6 +46,7 @@ class Service:
         self.registry.on_takeover = lambda old: self.metrics.takeovers.labels(
             old.transport).inc()
         self.tickets = Tickets(config.ticket_ttl)
+        self.polling = Polling(self)
         self.ops_limit = TokenBuckets(config.ops_rate, config.ops_burst)
         self.guest_limit = TokenBuckets(config.guest_rate / 60.0, max(1.0, config.guest_rate))
         self._typing_seen: dict[tuple[str, str], float] = {}
@@ -282,6 +284,7 @@ async def open_service(
         service = Service(config, store, hub)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.presence.run)
+            nursery.start_soon(service.polling.run)
             nursery.start_soon(service.watch_changes)
             try:
                 yield service

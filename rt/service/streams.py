@@ -112,10 +112,12 @@ class StreamSession:
         service = self.service
         store = service.store
         config = service.config
-        self._sub = hub.subscribe(self.flows, max_objects=config.buffer_objects,
-                                  max_bytes=config.buffer_bytes)
+        # Join before subscribing: the user's other streams hear `online`, this
+        # one has the user in its snapshot (and no redundant event after it).
         service.presence.join(self.user, self.flows)
         self.present_in = list(self.flows)
+        self._sub = hub.subscribe(self.flows, max_objects=config.buffer_objects,
+                                  max_bytes=config.buffer_bytes)
         head = store.head
         reset = False
         if cursor is None and epoch is None:
