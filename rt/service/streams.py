@@ -54,6 +54,11 @@ def retry_ms_for(reason: str) -> int | None:
     return None
 
 
+def _seconds(value: float) -> int | float:
+    """Whole seconds as a JSON integer (`15`, not `15.0`): typed clients decode ints."""
+    return int(value) if float(value).is_integer() else value
+
+
 class StreamEnd(Exception):
     """The stream ends with a `close` frame of this reason."""
 
@@ -131,8 +136,8 @@ class StreamSession:
         self.ready = {
             "type": "ready", "protocol": 1, "cursor": start, "epoch": store.epoch,
             "reset": reset, "flows": self.flows, "client": self.client,
-            "transport": self.transport, "heartbeat": config.heartbeat,
-            "poll_timeout": config.poll_timeout,
+            "transport": self.transport, "heartbeat": _seconds(config.heartbeat),
+            "poll_timeout": _seconds(config.poll_timeout),
             "presence": service.presence.snapshot(self.flows),
         }
         return self.ready
