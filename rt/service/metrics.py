@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from rt.transports import ALL_TRANSPORTS  # noqa: E402
+
 # `*_created` samples double the output and say nothing an operator needs.
 disable_created_metrics()
 
@@ -43,7 +45,7 @@ class Metrics:
             "rt_op_latency_seconds", "Time from receiving an op to its answer", ["op"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r)
-        for transport in ("ws", "sse"):
+        for transport in ALL_TRANSPORTS:
             self.streams_open.labels(transport)
 
     def render(self) -> bytes:

@@ -19,7 +19,6 @@ from rt import __version__
 from rt.core.codec import decode_object
 from rt.core.errors import RtError, bad_request
 from rt.core.grammar import (
-    check_callback,
     check_client,
     check_flow,
     check_user,
@@ -111,8 +110,8 @@ def create_app(service: Service) -> QuartTrio:
     @app.get("/info")
     async def info() -> Response:
         return json_response({
-            "protocol": 1, "version": __version__, "transports": sorted(FRAMERS),
-            "all_transports": list(ALL_TRANSPORTS), "guests": config.guests,
+            "protocol": 1, "version": __version__, "transports": list(ALL_TRANSPORTS),
+"guests": config.guests,
             "limits": config.limits(),
         })
 
@@ -239,14 +238,21 @@ def create_app(service: Service) -> QuartTrio:
     async def stream(transport: str) -> Response:
         framer = FRAMERS.get(transport)
         if framer is None or transport == "ws":
-            raise RtError("not_found", f"no stream transport {transport!r}; "
-                          f"this server has {', '.join(sorted(FRAMERS))}")
+            raise RtError("not_found", f"no stream transport {transport!r}; this server has "
+                          f"{', '.join(ALL_TRANSPORTS)} (ws by WebSocket upgrade)")
         args = request.args
+        framer = framer.for_request(args.get("callback"))
         last_event_id = request.headers.get("Last-Event-ID") if transport == "sse" else None
         params = parse_stream_request(service, args, request.headers.get("Authorization"),
                                       transport, last_event_id)
-        if "callback" in args:
-            check_callback(args["callback"])
+        if framer.polling:
+            parts = await service.polling.poll(
+                user=params.user, token=params.token, client=params.client,
+                flows=params.flows, transport=transport, cursor=params.cursor,
+                epoch=params.epoch)
+            service.metrics.events_delivered.labels(transport).inc(len(parts))
+            return Response(framer.answer(parts), status=200, content_type=framer.content_type,
+                            headers=STREAM_HEADERS)
         body = StreamBody(service, framer, params, request.scope.get("client"))
         response = Response(body, status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)

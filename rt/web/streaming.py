@@ -14,6 +14,7 @@ A write that blocks for `write-timeout` is aborted by rt's hypercorn guard
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from rt.core.errors import RtError, bad_request
 from rt.core.grammar import check_client, check_flow_list, parse_int
 from rt.service import Service, StreamEnd, StreamSession
 from rt.service.streams import retry_ms_for
-from rt.transports import Framer
+from rt.transports import Framer, rotation_cut
 from rt.transports.sse import parse_last_event_id
 from rt.web import hypercorn_guard
 
@@ -77,9 +78,11 @@ class StreamBody(ResponseBody):
         self.params = params
         self.peer = register_peer(peer, service, framer.name)
         self.session: StreamSession | None = None
-        self._first: bytes | None = None
+        self._queue: deque[bytes] = deque()  # chunks due before the next batch
         self._done = False
         self._last_write = 0.0
+        self._written = 0  # body bytes so far, for rotation
+        self._rotate_bytes = service.config.rotate_bytes
 
     async def __aenter__(self) -> StreamBody:
         framer = self.framer
@@ -87,16 +90,18 @@ class StreamBody(ResponseBody):
         try:
             self.session = await self.params.open(self.service)
         except StreamEnd as end:
-            self._first = opening + framer.control(end.frame())
-            self._done = True
+            if opening:
+                self._queue.append(opening)
+            self._end_with(end)
             return self
         except RtError as error:  # access changed between the checks and the claim
             reason = "shutdown" if error.code == "shutting_down" else "unauthorized"
             end = StreamEnd(reason, retry_ms_for(reason))  # shutdown: 1000..5000 ms
-            self._first = opening + framer.control(end.frame())
-            self._done = True
+            if opening:
+                self._queue.append(opening)
+            self._end_with(end)
             return self
-        self._first = opening + framer.ready(self.session.ready, self.session.ready["epoch"])
+        self._queue.append(opening + framer.ready(self.session.ready, self.session.ready["epoch"]))
         self.service.metrics.streams_open.labels(framer.name).inc()
         return self
 
@@ -109,29 +114,59 @@ class StreamBody(ResponseBody):
     def __aiter__(self) -> StreamBody:
         return self
 
+    def _emit(self, chunk: bytes) -> bytes:
+        self._written += len(chunk)
+        self._last_write = trio.current_time()
+        return chunk
+
+    def _end_with(self, end: StreamEnd) -> None:
+        """Queue the `close` frame and the framer's epilogue; the body ends after them."""
+        self._done = True
+        if self.session is not None:
+            self.session.end(end.reason)  # detach at once: nothing more is buffered
+        self._queue.append(self.framer.control(end.frame()))
+        epilogue = self.framer.epilogue()
+        if epilogue:
+            self._queue.append(epilogue)
+
+    def _rotation_due(self, extra: int = 0) -> bool:
+        return self.framer.rotates and self._written + extra >= self._rotate_bytes
+
     async def __anext__(self) -> bytes:
-        if self._first is not None:
-            chunk, self._first = self._first, None
-            self._last_write = trio.current_time()
-            return chunk
+        if self._queue:
+            return self._emit(self._queue.popleft())
         if self._done:
             raise StopAsyncIteration
         session = self.session
         assert session is not None
         framer = self.framer
         service = self.service
+        epoch = session.ready["epoch"]
         try:
             with trio.move_on_at(self._last_write + service.config.heartbeat):
                 batch = await session.next_batch()
+                rotate = False
+                if framer.rotates:
+                    n = rotation_cut(framer.object_sizes(batch),
+                                     self._rotate_bytes - self._written)
+                    if n < len(batch):
+                        # The rest comes from the log when the client resumes.
+                        batch, rotate = batch[:n], True
                 service.record_delivery(session)
                 service.metrics.events_delivered.labels(framer.name).inc(len(batch))
-                self._last_write = trio.current_time()
-                return framer.frame(batch, session.ready["epoch"])
+                chunk = framer.frame(batch, epoch) if batch else b""
+                if rotate or self._rotation_due(len(chunk)):
+                    self._end_with(StreamEnd("rotate", 0))
+                if not chunk:
+                    return self._emit(self._queue.popleft())
+                return self._emit(chunk)
         except StreamEnd as end:
-            self._done = True
-            return framer.control(end.frame())
-        self._last_write = trio.current_time()
-        return framer.heartbeat()
+            self._end_with(end)
+            return self._emit(self._queue.popleft())
+        chunk = framer.heartbeat()
+        if self._rotation_due(len(chunk)):
+            self._end_with(StreamEnd("rotate", 0))
+        return self._emit(chunk)
 
 
 def parse_stream_request(
