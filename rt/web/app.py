@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from quart import Response, request, websocket
@@ -28,7 +29,7 @@ from rt.core.grammar import (
 from rt.core.ops import Op, delete_op, edit_op, post_op, tag_op
 from rt.service import Service
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
-from rt.web.http import error_response, json_response, origin_allowed
+from rt.web.http import JSON_TYPE, error_response, json_response, origin_allowed
 from rt.web.streaming import StreamBody, parse_stream_request
 from rt.web.wsconn import serve_websocket
 
@@ -218,6 +219,16 @@ def create_app(service: Service) -> QuartTrio:
     async def delete(flow: str, message: str) -> Response:
         return await run_op(delete_op("", flow, _message_id(message), request.args.get("uuid")))
 
+    # -- the demo page and the browser client ---------------------------------
+
+    @app.get("/")
+    async def index() -> Response:
+        return await _static_file("index.html")
+
+    @app.get("/static/<path:name>")
+    async def static(name: str) -> Response:
+        return await _static_file(name)
+
     # -- metrics ---------------------------------------------------------------
 
     @app.get("/metrics")
@@ -264,6 +275,30 @@ def create_app(service: Service) -> QuartTrio:
         await serve_websocket(service, websocket._get_current_object())
 
     return app
+
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
+                ".png": "image/png", ".ico": "image/x-icon", ".json": JSON_TYPE}
+# The demo renders user content as text only; this policy is the second line of
+# defence: no inline script or style, no plugins, connections to this origin only.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'self'"
+)
+
+
+async def _static_file(name: str) -> Response:
+    """A file of rt/static, or 404; never a path outside it."""
+    path = (STATIC_DIR / name).resolve()
+    if STATIC_DIR not in path.parents or not path.is_file() or path.suffix not in STATIC_TYPES:
+        raise RtError("not_found", f"no static file {name!r}")
+    return Response(path.read_bytes(), status=200, content_type=STATIC_TYPES[path.suffix],
+                    headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                             "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                             "Referrer-Policy": "no-referrer"})
 
 
 def _message_id(text: str) -> int:
