@@ -2029,6 +2029,15 @@ export class Client {
 
   _onObjects(conn, objs, impl, dog) {
     const env = this._env;
+    if (!conn.ready && POLLING.has(conn.name) && this._lastReady && this._cursor !== null &&
+        this._epoch !== null && !(objs.length && objs[0].type === "ready")) {
+      // A poll with our cursor and epoch continued the server's polling session
+      // (PROTOCOL.md 3.2: no new `ready`): the view is still gap-free from our cursor.
+      const presence = {};
+      for (const [flow, users] of this._presence) presence[flow] = [...users];
+      this._onReady(conn, { ...this._lastReady, cursor: this._cursor, epoch: this._epoch,
+        reset: false, presence }, impl, dog);
+    }
     for (const obj of objs) {
       if (conn.finished) return;
       const type = obj.type;
@@ -2062,6 +2071,7 @@ export class Client {
       return;
     }
     conn.ready = true;
+    this._lastReady = r;
     if (this._cursor === null && typeof r.cursor === "number") this._cursor = r.cursor;
     if (this._epoch === null) this._epoch = r.epoch;
     conn.heartbeatMs = Math.max(1, Number(r.heartbeat) || 15) * 1000;

@@ -508,3 +508,26 @@ test("argument checks throw at once", async () => {
   assert.throws(() => makeClient(server, clock, { transport: "telegraph" }), TypeError);
   rt.close();
 });
+
+test("poll: after a failed poll, a continued session's answer without ready is accepted", async () => {
+  const server = new FakeServer();
+  const clock = new FakeClock();
+  const { rt } = makeClient(server, clock, { transport: "poll" });
+  const events = [];
+  rt.on("event", (e) => events.push(e.id));
+  await clock.advance(0);
+  server.lastPoll.answer([{ ...server.ready(server.lastPoll), poll_timeout: 3 }]);
+  await clock.advance(500);
+  assert.equal(rt.state, "open");
+  await clock.advance(8600); // the pending poll outlives poll_timeout + 5 s: a failure
+  assert.equal(rt.state, "reconnecting");
+  const before = server.polls.length;
+  for (let i = 0; i < 400 && server.polls.length === before; i++) await clock.advance(100);
+  const poll = server.lastPoll; // the new loop's first poll, with our cursor
+  assert.ok(poll.query.cursor !== undefined && poll.query.epoch !== undefined);
+  // PROTOCOL.md 3.2: the server continues the session, so no `ready` this time
+  poll.answer([msg(Number(poll.query.cursor) + 1, "general", "after the gap")]);
+  await clock.advance(200);
+  assert.equal(rt.state, "open");
+  assert.deepEqual(events, [Number(poll.query.cursor) + 1]);
+});
