@@ -50,11 +50,6 @@ class Tickets:
         record.lapses_at = now + self.ttl
         return record
 
-    def touch(self, ticket: str) -> None:
-        record = self._tickets.get(ticket)
-        if record is not None:
-            record.lapses_at = trio.current_time() + self.ttl
-
     def _sweep(self) -> None:
         if len(self._tickets) < 1024:
             return
