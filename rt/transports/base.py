@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rt.core.codec import encode
 from rt.core.errors import bad_request
 from rt.core.events import Event
 from rt.core.grammar import check_callback
@@ -163,3 +164,34 @@ def rotation_cut(sizes: Sequence[int], budget: int) -> int:
             return n
         total += size
     return len(sizes)
+
+
+class ArrayBatchFramer(Framer):
+    """A streaming framer that wraps each batch as one JSON array between fixed bytes.
+
+    multipart and htmlfile: a batch is `open + [OBJ,...] + close` (`open` ends
+    with `[`, `close` starts with `]`), a control frame is a batch of one,
+    the heartbeat an empty batch, and `epilogue_bytes` end the response.
+    """
+
+    open_bytes = b"["
+    close_bytes = b"]"
+    epilogue_bytes = b""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.batch_prefix = len(cls.open_bytes)
+
+    def frame(self, events: Sequence[Event], epoch: str) -> bytes:
+        if not events:
+            return b""
+        return self.open_bytes + b",".join([e.raw for e in events]) + self.close_bytes
+
+    def control(self, obj: dict[str, Any]) -> bytes:
+        return self.open_bytes + encode(obj) + self.close_bytes
+
+    def heartbeat(self) -> bytes:
+        return self.open_bytes + self.close_bytes
+
+    def epilogue(self) -> bytes:
+        return self.epilogue_bytes

@@ -28,19 +28,13 @@ preamble.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from rt.core.codec import encode
-from rt.core.events import Event
-from rt.transports.base import Framer, bound_callback
+from rt.transports.base import ArrayBatchFramer, bound_callback
 
 PREAMBLE_BYTES = 1024
 
 _HEAD = b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
 _OPEN = b"<script>p(["
 _CLOSE = b"]);</script>\n"
-_HEARTBEAT = _OPEN + _CLOSE
 _EPILOGUE = b"</body></html>\n"
 
 
@@ -51,11 +45,13 @@ def _preamble(callback: str) -> bytes:
     return head + b"<!--" + b" " * padding + b"-->\n"
 
 
-class HtmlFileFramer(Framer):
+class HtmlFileFramer(ArrayBatchFramer):
     name = "htmlfile"
     content_type = "text/html; charset=utf-8"
     rotates = True
-    batch_prefix = len(_OPEN)
+    open_bytes = _OPEN
+    close_bytes = _CLOSE
+    epilogue_bytes = _EPILOGUE
     needs_callback = True
 
     def __init__(self, callback: str | None = None) -> None:
@@ -70,16 +66,6 @@ class HtmlFileFramer(Framer):
             raise RuntimeError("htmlfile framer has no callback: use for_request(callback)")
         return self._preamble
 
-    def frame(self, events: Sequence[Event], epoch: str) -> bytes:
-        if not events:
-            return b""
-        return _OPEN + b",".join([e.raw for e in events]) + _CLOSE
 
-    def control(self, obj: dict[str, Any]) -> bytes:
-        return _OPEN + encode(obj) + _CLOSE
 
-    def heartbeat(self) -> bytes:
-        return _HEARTBEAT
 
-    def epilogue(self) -> bytes:
-        return _EPILOGUE

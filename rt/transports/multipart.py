@@ -24,12 +24,7 @@ tests/test_framers_more.py does.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-from rt.core.codec import encode
-from rt.core.events import Event
-from rt.transports.base import Framer
+from rt.transports.base import ArrayBatchFramer
 
 # RFC 2046 bchars only, and no character that needs quoting beyond the
 # quotes the content type puts around it anyway.
@@ -37,26 +32,17 @@ BOUNDARY = "rt-mixed-5f0c3a"
 
 _OPEN = b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/json\r\n\r\n["
 _CLOSE = b"]\r\n"
-_HEARTBEAT = _OPEN + _CLOSE
 _EPILOGUE = b"--" + BOUNDARY.encode() + b"--\r\n"
 
 
-class MultipartFramer(Framer):
+class MultipartFramer(ArrayBatchFramer):
     name = "multipart"
     content_type = f'multipart/x-mixed-replace; boundary="{BOUNDARY}"'
     rotates = True
-    batch_prefix = len(_OPEN)
+    open_bytes = _OPEN
+    close_bytes = _CLOSE
+    epilogue_bytes = _EPILOGUE
 
-    def frame(self, events: Sequence[Event], epoch: str) -> bytes:
-        if not events:
-            return b""
-        return _OPEN + b",".join([e.raw for e in events]) + _CLOSE
 
-    def control(self, obj: dict[str, Any]) -> bytes:
-        return _OPEN + encode(obj) + _CLOSE
 
-    def heartbeat(self) -> bytes:
-        return _HEARTBEAT
 
-    def epilogue(self) -> bytes:
-        return _EPILOGUE
