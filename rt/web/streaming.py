@@ -83,6 +83,7 @@ class StreamBody(ResponseBody):
         self._last_write = 0.0
         self._written = 0  # body bytes so far, for rotation
         self._rotate_bytes = service.config.rotate_bytes
+        self._delivered = service.metrics.events_delivered.labels(framer.name)  # looked up once
 
     async def __aenter__(self) -> StreamBody:
         framer = self.framer
@@ -153,7 +154,7 @@ class StreamBody(ResponseBody):
                         # The rest comes from the log when the client resumes.
                         batch, rotate = batch[:n], True
                 service.record_delivery(session)
-                service.metrics.events_delivered.labels(framer.name).inc(len(batch))
+                self._delivered.inc(len(batch))
                 chunk = framer.frame(batch, epoch) if batch else b""
                 if rotate or self._rotation_due(len(chunk)):
                     self._end_with(StreamEnd("rotate", 0))
