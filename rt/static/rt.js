@@ -2091,6 +2091,14 @@ export class Client {
       this._emit("presence", { type: "presence", flow, users: [...users].sort(), snapshot: true });
     }
     this._setState("open");
+    // The server answers again: an op waiting out a network error's backoff goes now
+    // (ops waiting for a Retry-After keep waiting; the uuid makes a resend safe).
+    const waiting = this._outbox.first();
+    if (waiting && waiting.networkRetry) {
+      waiting.notBefore = 0;
+      waiting.networkRetry = false;
+      this._outboxWake?.();
+    }
   }
 
   _onPresence(p) {
@@ -2378,6 +2386,7 @@ export class Client {
       entry.attempts = (entry.attempts ?? 0) + 1;
       const after = r ? parseRetryAfter(r.headers?.get?.("Retry-After"), env.now()) : null;
       entry.notBefore = env.now() + retryDelay(after, entry.attempts, env.random);
+      entry.networkRetry = !r; // a stream coming back is worth a try before the backoff ends
       return;
     }
     this._failOp(entry, this._errorOf(r, `${entry.kind} in ${entry.flow}`, { flow: entry.flow, uuid: entry.uuid, op: entry.kind }));

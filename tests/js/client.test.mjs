@@ -531,3 +531,27 @@ test("poll: after a failed poll, a continued session's answer without ready is a
   assert.equal(rt.state, "open");
   assert.deepEqual(events, [Number(poll.query.cursor) + 1]);
 });
+
+test("an op backing off after a network error is resent as soon as a stream is ready again", async () => {
+  const { server, clock, rt, stream } = await openClient();
+  const answers = [
+    () => { throw new TypeError("network down"); },
+    () => { throw new TypeError("network down"); },
+    () => { throw new TypeError("network down"); },
+  ];
+  server.onOp = () => answers.shift()?.();
+  const p = rt.post("general", "while cut off");
+  const posts = () => server.requestsTo("/flows/general/messages").filter((r) => r.method === "POST");
+  await clock.advance(0);
+  for (let i = 0; i < 60 && posts().length < 3; i++) await clock.advance(100);
+  assert.equal(posts().length, 3); // three network errors: now a long backoff
+  stream.end();
+  await clock.advance(0);
+  for (let i = 0; i < 100 && server.streams.length < 2; i++) await clock.advance(50);
+  const sent = posts().length;
+  server.lastStream.send(server.ready(server.lastStream));
+  await clock.advance(0);
+  assert.equal(posts().length, sent + 1, "the ready stream woke the outbox at once");
+  const stored = await p.done;
+  assert.equal(stored.uuid, p.uuid);
+});
