@@ -18,6 +18,10 @@ lint: install
 serve: install
     {{venv}}/bin/rt serve --guests --flow general --flow random
 
-# round-trip latency over WebSocket and SSE against a raw TCP floor
-bench: install
-    {{venv}}/bin/python bench/latency.py
+# the benchmark suite (issue 5): every `rt bench` subcommand; results in bench/results/
+bench *args: install
+    {{venv}}/bin/rt bench latency {{args}}
+    {{venv}}/bin/rt bench fanout {{args}}
+    {{venv}}/bin/rt bench connections {{args}}
+    {{venv}}/bin/rt bench storm {{args}}
+    {{venv}}/bin/rt bench ingest {{args}}

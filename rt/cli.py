@@ -88,10 +88,13 @@ def _serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
               help="bearer token for /metrics (without one, loopback clients only)")
 @click.option("--user", "users", multiple=True, help="create this user if missing (repeatable)")
 @click.option("--flow", "flows", multiple=True, help="create this flow if missing (repeatable)")
+@click.option("--bench-cut-signal", is_flag=True, hidden=True,
+              help="benchmarks only: SIGUSR1 force-closes every open connection")
 @_limit_options
 def serve(**options: Any) -> None:
     """Serve rt until SIGTERM or SIGINT."""
-    _serve(_config(options))
+    cut_signal = options.pop("bench_cut_signal", False)
+    _serve(_config(options), cut_signal=cut_signal)
 
 
 @main.command()
@@ -119,7 +122,7 @@ def check_or_exit(check: Callable[[str], str], value: str) -> None:
         raise click.BadParameter(error.message) from None
 
 
-def _serve(config: Config) -> None:
+def _serve(config: Config, cut_signal: bool = False) -> None:
     from rt.web.server import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
@@ -131,7 +134,77 @@ def _serve(config: Config) -> None:
         click.echo(f"rt serving on {server.url} (store: {config.db})", err=False)
         sys.stdout.flush()
 
-    trio.run(partial(run, config, on_ready=on_ready))
+    if cut_signal:
+        trio.run(partial(_run_with_cut_signal, run, config, on_ready))
+    else:
+        trio.run(partial(run, config, on_ready=on_ready))
+
+
+async def _run_with_cut_signal(run: Callable[..., Awaitable[None]], config: Config,
+                               on_ready: Callable[..., Awaitable[None]]) -> None:
+    """`rt serve --bench-cut-signal` (rt bench storm): SIGUSR1 cuts every open connection.
+
+    Only a signal from the same machine reaches it; nothing over HTTP does.
+    """
+    import signal
+
+    from rt.web import hypercorn_guard
+
+    async def cutter() -> None:
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            async for _ in signals:
+                cut = await hypercorn_guard.cut_all()
+                logging.getLogger("rt").info("SIGUSR1: cut %d connections", cut)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cutter)
+        await run(config, on_ready=on_ready)
+        nursery.cancel_scope.cancel()
+
+
+# -- benchmarks -------------------------------------------------------------------------
+
+BENCH_SUBCOMMANDS = ("latency", "fanout", "connections", "storm", "ingest")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (issue 5): each starts its own `rt serve` on 127.0.0.1."""
+
+
+BENCH_HELP = {
+    "latency": "Round trip of a post and its echo on all seven transports, vs a TCP floor.",
+    "fanout": "N subscribers, one publisher at R/s: delivery, latency, server CPU per event.",
+    "connections": "Server memory per idle WebSocket and SSE connection.",
+    "storm": "Every client cut at once reconnects with resume: catch-up time, loss, duplicates.",
+    "ingest": "Acknowledged posts a second over WebSocket and HTTP, SQLite and memory stores.",
+}
+
+
+def _bench_command(name: str) -> None:
+    @bench.command(name, help=BENCH_HELP[name])
+    @click.option("--quick", is_flag=True, help="a smoke run under 30 s (figures mean nothing)")
+    @click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help="directory for results (default: bench/results)")
+    def command(quick: bool, out: str | None) -> None:
+        from rt import bench as suite  # lazily: matplotlib and rich are the bench extra
+
+        suite.run(name, quick, out)
+
+
+for _name in BENCH_SUBCOMMANDS:
+    _bench_command(_name)
+
+
+@bench.command("all")
+@click.option("--quick", is_flag=True, help="a smoke run of every subcommand")
+@click.option("--out", type=click.Path(file_okay=False), default=None)
+def bench_all(quick: bool, out: str | None) -> None:
+    """Run every benchmark in turn."""
+    from rt import bench as suite
+
+    for name in BENCH_SUBCOMMANDS:
+        suite.run(name, quick, out)
 
 
 # -- users and flows --------------------------------------------------------------

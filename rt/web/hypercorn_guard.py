@@ -42,6 +42,7 @@ __all__ = [
     "WRITE_CHUNK_SIZE",
     "GuardedTCPServer",
     "check_upstream",
+    "cut_all",
     "install",
     "installed",
     "last_receive",
@@ -133,6 +134,32 @@ def last_receive(peer: tuple[Any, ...]) -> float:
     return _last_receive.get(tuple(peer), 0.0)
 
 
+# Every connection being served (for cut_all, which `rt bench storm` uses).
+_open_servers: set[GuardedTCPServer] = set()
+
+
+async def cut_all() -> int:
+    """Force-close every open TCP connection at once (benchmarks only); returns how many.
+
+    Each socket is closed under the handler's feet: the peer sees the
+    connection end mid-stream, without a WebSocket close frame, a `close`
+    object or a final chunk, as after a network failure, and every task
+    reading from it wakes with ``ClosedResourceError``. Reachable only
+    through `rt serve --bench-cut-signal` and SIGUSR1.
+    """
+    servers = list(_open_servers)
+    # Every socket in one step, without yielding in between: a loop of
+    # aclose() calls would checkpoint after each close and, on a busy server,
+    # spread the "storm" over many seconds.
+    for server in servers:
+        try:
+            server.stream.socket.close()  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            pass
+    await trio.lowlevel.checkpoint()
+    return len(servers)
+
+
 # Called with the peer (host, port) of every connection dropped for a stalled write.
 stall_listeners: list[Callable[[tuple[Any, ...]], None]] = []
 
@@ -196,6 +223,7 @@ class GuardedTCPServer(_UpstreamTCPServer):
 
     async def run(self) -> None:
         peer = self._peer_for_log()
+        _open_servers.add(self)
         key = _peer_key(self.stream)
         if key is not None:
             _last_receive[key] = trio.current_time()
@@ -212,6 +240,7 @@ class GuardedTCPServer(_UpstreamTCPServer):
                 exc_info=group,
             )
         finally:
+            _open_servers.discard(self)
             if key is not None:
                 _last_receive.pop(key, None)
 

@@ -1,0 +1,80 @@
+"""`rt bench`: every subcommand runs once with --quick (issue 5); figures from it mean nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("rich")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(sub: str, out: Path) -> list[dict]:
+    result = subprocess.run([sys.executable, "-m", "rt", "bench", sub, "--quick", "--out",
+                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jsonl = list(out.glob(f"{sub}-*.jsonl"))
+    assert len(jsonl) == 1, list(out.iterdir())
+    rows = [json.loads(line) for line in jsonl[0].read_text().splitlines()]
+    assert rows and all(r["bench"] == sub and r["quick"] for r in rows)
+    png = list(out.glob(f"{sub}-*.png"))
+    assert len(png) == 1 and png[0].read_bytes().startswith(b"\x89PNG")
+    md = list(out.glob(f"{sub}-*.md"))
+    assert len(md) == 1 and "|" in md[0].read_text()
+    return rows
+
+
+def test_latency(tmp_path: Path) -> None:
+    rows = run_bench("latency", tmp_path)
+    transports = {r["transport"] for r in rows}
+    assert transports == {"tcp floor", "ws", "sse", "xhr", "multipart", "htmlfile", "poll",
+                          "jsonp"}
+    assert {r["store"] for r in rows} == {"–", "sqlite", "memory"}
+    assert all(r["n"] > 0 and r["p50_us"] > 0 for r in rows)
+
+
+def test_fanout(tmp_path: Path) -> None:
+    rows = run_bench("fanout", tmp_path)
+    assert {r["transport"] for r in rows} == {"ws", "sse"}
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["delivered"] > 0 and r["cpu_us_per_event"] > 0
+
+
+def test_connections(tmp_path: Path) -> None:
+    rows = run_bench("connections", tmp_path)
+    assert {r["transport"] for r in rows} == {"ws", "sse"}
+    assert all(r["connected"] == r["n"] and r["kb_per_connection"] > 0 for r in rows)
+
+
+def test_storm(tmp_path: Path) -> None:
+    [row] = run_bench("storm", tmp_path)
+    assert row["connected"] == row["clients"]
+    assert row["reconnected"] >= row["clients"]  # every client was cut and came back
+    assert row["posted"] > 0
+    assert row["lost"] == 0
+    assert row["duplicated"] == 0
+    assert row["not_caught_up"] == 0
+
+
+def test_ingest(tmp_path: Path) -> None:
+    rows = run_bench("ingest", tmp_path)
+    assert {(r["transport"], r["store"]) for r in rows} == {
+        ("ws", "sqlite"), ("http", "sqlite"), ("ws", "memory"), ("http", "memory")}
+    assert all(r["acked"] > 0 and r["errors"] == 0 for r in rows)
+
+
+def test_cut_signal_is_hidden_and_off_by_default() -> None:
+    help_text = subprocess.run([sys.executable, "-m", "rt", "serve", "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=30).stdout
+    assert "bench-cut-signal" not in help_text
