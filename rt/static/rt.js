@@ -1046,8 +1046,19 @@ export function isEchoOf(e, entry) {
 //                  {kind: "closed", code, reason} (WebSocket close)
 // and stops with stop(), after which it reports nothing.
 
-class WsConnection {
-  constructor(ctx) { this.ctx = ctx; this.ws = null; this.pinger = null; this.lastPing = 0; this.stopped = false; }
+/** What every transport's connection shares: ending once, then telling the client. */
+class Connection {
+  /** Stop (the subclass's `stop`) and report how the connection ended, once. */
+  _end(info) {
+    if (this.stopped) return;
+    const h = this.ctx.h;
+    this.stop();
+    h.end(info);
+  }
+}
+
+class WsConnection extends Connection {
+  constructor(ctx) { super(); this.ctx = ctx; this.ws = null; this.pinger = null; this.lastPing = 0; this.stopped = false; }
   start() {
     const { env, h } = this.ctx;
     const ws = new env.WebSocket(this.ctx.url());
@@ -1080,12 +1091,6 @@ class WsConnection {
     this.lastPing = this.ctx.env.now();
     try { this.ws.send('{"op":"ping"}'); } catch { /* closing */ }
   }
-  _end(info) {
-    if (this.stopped) return;
-    const h = this.ctx.h;
-    this.stop();
-    h.end(info);
-  }
   stop() {
     if (this.stopped) return;
     this.stopped = true;
@@ -1101,8 +1106,8 @@ class WsConnection {
 // The event names an rt SSE stream uses besides "message" (stored events).
 const SSE_NAMES = ["ready", "close", "presence", "typing", "heartbeat", "pong", "ack", "error"];
 
-class SseConnection {
-  constructor(ctx) { this.ctx = ctx; this.es = null; this.stopped = false; }
+class SseConnection extends Connection {
+  constructor(ctx) { super(); this.ctx = ctx; this.es = null; this.stopped = false; }
   start() {
     const { env, h } = this.ctx;
     // Never left to reconnect by itself: on any error it is closed, and the
@@ -1129,12 +1134,6 @@ class SseConnection {
     }
   }
   ready() {}
-  _end(info) {
-    if (this.stopped) return;
-    const h = this.ctx.h;
-    this.stop();
-    h.end(info);
-  }
   stop() {
     if (this.stopped) return;
     this.stopped = true;
@@ -1143,8 +1142,8 @@ class SseConnection {
 }
 
 /** xhr (NDJSON) and multipart, read from a fetch body (or XHR progress where bodies do not stream). */
-class FetchStreamConnection {
-  constructor(ctx, kind) { this.ctx = ctx; this.kind = kind; this.stopped = false; this.abort = null; this.xhr = null; }
+class FetchStreamConnection extends Connection {
+  constructor(ctx, kind) { super(); this.ctx = ctx; this.kind = kind; this.stopped = false; this.abort = null; this.xhr = null; }
   start() {
     if (this.ctx.env.fetch && this.ctx.env.streamingFetch) this._fetch();
     else this._xhr();
@@ -1240,12 +1239,6 @@ class FetchStreamConnection {
     xhr.open("GET", this.ctx.url());
     xhr.send();
   }
-  _end(info) {
-    if (this.stopped) return;
-    const h = this.ctx.h;
-    this.stop();
-    h.end(info);
-  }
   stop() {
     if (this.stopped) return;
     this.stopped = true;
@@ -1270,8 +1263,8 @@ async function refusal(res, env) {
 }
 
 /** Long-polling: a fetch loop, each poll carrying the client's cursor. */
-class PollConnection {
-  constructor(ctx) { this.ctx = ctx; this.stopped = false; this.abort = null; this.timer = null; this.lastStart = 0; }
+class PollConnection extends Connection {
+  constructor(ctx) { super(); this.ctx = ctx; this.stopped = false; this.abort = null; this.timer = null; this.lastStart = 0; }
   start() { this._poll(); }
   ready() {}
   _next() {
@@ -1310,12 +1303,6 @@ class PollConnection {
     h.objects(body.filter(isObject));
     this._next();
   }
-  _end(info) {
-    if (this.stopped) return;
-    const h = this.ctx.h;
-    this.stop();
-    h.end(info);
-  }
   stop() {
     if (this.stopped) return;
     this.stopped = true;
@@ -1325,8 +1312,8 @@ class PollConnection {
 }
 
 /** JSONP polling: one script tag per poll, each with its own callback name. */
-class JsonpConnection {
-  constructor(ctx) {
+class JsonpConnection extends Connection {
+  constructor(ctx) { super();
     this.ctx = ctx; this.stopped = false; this.script = null; this.name = null; this.timer = null; this.lastStart = 0;
   }
   start() { this._poll(); }
@@ -1381,12 +1368,6 @@ class JsonpConnection {
       this.script = null;
     }
   }
-  _end(info) {
-    if (this.stopped) return;
-    const h = this.ctx.h;
-    this.stop();
-    h.end(info);
-  }
   stop() {
     if (this.stopped) return;
     this.stopped = true;
@@ -1396,8 +1377,8 @@ class JsonpConnection {
 }
 
 /** HTMLFile: a hidden iframe whose scripts call `parent.F(batch)`; same origin only. */
-class HtmlFileConnection {
-  constructor(ctx) { this.ctx = ctx; this.stopped = false; this.iframe = null; this.name = null; }
+class HtmlFileConnection extends Connection {
+  constructor(ctx) { super(); this.ctx = ctx; this.stopped = false; this.iframe = null; this.name = null; }
   start() {
     const { env, registry, h } = this.ctx;
     const name = registry.create((objs) => {
@@ -1424,12 +1405,6 @@ class HtmlFileConnection {
     (doc.body || doc.documentElement).appendChild(iframe);
   }
   ready() {}
-  _end(info) {
-    if (this.stopped) return;
-    const h = this.ctx.h;
-    this.stop();
-    h.end(info);
-  }
   stop() {
     if (this.stopped) return;
     this.stopped = true;
