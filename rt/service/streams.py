@@ -86,14 +86,12 @@ class StreamSession:
         self.transport = transport
         self.token = token
         self.done = trio.Event()
-        self.opened_at = trio.current_time()
         self.ready: dict[str, Any] = {}
         self.last_id = 0
         self.delivered_from: float | None = None
         self._sub: Subscriber | None = None
         self._catching_up = False
         self._end: StreamEnd | None = None
-        self._end_hooks: list[Callable[[], None]] = []
         self.present_in: list[str] = []  # flows where this stream counts for presence
         self._finished = False
 
@@ -192,12 +190,6 @@ class StreamSession:
         if self._end is None:
             self._end = StreamEnd(reason, retry_ms_for(reason))
         self._detach()
-        for hook in self._end_hooks:
-            hook()
-
-    def on_end(self, hook: Callable[[], None]) -> None:
-        """Call `hook` (sync) when the stream is ended from outside (takeover, shutdown...)."""
-        self._end_hooks.append(hook)
 
     def _detach(self) -> None:
         if self._sub is not None:
