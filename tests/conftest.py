@@ -1,6 +1,6 @@
 import pytest
 
-from tests.helpers import new_flow, new_user, serve_rt
+from tests.helpers import Api, new_flow, new_user, serve_rt
 
 
 @pytest.fixture
@@ -20,5 +20,13 @@ async def alice(server):
 @pytest.fixture
 async def bob(server):
     api = await new_user(server, "bob")
+    yield api
+    await api.aclose()
+
+
+@pytest.fixture
+async def anon(server):
+    """A client without a token."""
+    api = Api(server)
     yield api
     await api.aclose()

@@ -18,7 +18,9 @@ from trio_websocket import open_websocket_url
 from rt.config import Config
 from rt.web.server import Server, open_server
 
-TEST_CONFIG = dict(host="127.0.0.1", port=0, db=":memory:", guests=True, drain_seconds=0.2)
+# No drain on shutdown: tests that look at draining drive it themselves
+# (Service.begin_shutdown) or run `rt serve` as a subprocess.
+TEST_CONFIG = dict(host="127.0.0.1", port=0, db=":memory:", guests=True, drain_seconds=0.0)
 
 
 @asynccontextmanager

@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from tests.helpers import Api, client_id, new_flow, new_user, serve_rt, sse_stream, uuid
@@ -68,25 +67,8 @@ def anonymous(server) -> Api:
     return Api(server)
 
 
-# Shut down without the 0.2 s drain of tests/helpers.py: these tests do not
-# look at draining (except test_draining_answers_503, which drives it itself),
-# and 40 servers would spend 8 s in it.
-FAST = {"drain_seconds": 0.0}
 
 
-@pytest.fixture
-async def server():
-    async with serve_rt(**FAST) as s:
-        await new_flow(s, "general")
-        yield s
-
-
-@pytest.fixture
-async def anon(server):
-    """A client without a token (one per test: making an httpx client costs ~50 ms)."""
-    api = anonymous(server)
-    yield api
-    await api.aclose()
 
 
 # -- public routes -------------------------------------------------------------
@@ -146,7 +128,7 @@ async def test_guest_accounts(server, alice):
 
 async def test_guests_disabled_is_404():
     with trio.fail_after(10):
-        async with serve_rt(guests=False, **FAST) as server:
+        async with serve_rt(guests=False) as server:
             anon = anonymous(server)
             try:
                 r = await anon.http.post("/auth/guest", json={"name": "carol"})
@@ -158,7 +140,7 @@ async def test_guests_disabled_is_404():
 
 async def test_guest_rate_limit():
     with trio.fail_after(10):
-        async with serve_rt(guest_rate=2, **FAST) as server:
+        async with serve_rt(guest_rate=2) as server:
             anon = anonymous(server)
             try:
                 for name in ("g1", "g2"):
@@ -527,7 +509,7 @@ async def test_op_checks_run_in_protocol_order(server, anon, alice, bob):
 
 async def test_post_body_over_max_body_is_413():
     with trio.fail_after(10):
-        async with serve_rt(max_body=1024, **FAST) as server:
+        async with serve_rt(max_body=1024) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             try:
@@ -542,7 +524,7 @@ async def test_post_body_over_max_body_is_413():
 
 async def test_chunked_body_over_max_body_is_413():
     with trio.fail_after(10):
-        async with serve_rt(max_body=1024, **FAST) as server:
+        async with serve_rt(max_body=1024) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             try:
@@ -888,7 +870,7 @@ async def test_metrics_from_loopback(server, anon, alice):
 
 async def test_metrics_token():
     with trio.fail_after(10):
-        async with serve_rt(metrics_token="m", **FAST) as server:
+        async with serve_rt(metrics_token="m") as server:
             anon = anonymous(server)
             try:
                 assert_error(await anon.http.get("/metrics"), 401, "unauthorized")
@@ -911,7 +893,7 @@ async def test_metrics_token():
 
 async def test_ops_rate_limit():
     with trio.fail_after(10):
-        async with serve_rt(ops_rate=1, ops_burst=2, **FAST) as server:
+        async with serve_rt(ops_rate=1, ops_burst=2) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             bob = await new_user(server, "bob")
@@ -937,7 +919,7 @@ async def test_ops_rate_limit():
 
 async def test_retry_does_not_consume_the_rate_limit():
     with trio.fail_after(10):
-        async with serve_rt(ops_rate=0.001, ops_burst=2, **FAST) as server:
+        async with serve_rt(ops_rate=0.001, ops_burst=2) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             try:
@@ -953,7 +935,7 @@ async def test_retry_does_not_consume_the_rate_limit():
 
 async def test_rate_limited_op_consumes_no_uuid():
     with trio.fail_after(10):
-        async with serve_rt(ops_rate=10, ops_burst=1, **FAST) as server:
+        async with serve_rt(ops_rate=10, ops_burst=1) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             try:
@@ -1193,7 +1175,7 @@ async def test_concurrent_mismatch(server, alice):
 
 async def test_cors():
     with trio.fail_after(10):
-        async with serve_rt(allow_origin=("https://app.example",), **FAST) as server:
+        async with serve_rt(allow_origin=("https://app.example",)) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             anon = anonymous(server)

@@ -37,22 +37,8 @@ def assert_error(r: httpx.Response | tuple[int, Any], status: int, code: str) ->
     return body
 
 
-# Shut down without the 0.2 s drain of tests/helpers.py (nothing here looks at it).
-FAST = {"drain_seconds": 0.0}
 
 
-@pytest.fixture
-async def server():
-    async with serve_rt(**FAST) as s:
-        await new_flow(s, "general")
-        yield s
-
-
-@pytest.fixture
-async def anon(server):
-    api = Api(server)
-    yield api
-    await api.aclose()
 
 
 async def sse_open(http: httpx.AsyncClient, params: dict[str, Any],
@@ -155,7 +141,7 @@ async def test_ticket_is_bound_to_its_client_id(server, anon, alice, bob):
 async def test_tickets_lapse_after_their_ttl():
     ttl = 0.5
     with trio.fail_after(10):
-        async with serve_rt(ticket_ttl=ttl, **FAST) as server:
+        async with serve_rt(ticket_ttl=ttl) as server:
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             anon = Api(server)
@@ -384,7 +370,7 @@ async def test_no_token_or_ticket_in_the_server_log(caplog):
         caplog.set_level(logging.DEBUG, logger=name)
     secrets: list[str] = []
     with trio.fail_after(15):
-        async with serve_rt(**FAST) as server:
+        async with serve_rt() as server:
             # records of loggers that do not propagate reach caplog too
             hooked = []
             for logger in list(logging.root.manager.loggerDict.values()):

@@ -419,7 +419,6 @@ class World:
 @asynccontextmanager
 async def world(**overrides: Any) -> AsyncIterator[World]:
     """A server with flows `general` and `other` and users alice and bob."""
-    overrides.setdefault("drain_seconds", 0.0)
     async with serve_rt(**overrides) as server:
         await new_flow(server, "general")
         await new_flow(server, "other")
