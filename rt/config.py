@@ -50,6 +50,10 @@ class Config:
     # Not on the wire: how long draining lasts on SIGTERM, and a bench-only switch.
     drain_seconds: float = 1.0
     ticket_ttl: float = 60.0
+    # Idle streams get events written by `publish` straight to the socket
+    # (rt/service/streams.py); off, every event takes the buffered path (kept
+    # for tests of that path and for `rt bench`'s before/after comparison).
+    direct_writes: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def replace(self, **changes) -> Config:

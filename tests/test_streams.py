@@ -306,6 +306,7 @@ class RawWs:
         self.ws = WSConnection(ConnectionType.CLIENT)
         self._texts: deque[str] = deque()
         self._partial = ""
+        self._closed: StreamClosed | None = None  # raised once the texts before it are read
 
     @classmethod
     async def connect(cls, server: Server, query: dict[str, Any], token: str,
@@ -343,12 +344,14 @@ class RawWs:
                 self._texts.extend(self._partial.split("\n"))
                 self._partial = ""
         elif isinstance(event, CloseConnection):
-            closed = StreamClosed(event.code, event.reason)
-            closed.event = event
-            raise closed
+            self._closed = StreamClosed(event.code, event.reason)
+            self._closed.event = event
 
     async def next(self) -> dict[str, Any]:
+        """The next object; StreamClosed once every object before the close frame was read."""
         while not self._texts:
+            if self._closed is not None:
+                raise self._closed
             for event in await self._events():
                 self._take(event)
         return json.loads(self._texts.popleft())
@@ -791,9 +794,10 @@ async def test_third_stream_evicts_the_oldest(transport):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("bound", ["objects", "bytes"])
 async def test_lagging_stream_ends_and_resumes_without_gap(transport, bound):
+    """The buffered path: direct writes off, so the burst lands in the stream's buffer."""
     limits = {"objects": {"buffer_objects": 5}, "bytes": {"buffer_bytes": 4096}}[bound]
     with trio.fail_after(10):
-        async with world(**limits) as w:
+        async with world(**limits, direct_writes=False) as w:
             async with open_stream(transport, w.alice, ["general"]) as s:
                 ready = await s.ready()
                 cursor = ready["cursor"]
@@ -818,6 +822,46 @@ async def test_lagging_stream_ends_and_resumes_without_gap(transport, bound):
                                    epoch=ready["epoch"]) as s:
                 again = await s.ready()
                 assert again["reset"] is False
+                got = [(await s.stored())["id"] for _ in range(ids[-1] - cursor)]
+                assert got == list(range(cursor + 1, ids[-1] + 1))
+            await w.wait_counts((0, 0))
+
+
+@pytest.mark.parametrize("bound", ["objects", "bytes"])
+async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
+    """With direct writes (the default), a burst goes straight to an idle stream's socket;
+    once the socket is full, events buffer, and past the bound the stream lags. The
+    client reads nothing until the burst is stored (6.4 MB, more than loopback buffers
+    hold), then reads every object: consecutive ids, `lagging`, and a resume that gets
+    the rest."""
+    limits = {"objects": {"buffer_objects": 5}, "bytes": {"buffer_bytes": 40_000}}[bound]
+    with trio.fail_after(20):
+        async with world(**limits, ops_burst=500) as w:
+            cid = client_id()
+            raw = await RawWs.connect(w.server, stream_query(["general"], cid), w.alice.token,
+                                      rcvbuf=4096)
+            try:
+                ready = await raw.next()
+                cursor = ready["cursor"]
+                await w.wait_counts((1, 1))
+                ids = await w.burst("bob", 400, content="z" * 16000)
+                assert ids == list(range(cursor + 1, cursor + 401))
+                while True:
+                    obj = await raw.next()
+                    if obj["type"] == "close":
+                        break
+                    assert obj["type"] == "message" and obj["id"] == cursor + 1, "a gap"
+                    cursor = obj["id"]
+                assert obj["reason"] == "lagging"
+                with pytest.raises(StreamClosed) as end:
+                    await raw.next()
+                assert end.value.code == 4010
+            finally:
+                await raw.abort()
+            assert cursor < ids[-1], "the stream did not lag before the end of the burst"
+            async with open_stream("ws", w.alice, ["general"], cursor=cursor,
+                                   epoch=ready["epoch"]) as s:
+                assert (await s.ready())["reset"] is False
                 got = [(await s.stored())["id"] for _ in range(ids[-1] - cursor)]
                 assert got == list(range(cursor + 1, ids[-1] + 1))
             await w.wait_counts((0, 0))

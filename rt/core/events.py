@@ -7,6 +7,7 @@ created, and reused by every connection. Stored events have an integer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ class Event:
     content of its message and edits), the store makes a new Event.
     """
 
-    __slots__ = ("id", "flow", "type", "data", "raw")
+    __slots__ = ("id", "flow", "type", "data", "raw", "_wire")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.id: int | None = data.get("id")
@@ -28,6 +29,22 @@ class Event:
         self.type: str = data["type"]
         self.data = data
         self.raw = encode(data)
+        self._wire: dict[Any, bytes] | None = None
+
+    def framed(self, key: Any, make: Callable[[Event], bytes]) -> bytes:
+        """`make(self)`, computed once per `key` and then reused.
+
+        For the bytes one transport writes for this event alone: a fan-out
+        to N connections frames it once, not N times. `make` must depend on
+        nothing but the event and what `key` names.
+        """
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = {}
+        data = wire.get(key)
+        if data is None:
+            data = wire[key] = make(self)
+        return data
 
     def __repr__(self) -> str:
         return f"Event({self.data!r})"

@@ -11,6 +11,12 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
   rather crash loudly than lose events silently.
 - `publish_ephemeral(event)` delivers presence and typing; no id, no order check.
 - Each event is encoded once (`Event.raw`); the hub only appends references.
+- A subscriber may have a `direct` callable (set by its stream once it is
+  live). While its buffer is empty, `put` first offers the event to
+  `direct(event)`: True means the stream took it (wrote it, or skipped a
+  duplicate) and nothing is buffered; False means buffer it as usual. So
+  an idle stream's events skip the buffer, the wake-up and the task switch,
+  and order holds: nothing is offered while older events wait in the buffer.
 - A subscriber whose buffer would exceed `max_objects` or `max_bytes` is
   marked `lagging` and detached: it keeps what it has, receives nothing
   more, and its stream ends with `lagging` (the client resumes from its
@@ -20,7 +26,7 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 
@@ -31,7 +37,7 @@ class Subscriber:
     """One stream's bounded buffer of live events."""
 
     __slots__ = ("flows", "max_objects", "max_bytes", "_items", "_bytes", "lagging",
-                 "detached", "_lot")
+                 "detached", "_lot", "direct")
 
     def __init__(self, flows: Iterable[str], max_objects: int, max_bytes: int) -> None:
         self.flows = frozenset(flows)
@@ -42,9 +48,12 @@ class Subscriber:
         self.lagging = False
         self.detached = False
         self._lot = trio.lowlevel.ParkingLot()
+        self.direct: Callable[[Event], bool] | None = None
 
     def put(self, event: Event) -> bool:
-        """Buffer one event; False (and `lagging`) if that would exceed the bounds."""
+        """Deliver or buffer one event; False (and `lagging`) if that would exceed the bounds."""
+        if not self._items and self.direct is not None and self.direct(event):
+            return True
         size = len(event.raw)
         if len(self._items) >= self.max_objects or self._bytes + size > self.max_bytes:
             self.lagging = True
@@ -93,6 +102,7 @@ class MemoryHub:
         if sub.detached:
             return
         sub.detached = True
+        sub.direct = None
         self.subscribers -= 1
         for flow in sub.flows:
             subs = self._by_flow.get(flow)

@@ -11,6 +11,15 @@ buffer; it sends catch-up pages from the store while behind, then drains
 the buffer, skipping every id at or below the last id it sent. Catch-up
 pages do not pass through the bounded buffer.
 
+Direct delivery: once the web layer has written `ready`, it may call
+`deliver_directly(write)`. From then on, an event published while the
+session is idle (caught up, nothing buffered, no batch being written) is
+handed to `write(event)` inside `publish` itself, which frames it and
+writes it to the socket without blocking, or returns False to have it
+buffered and sent by the stream's loop as usual. The loop brackets each
+batch it writes with `writing()` / `written()`, so no direct write can
+overtake a batch already taken from the buffer.
+
 Takeover (invariant 5): `StreamRegistry.claim` registers the new session
 under (user, client id), ends the old one at once (detached from the hub,
 so it delivers nothing more), waits for it at most `write_timeout`, and
@@ -94,6 +103,9 @@ class StreamSession:
         self._end: StreamEnd | None = None
         self.present_in: list[str] = []  # flows where this stream counts for presence
         self._finished = False
+        self._write: Callable[[Event], bool] | None = None
+        self._writing = False  # the loop holds a batch it has not finished writing
+        self._nudged = False  # next_batch returns [] once: the loop has its own work
 
     @property
     def key(self) -> tuple[str, str]:
@@ -142,8 +154,52 @@ class StreamSession:
 
     # -- running -----------------------------------------------------------
 
+    def deliver_directly(self, write: Callable[[Event], bool]) -> None:
+        """Let `publish` hand idle-time events to `write` (see the module docstring).
+
+        `write(event)` must not block or raise; True means the event is the
+        connection's (written, or its unwritten rest pending on the socket).
+        """
+        self._write = write
+        if self._sub is not None and not self._sub.detached:
+            self._sub.direct = self._offer
+
+    def _offer(self, event: Event) -> bool:
+        if self._catching_up or self._writing or self._end is not None:
+            return False
+        event_id = event.id
+        if event_id is not None and event_id <= self.last_id:
+            return True  # already sent (it was in a catch-up page)
+        write = self._write
+        try:
+            if write is None or not write(event):
+                return False
+        except Exception:  # a bug in the direct path must not reach the store's writer
+            self._write = None
+            if self._sub is not None:
+                self._sub.direct = None
+            return False
+        if event_id is not None:
+            self.last_id = event_id
+        return True
+
+    def writing(self) -> None:
+        """The loop is about to write a batch: hold direct writes back until `written()`."""
+        self._writing = True
+
+    def written(self) -> None:
+        self._writing = False
+
+    def nudge(self) -> None:
+        """Make a waiting `next_batch` return [] once (the loop has bytes to flush)."""
+        self._nudged = True
+        if self._sub is not None:
+            self._sub.wake()
+
     async def next_batch(self) -> list[Event]:
         """The next events to send, in order; raises StreamEnd when the stream must end.
+
+        Returns [] only after `nudge()`.
 
         Cancellation-safe: a cancelled call loses nothing (a store read in a
         thread completes and is kept; the buffer is only taken synchronously).
@@ -163,9 +219,14 @@ class StreamSession:
                 continue
             sub = self._sub
             assert sub is not None
-            await sub.wait()
+            if not self._nudged:
+                await sub.wait()
             if self._end is not None:
                 raise self._end
+            if self._nudged:
+                self._nudged = False
+                if not len(sub):
+                    return []
             items = sub.take_all()
             last = self.last_id
             batch: list[Event] = []

@@ -4,13 +4,13 @@ A framer turns batches of events and control frames into the bytes of its
 transport. It does no I/O. `FRAMERS` maps a transport name to its framer.
 """
 
-from rt.transports.base import STREAM_HEADERS, Framer, rotation_cut
+from rt.transports.base import STREAM_HEADERS, Framer, http_chunk, rotation_cut
 from rt.transports.htmlfile import HtmlFileFramer
 from rt.transports.jsonp import JsonpFramer
 from rt.transports.multipart import MultipartFramer
 from rt.transports.poll import PollFramer
 from rt.transports.sse import SseFramer
-from rt.transports.websocket import WebSocketFramer
+from rt.transports.websocket import WebSocketFramer, text_frame
 from rt.transports.xhr import XhrFramer
 
 # The shared instances. Bind htmlfile and jsonp to a request's callback with
@@ -28,4 +28,5 @@ FRAMERS: dict[str, Framer] = {
 # Every transport of the protocol, in the browser client's fallback order.
 ALL_TRANSPORTS = ("ws", "sse", "xhr", "multipart", "poll", "jsonp", "htmlfile")
 
-__all__ = ["ALL_TRANSPORTS", "FRAMERS", "STREAM_HEADERS", "Framer", "rotation_cut"]
+__all__ = ["ALL_TRANSPORTS", "FRAMERS", "STREAM_HEADERS", "Framer", "http_chunk", "rotation_cut",
+           "text_frame"]

@@ -21,6 +21,13 @@ STREAM_HEADERS: dict[str, str] = {
 HEARTBEAT_OBJ = {"type": "heartbeat"}
 
 
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one chunk of an HTTP/1.1 chunked body (RFC 9112 section 7.1); non-empty."""
+    if not data:
+        raise ValueError("an empty chunk would end the body; send nothing instead")
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class Framer:
     """Bytes for one transport. Stateless: one instance serves every connection.
 
@@ -37,7 +44,9 @@ class Framer:
     - `preamble()`: bytes that open the response body (may be empty).
     - `ready(obj, epoch)`: the `ready` control frame.
     - `frame(events, epoch)`: one batch of stored and ephemeral events
-      (an empty batch frames to b"" for every streaming framer).
+      (an empty batch frames to b"" for every streaming framer). Depends on
+      nothing but the events, the epoch and the framer's `name` (never on a
+      request's callback), so a batch's bytes can be shared by connections.
     - `control(obj)`: any other control frame (`close`, `pong`, `ack`, `error`).
     - `heartbeat()`: what an idle stream sends every `heartbeat` seconds.
     - `epilogue()`: bytes that end the body when the server ends the response

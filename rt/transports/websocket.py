@@ -28,6 +28,21 @@ class WebSocketFramer(Framer):
         return _HEARTBEAT
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455 section 5.2) of `payload`.
+
+    What a server writes for one message; `payload` must be UTF-8. Without
+    the RSV1 bit, so it is also valid on a connection that negotiated
+    permessage-deflate (RFC 7692: such a message is simply not compressed).
+    """
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
+
+
 def split_frame(text: str) -> list[str]:
     """The objects of one server text frame (the client side of `frame`)."""
     return [line for line in text.split("\n") if line]

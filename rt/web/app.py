@@ -264,7 +264,8 @@ def create_app(service: Service) -> QuartTrio:
             service.metrics.events_delivered.labels(transport).inc(len(parts))
             return Response(framer.answer(parts), status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
-        body = StreamBody(service, framer, params, request.scope.get("client"))
+        body = StreamBody(service, framer, params, request.scope.get("client"),
+                          chunked=request.method == "GET" and request.http_version == "1.1")
         response = Response(body, status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
         response.timeout = None

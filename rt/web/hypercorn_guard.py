@@ -19,6 +19,11 @@ It fixes two traps of the stack (DESIGN.md, section 3a):
    contains and logs any exception (never a cancellation) that escapes one
    connection's ``run()``.
 
+It also gives rt's hot path a way around the ASGI send chain:
+:func:`direct_writer` returns a :class:`DirectWriter` for an open plain-TCP
+connection, which writes already-framed bytes straight to the socket when no
+other write is in progress (see its contract).
+
 Use :func:`install` once before ``hypercorn.trio.serve`` starts; it checks
 the upstream sources with :func:`check_upstream` first and refuses to patch a
 hypercorn whose patched or depended-on functions changed.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +47,10 @@ __all__ = [
     "UPSTREAM_SHA256",
     "WRITE_CHUNK_SIZE",
     "GuardedTCPServer",
+    "DirectWriter",
     "check_upstream",
     "cut_all",
+    "direct_writer",
     "install",
     "installed",
     "last_receive",
@@ -137,6 +145,61 @@ def last_receive(peer: tuple[Any, ...]) -> float:
 # Every connection being served (for cut_all, which `rt bench storm` uses).
 _open_servers: set[GuardedTCPServer] = set()
 
+# (host, port) of each open plain-TCP connection's peer -> its server (for direct_writer).
+_servers_by_peer: dict[tuple[Any, ...], GuardedTCPServer] = {}
+
+
+class DirectWriter:
+    """Writes pre-framed bytes to one connection's socket without the ASGI send chain.
+
+    Contract:
+
+    * ``try_write(data)`` is synchronous. It returns True when ``data`` now
+      belongs to the connection: written to the kernel in full, or written in
+      part with the rest kept as :attr:`pending`, which goes out before any
+      later byte of the connection (every hypercorn write, and :meth:`flush`,
+      sends it first). It returns False, writing nothing, while another write
+      holds the connection (hypercorn's send lock), while bytes are pending,
+      after ``stop()``, when the kernel's buffer is full, or when the socket
+      has failed or closed: the caller then takes the ordinary (awaiting)
+      path, which queues behind the write in progress and so keeps the order.
+    * Only whole protocol units may be passed (a complete WebSocket frame, a
+      complete HTTP chunk), after the response head has been written: the
+      bytes go to the socket as they are.
+    * ``stop()`` makes every later ``try_write`` return False (for example
+      once a WebSocket close frame has been sent: nothing may follow it).
+    """
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: GuardedTCPServer) -> None:
+        self._server = server
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a direct write still waits for :meth:`flush`."""
+        return bool(self._server._pending)
+
+    def try_write(self, data: bytes) -> bool:
+        return self._server._try_write(data)
+
+    async def flush(self) -> None:
+        """Write the pending bytes, bounded like every write (may abort the connection)."""
+        if self._server._pending:
+            await self._server.protocol_send(RawData(b""))
+
+    def stop(self) -> None:
+        self._server._direct_stopped = True
+
+
+def direct_writer(peer: Any) -> DirectWriter | None:
+    """The :class:`DirectWriter` of the open plain-TCP connection from `peer`, if any.
+
+    None for an unknown peer and for TLS connections (bytes must be encrypted).
+    """
+    server = _servers_by_peer.get(tuple(peer or ()))
+    return None if server is None else DirectWriter(server)
+
 
 async def cut_all() -> int:
     """Force-close every open TCP connection at once (benchmarks only); returns how many.
@@ -220,6 +283,9 @@ class GuardedTCPServer(_UpstreamTCPServer):
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
 
     _peer: str | None = None
+    _pending: bytes = b""  # the unwritten rest of a direct write; goes out first
+    _direct_stopped: bool = False
+    _fd: int = -1  # the socket's descriptor for direct writes; -1 if none (TLS)
 
     async def run(self) -> None:
         peer = self._peer_for_log()
@@ -227,6 +293,9 @@ class GuardedTCPServer(_UpstreamTCPServer):
         key = _peer_key(self.stream)
         if key is not None:
             _last_receive[key] = trio.current_time()
+            if isinstance(self.stream, trio.SocketStream):
+                self._fd = self.stream.socket.fileno()
+                _servers_by_peer[key] = self
             self.stream = _StampingStream(self.stream, key)  # type: ignore[assignment]
         try:
             await super().run()
@@ -243,17 +312,42 @@ class GuardedTCPServer(_UpstreamTCPServer):
             _open_servers.discard(self)
             if key is not None:
                 _last_receive.pop(key, None)
+                if _servers_by_peer.get(key) is self:
+                    del _servers_by_peer[key]
+
+    def _try_write(self, data: bytes) -> bool:
+        """:meth:`DirectWriter.try_write` (its contract)."""
+        if self._pending or self._direct_stopped or self.send_lock.locked() or self._fd < 0:
+            return False
+        socket = self.stream.socket  # type: ignore[attr-defined]
+        if socket.fileno() != self._fd:  # closed (and the number maybe reused)
+            self._fd = -1
+            return False
+        try:
+            written = os.write(self._fd, data)
+        except OSError:  # full (BlockingIOError), reset, closed: the ordinary path decides
+            return False
+        if written < len(data):
+            self._pending = data[written:]
+        return True
 
     async def protocol_send(self, event: Event) -> None:
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
         async with self.send_lock:
+            data = event.data
+            if data[:1] == b"\x88":
+                # A WebSocket close frame (no HTTP head or chunk starts with this
+                # byte): no direct data frame may follow it.
+                self._direct_stopped = True
+            if self._pending:  # the rest of a direct write goes first
+                data, self._pending = self._pending + data, b""
             stalled = False
             try:
                 with trio.CancelScope(shield=True):
                     try:
-                        await self._send_with_deadline(event.data)
+                        await self._send_with_deadline(data)
                     except _WriteStalled:
                         stalled = True
                         self._peer_for_log()  # while the socket can still tell

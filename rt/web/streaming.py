@@ -10,6 +10,12 @@ disconnects, so `__aexit__` (and `finish`) runs at once.
 
 A write that blocks for `write-timeout` is aborted by rt's hypercorn guard
 (rt/web/hypercorn_guard.py), which ends the response the same way.
+
+Once the head and `ready` are out, events published while the stream is
+idle are written by `publish` itself as whole HTTP chunks, straight to the
+socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
+only on HTTP/1.1 (chunked) GET responses; everything else, and any event
+that finds the socket busy, takes the iteration below.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from rt.core.errors import RtError, bad_request
+from rt.core.events import Event
 from rt.core.grammar import check_client, check_flow_list, parse_int
 from rt.service import Service, StreamEnd, StreamSession
 from rt.service.streams import retry_ms_for
-from rt.transports import Framer, rotation_cut
+from rt.transports import Framer, http_chunk, rotation_cut
 from rt.transports.sse import parse_last_event_id
 from rt.web import hypercorn_guard
 
@@ -72,11 +79,16 @@ class StreamBody(ResponseBody):
     """One streaming HTTP response: preamble and `ready`, then batches, then `close`."""
 
     def __init__(self, service: Service, framer: Framer, params: StreamRequest,
-                 peer: Any = None) -> None:
+                 peer: Any = None, *, chunked: bool = False) -> None:
+        """`chunked`: the response is an HTTP/1.1 chunked body (enables direct writes)."""
         self.service = service
         self.framer = framer
         self.params = params
         self.peer = register_peer(peer, service, framer.name)
+        self.direct = (hypercorn_guard.direct_writer(self.peer)
+                       if chunked and service.config.direct_writes else None)
+        self._direct_on = False
+        self._wire_key: tuple[str, str] = (framer.name, "")
         self.session: StreamSession | None = None
         self._queue: deque[bytes] = deque()  # chunks due before the next batch
         self._done = False
@@ -133,41 +145,88 @@ class StreamBody(ResponseBody):
     def _rotation_due(self, extra: int = 0) -> bool:
         return self.framer.rotates and self._written + extra >= self._rotate_bytes
 
+    def _write_event(self, event: Event) -> bool:
+        """Direct delivery of one event published while the stream is idle (never blocks)."""
+        chunk = event.framed(self._wire_key, self._wire)
+        size = len(chunk) - _chunk_overhead(chunk)
+        # A write that reaches the rotation mark takes the ordinary path, which rotates.
+        if self._done or self._rotation_due(size) or not self.direct.try_write(chunk):  # type: ignore[union-attr]
+            return False
+        self._written += size
+        self._last_write = trio.current_time()
+        self._delivered.inc()
+        session = self.session
+        assert session is not None
+        self.service.record_delivery(session)
+        if self.direct.pending:  # type: ignore[union-attr]
+            session.nudge()  # the iteration flushes the rest
+        return True
+
+    def _wire(self, event: Event) -> bytes:
+        return http_chunk(self.framer.frame((event,), self._wire_key[1]))
+
     async def __anext__(self) -> bytes:
+        session = self.session
+        if session is not None:
+            session.written()  # Quart has written the chunk we returned last
         if self._queue:
             return self._emit(self._queue.popleft())
         if self._done:
             raise StopAsyncIteration
-        session = self.session
         assert session is not None
         framer = self.framer
         service = self.service
         epoch = session.ready["epoch"]
-        try:
-            with trio.move_on_at(self._last_write + service.config.heartbeat):
-                batch = await session.next_batch()
-                rotate = False
-                if framer.rotates:
-                    n = rotation_cut(framer.object_sizes(batch),
-                                     self._rotate_bytes - self._written)
-                    if n < len(batch):
-                        # The rest comes from the log when the client resumes.
-                        batch, rotate = batch[:n], True
-                service.record_delivery(session)
-                self._delivered.inc(len(batch))
-                chunk = framer.frame(batch, epoch) if batch else b""
-                if rotate or self._rotation_due(len(chunk)):
-                    self._end_with(StreamEnd("rotate", 0))
-                if not chunk:
-                    return self._emit(self._queue.popleft())
-                return self._emit(chunk)
-        except StreamEnd as end:
-            self._end_with(end)
-            return self._emit(self._queue.popleft())
+        direct = self.direct
+        if direct is not None and not self._direct_on:
+            # The head and `ready` are out: whole chunks may now go straight out.
+            self._direct_on = True
+            self._wire_key = (framer.name, epoch)
+            session.deliver_directly(self._write_event)
+        while True:
+            if direct is not None and direct.pending:
+                await direct.flush()
+            try:
+                with trio.move_on_at(self._last_write + service.config.heartbeat):
+                    batch = await session.next_batch()
+                    if not batch:
+                        continue  # nudged: flush the rest of a direct write first
+                    session.writing()
+                    return self._batch(batch, epoch)
+            except StreamEnd as end:
+                self._end_with(end)
+                return self._emit(self._queue.popleft())
+            if trio.current_time() >= self._last_write + service.config.heartbeat:
+                break  # idle: nothing was written directly either
         chunk = framer.heartbeat()
         if self._rotation_due(len(chunk)):
             self._end_with(StreamEnd("rotate", 0))
         return self._emit(chunk)
+
+    def _batch(self, batch: list[Event], epoch: str) -> bytes:
+        """The chunk for a batch taken from the session (cut, and ended, at the rotation mark)."""
+        framer = self.framer
+        session = self.session
+        assert session is not None
+        rotate = False
+        if framer.rotates:
+            n = rotation_cut(framer.object_sizes(batch), self._rotate_bytes - self._written)
+            if n < len(batch):
+                # The rest comes from the log when the client resumes.
+                batch, rotate = batch[:n], True
+        self.service.record_delivery(session)
+        self._delivered.inc(len(batch))
+        chunk = framer.frame(batch, epoch) if batch else b""
+        if rotate or self._rotation_due(len(chunk)):
+            self._end_with(StreamEnd("rotate", 0))
+        if not chunk:
+            return self._emit(self._queue.popleft())
+        return self._emit(chunk)
+
+
+def _chunk_overhead(chunk: bytes) -> int:
+    """Bytes of HTTP chunk framing around the body bytes in `chunk` (from `http_chunk`)."""
+    return chunk.index(b"\r\n") + 4
 
 
 def parse_stream_request(

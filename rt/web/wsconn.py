@@ -1,7 +1,10 @@
 """The WebSocket connection shape: one nursery per connection with three tasks.
 
 - the writer (the handler's own task): `ready`, then batches, heartbeats
-  when idle, and finally `close` and the close code;
+  when idle, and finally `close` and the close code; while the stream is
+  idle, events are instead written by `publish` itself, straight to the
+  socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
+  and so are replies when nothing else is being written;
 - the reader: ops (post, edit, tag, delete, typing, ping) with `ack`,
   `error` and `pong` replies; each storing op runs in its own task of the
   nursery (bounded), so one slow commit does not stall the socket, while
@@ -24,10 +27,11 @@ import trio
 
 from rt.core.codec import decode_object, encode
 from rt.core.errors import CLOSE_CODES, RtError, bad_request
+from rt.core.events import Event
 from rt.core.grammar import check_flow, check_ref
 from rt.core.ops import delete_op, edit_op, post_op, tag_op
 from rt.service import Service, StreamEnd, StreamSession
-from rt.transports import FRAMERS
+from rt.transports import FRAMERS, text_frame
 from rt.web import hypercorn_guard
 from rt.web.http import origin_allowed
 from rt.web.streaming import STREAM_PEERS, StreamRequest, parse_stream_request, register_peer
@@ -93,12 +97,35 @@ class WsConnection:
         self.session: StreamSession | None = None
         self.nursery: trio.Nursery | None = None
         self.closing = False
+        self.direct = (hypercorn_guard.direct_writer(self.peer)
+                       if service.config.direct_writes else None)
+        self._delivered = service.metrics.events_delivered.labels("ws")  # looked up once
 
     async def send(self, data: bytes) -> None:
+        """Send one text frame: straight to the socket if it is free, else through hypercorn."""
         if self.closing:  # hypercorn raises on a send after close; the client resumes anyway
             return
         self.last_write = trio.current_time()
+        direct = self.direct
+        if direct is not None and direct.try_write(text_frame(data)):
+            if direct.pending and self.session is not None:
+                self.session.nudge()  # the writer flushes the rest
+            return
         await self.ws.send(data.decode())
+
+    def _write_event(self, event: Event) -> bool:
+        """Direct delivery of one event published while the stream is idle (never blocks)."""
+        direct = self.direct
+        if self.closing or direct is None or not direct.try_write(event.framed("ws", _ws_wire)):
+            return False
+        self.last_write = trio.current_time()
+        self._delivered.inc()
+        session = self.session
+        assert session is not None
+        self.service.record_delivery(session)
+        if direct.pending:
+            session.nudge()  # the writer flushes the rest
+        return True
 
     async def close(self, code: int, reason: str) -> None:
         """Close once; from then on `send` drops what other tasks still send.
@@ -143,9 +170,13 @@ class WsConnection:
         assert session is not None
         service = self.service
         heartbeat = service.config.heartbeat
-        delivered = service.metrics.events_delivered.labels("ws")
+        direct = self.direct
         await self.send(FRAMER.ready(session.ready, session.ready["epoch"]))
+        if direct is not None:
+            session.deliver_directly(self._write_event)
         while True:
+            if direct is not None and direct.pending:
+                await direct.flush()
             batch = None
             try:
                 # Only the wait is bounded by the heartbeat: a batch taken from the
@@ -156,12 +187,19 @@ class WsConnection:
                 await self._close_with(end)
                 return
             if batch is None:
-                await self.send(FRAMER.heartbeat())
+                if trio.current_time() >= self.last_write + heartbeat:  # not written directly
+                    await self.send(FRAMER.heartbeat())
+                continue
+            if not batch:  # nudged: flush the rest of a direct write first
                 continue
             service.record_delivery(session)
-            delivered.inc(len(batch))
-            for part in _frames(batch):
-                await self.send(FRAMER.frame(part, session.ready["epoch"]))
+            self._delivered.inc(len(batch))
+            session.writing()
+            try:
+                for part in _frames(batch):
+                    await self.send(FRAMER.frame(part, session.ready["epoch"]))
+            finally:
+                session.written()
 
     async def _close_with(self, end: StreamEnd) -> None:
         with trio.move_on_after(self.service.config.write_timeout):
@@ -266,6 +304,10 @@ class WsConnection:
             await self.close(code, error.code)
             assert self.nursery is not None
             self.nursery.cancel_scope.cancel()
+
+
+def _ws_wire(event: Event) -> bytes:
+    return text_frame(event.raw)
 
 
 def _frames(batch: list[Any]) -> list[list[Any]]:
