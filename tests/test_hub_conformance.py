@@ -335,6 +335,70 @@ async def test_many_waiters_all_wake(hub: Any) -> None:
     assert all(ids(s.take_all()) == [1] for s in subs)
 
 
+# -- direct delivery -------------------------------------------------------------------
+
+
+class Taker:
+    """A `direct` callable that records what it is offered and takes it or not."""
+
+    def __init__(self, take: bool = True) -> None:
+        self.take = take
+        self.offers: list[list[int | None]] = []
+
+    def __call__(self, events: Any) -> bool:
+        self.offers.append(ids(list(events)))
+        return self.take
+
+
+async def test_direct_takes_events_instead_of_the_buffer(hub: Any) -> None:
+    sub = sub_all(hub, ["a"])
+    sub.direct = taker = Taker()
+    hub.publish([ev(1)])
+    hub.publish([ev(2)])
+    assert taker.offers == [[1], [2]]
+    assert len(sub) == 0
+
+
+async def test_direct_gets_a_batch_at_once_and_only_its_flows(hub: Any) -> None:
+    both, only_a = sub_all(hub, ["a", "b"]), sub_all(hub, ["a"])
+    both.direct, only_a.direct = Taker(), Taker()
+    hub.publish([ev(1, "a"), ev(2, "b"), ev(3, "a"), ev(4, "c")])
+    assert both.direct.offers == [[1, 2, 3]]
+    assert only_a.direct.offers == [[1, 3]]
+
+
+async def test_direct_refusal_buffers_and_no_offer_while_buffered(hub: Any) -> None:
+    sub = sub_all(hub, ["a"])
+    sub.direct = taker = Taker(take=False)
+    hub.publish([ev(1), ev(2)])
+    assert taker.offers == [[1, 2]]
+    taker.take = True
+    hub.publish([ev(3)])
+    hub.publish_ephemeral(typing_event("a", "bob"))
+    # older events wait in the buffer: the newer ones must queue behind them
+    assert taker.offers == [[1, 2]]
+    assert ids(sub.take_all()) == [1, 2, 3, None]
+    hub.publish([ev(4)])
+    assert taker.offers == [[1, 2], [4]]
+
+
+async def test_direct_refusal_past_the_bound_lags(hub: Any) -> None:
+    sub = sub_all(hub, ["a"], max_objects=2)
+    sub.direct = Taker(take=False)
+    hub.publish([ev(1), ev(2), ev(3)])
+    assert sub.lagging
+    assert ids(sub.take_all()) == [1, 2]
+    assert hub.count() == 0
+
+
+async def test_unsubscribe_drops_direct(hub: Any) -> None:
+    sub = sub_all(hub, ["a"])
+    sub.direct = taker = Taker()
+    hub.unsubscribe(sub)
+    hub.publish([ev(1)])
+    assert taker.offers == [] and sub.direct is None
+
+
 # -- the id order ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("first", "second"), [

@@ -827,6 +827,39 @@ async def test_lagging_stream_ends_and_resumes_without_gap(transport, bound):
             await w.wait_counts((0, 0))
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_one_batch_over_two_flows_reaches_each_stream_as_its_own_run(transport):
+    """One writer batch mixing flows: a stream of both flows and a stream of one each get
+    exactly their events, in id order (their runs of the batch are framed separately)."""
+    with trio.fail_after(10):
+        async with world() as w:
+            async with open_stream(transport, w.alice, ["general", "other"]) as both, \
+                    open_stream(transport, w.bob, ["other"]) as other:
+                await both.ready()
+                await other.ready()
+                await w.wait_counts((2, 2))
+                flows = ["general", "other", "other", "general", "other", "general"] * 4
+                results: list[tuple[int, str]] = []
+
+                async def one(flow: str) -> None:
+                    result = await w.service.apply(
+                        post_op("bob", flow, {"content": f"to {flow}", "uuid": uuid()}))
+                    results.append((result.body["id"], flow))
+
+                async with trio.open_nursery() as nursery:
+                    for flow in flows:
+                        nursery.start_soon(one, flow)
+                results.sort()
+                want_both = [i for i, _ in results]
+                want_other = [i for i, flow in results if flow == "other"]
+                got_both = [(await both.stored())["id"] for _ in want_both]
+                got_other = [(await other.stored())["id"] for _ in want_other]
+                assert got_both == want_both
+                assert got_other == want_other
+                marker = await w.post(w.bob, "other")  # nothing of `general` came in between
+                assert (await other.stored())["id"] == marker["id"]
+
+
 @pytest.mark.parametrize("bound", ["objects", "bytes"])
 async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
     """With direct writes (the default), a burst goes straight to an idle stream's socket;

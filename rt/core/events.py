@@ -31,19 +31,19 @@ class Event:
         self.raw = encode(data)
         self._wire: dict[Any, bytes] | None = None
 
-    def framed(self, key: Any, make: Callable[[Event], bytes]) -> bytes:
-        """`make(self)`, computed once per `key` and then reused.
+    def framed(self, key: Any, make: Callable[[], bytes]) -> bytes:
+        """`make()`, computed once per `key` and then reused.
 
-        For the bytes one transport writes for this event alone: a fan-out
-        to N connections frames it once, not N times. `make` must depend on
-        nothing but the event and what `key` names.
+        For the bytes one transport writes for this event (or for a run of
+        events starting with it): a fan-out to N connections frames them
+        once, not N times. `key` must name everything the bytes depend on.
         """
         wire = self._wire
         if wire is None:
             wire = self._wire = {}
         data = wire.get(key)
         if data is None:
-            data = wire[key] = make(self)
+            data = wire[key] = make()
         return data
 
     def __repr__(self) -> str:

@@ -12,11 +12,13 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
 - `publish_ephemeral(event)` delivers presence and typing; no id, no order check.
 - Each event is encoded once (`Event.raw`); the hub only appends references.
 - A subscriber may have a `direct` callable (set by its stream once it is
-  live). While its buffer is empty, `put` first offers the event to
-  `direct(event)`: True means the stream took it (wrote it, or skipped a
-  duplicate) and nothing is buffered; False means buffer it as usual. So
-  an idle stream's events skip the buffer, the wake-up and the task switch,
-  and order holds: nothing is offered while older events wait in the buffer.
+  live). While its buffer is empty, the hub first offers it the events of
+  one `publish` call that are for it, all at once and in order,
+  `direct(events)`: True means the stream took them all (wrote them, or
+  skipped duplicates) and nothing is buffered; False means buffer them as
+  usual. So an idle stream's events skip the buffer, the wake-up and the
+  task switch, a batch of events goes out as one write, and order holds:
+  nothing is offered while older events wait in the buffer.
 - A subscriber whose buffer would exceed `max_objects` or `max_bytes` is
   marked `lagging` and detached: it keeps what it has, receives nothing
   more, and its stream ends with `lagging` (the client resumes from its
@@ -26,7 +28,7 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -48,12 +50,20 @@ class Subscriber:
         self.lagging = False
         self.detached = False
         self._lot = trio.lowlevel.ParkingLot()
-        self.direct: Callable[[Event], bool] | None = None
+        self.direct: Callable[[Sequence[Event]], bool] | None = None
 
-    def put(self, event: Event) -> bool:
-        """Deliver or buffer one event; False (and `lagging`) if that would exceed the bounds."""
-        if not self._items and self.direct is not None and self.direct(event):
+    def put_all(self, events: Sequence[Event]) -> bool:
+        """Deliver or buffer `events` in order; False (and `lagging`) at the first that
+        would exceed the bounds (the rest are not buffered)."""
+        if not self._items and self.direct is not None and self.direct(events):
             return True
+        put = self._put
+        for event in events:
+            if not put(event):
+                return False
+        return True
+
+    def _put(self, event: Event) -> bool:
         size = len(event.raw)
         if len(self._items) >= self.max_objects or self._bytes + size > self.max_bytes:
             self.lagging = True
@@ -123,23 +133,32 @@ class MemoryHub:
             last = event.id
         self.last_id = last
         by_flow = self._by_flow
-        overflowed: list[Subscriber] = []
-        for event in events:
-            subs = by_flow.get(event.flow)
-            if subs:
-                for sub in subs:
-                    if not sub.put(event):
-                        overflowed.append(sub)
-            if overflowed:
-                for sub in overflowed:
-                    self.unsubscribe(sub)
-                overflowed.clear()
+        if len(events) == 1:  # the common case: no grouping
+            one = (events[0],)
+            subs = by_flow.get(events[0].flow)
+            overflowed = [sub for sub in subs if not sub.put_all(one)] if subs else []
+        else:
+            # Each subscriber gets its events of the batch at once: one write each.
+            targets: dict[Subscriber, list[Event]] = {}
+            for event in events:
+                subs = by_flow.get(event.flow)
+                if subs:
+                    for sub in subs:
+                        mine = targets.get(sub)
+                        if mine is None:
+                            targets[sub] = [event]
+                        else:
+                            mine.append(event)
+            overflowed = [sub for sub, mine in targets.items() if not sub.put_all(mine)]
+        for sub in overflowed:
+            self.unsubscribe(sub)
 
     def publish_ephemeral(self, event: Event) -> None:
         subs = self._by_flow.get(event.flow)
         if not subs:
             return
-        overflowed = [sub for sub in subs if not sub.put(event)]
+        one = (event,)
+        overflowed = [sub for sub in subs if not sub.put_all(one)]
         for sub in overflowed:
             self.unsubscribe(sub)
 

@@ -28,8 +28,9 @@ then re-checks that the new session is still the registered claimant.
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -154,33 +155,42 @@ class StreamSession:
 
     # -- running -----------------------------------------------------------
 
-    def deliver_directly(self, write: Callable[[Event], bool]) -> None:
+    def deliver_directly(self, write: Callable[[Sequence[Event]], bool]) -> None:
         """Let `publish` hand idle-time events to `write` (see the module docstring).
 
-        `write(event)` must not block or raise; True means the event is the
-        connection's (written, or its unwritten rest pending on the socket).
+        `write(events)` gets one publish call's events for this stream, in
+        order, and writes them as one unit without blocking; it must not
+        raise. True means they are the connection's (written, or their
+        unwritten rest pending on the socket); False, that nothing was written.
         """
         self._write = write
         if self._sub is not None and not self._sub.detached:
             self._sub.direct = self._offer
 
-    def _offer(self, event: Event) -> bool:
+    def _offer(self, events: Sequence[Event]) -> bool:
         if self._catching_up or self._writing or self._end is not None:
             return False
-        event_id = event.id
-        if event_id is not None and event_id <= self.last_id:
-            return True  # already sent (it was in a catch-up page)
+        last = self.last_id
+        first = events[0].id
+        if first is not None and first <= last:  # already sent in a catch-up page
+            events = [e for e in events if e.id is None or e.id > last]
+            if not events:
+                return True
         write = self._write
         try:
-            if write is None or not write(event):
+            if write is None or not write(events):
                 return False
         except Exception:  # a bug in the direct path must not reach the store's writer
+            logging.getLogger("rt").exception(
+                "rt: direct write failed; this stream falls back to buffered writes")
             self._write = None
             if self._sub is not None:
                 self._sub.direct = None
             return False
-        if event_id is not None:
-            self.last_id = event_id
+        for event in reversed(events):
+            if event.id is not None:
+                self.last_id = event.id
+                break
         return True
 
     def writing(self) -> None:

@@ -286,6 +286,7 @@ class GuardedTCPServer(_UpstreamTCPServer):
     _pending: bytes = b""  # the unwritten rest of a direct write; goes out first
     _direct_stopped: bool = False
     _fd: int = -1  # the socket's descriptor for direct writes; -1 if none (TLS)
+    _socket: Any = None  # the trio socket behind _fd
 
     async def run(self) -> None:
         peer = self._peer_for_log()
@@ -294,7 +295,8 @@ class GuardedTCPServer(_UpstreamTCPServer):
         if key is not None:
             _last_receive[key] = trio.current_time()
             if isinstance(self.stream, trio.SocketStream):
-                self._fd = self.stream.socket.fileno()
+                self._socket = self.stream.socket
+                self._fd = self._socket.fileno()
                 _servers_by_peer[key] = self
             self.stream = _StampingStream(self.stream, key)  # type: ignore[assignment]
         try:
@@ -319,8 +321,7 @@ class GuardedTCPServer(_UpstreamTCPServer):
         """:meth:`DirectWriter.try_write` (its contract)."""
         if self._pending or self._direct_stopped or self.send_lock.locked() or self._fd < 0:
             return False
-        socket = self.stream.socket  # type: ignore[attr-defined]
-        if socket.fileno() != self._fd:  # closed (and the number maybe reused)
+        if self._socket.fileno() != self._fd:  # closed (and the number maybe reused)
             self._fd = -1
             return False
         try:

@@ -21,6 +21,7 @@ that finds the socket busy, takes the iteration below.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,16 +146,18 @@ class StreamBody(ResponseBody):
     def _rotation_due(self, extra: int = 0) -> bool:
         return self.framer.rotates and self._written + extra >= self._rotate_bytes
 
-    def _write_event(self, event: Event) -> bool:
-        """Direct delivery of one event published while the stream is idle (never blocks)."""
-        chunk = event.framed(self._wire_key, self._wire)
+    def _write_events(self, events: Sequence[Event]) -> bool:
+        """Direct delivery of events published while the stream is idle (never blocks)."""
+        if self._done:
+            return False
+        chunk = framed_once(events, self._wire_key, self._wire)
         size = len(chunk) - _chunk_overhead(chunk)
         # A write that reaches the rotation mark takes the ordinary path, which rotates.
-        if self._done or self._rotation_due(size) or not self.direct.try_write(chunk):  # type: ignore[union-attr]
+        if self._rotation_due(size) or not self.direct.try_write(chunk):  # type: ignore[union-attr]
             return False
         self._written += size
         self._last_write = trio.current_time()
-        self._delivered.inc()
+        self._delivered.inc(len(events))
         session = self.session
         assert session is not None
         self.service.record_delivery(session)
@@ -162,8 +165,8 @@ class StreamBody(ResponseBody):
             session.nudge()  # the iteration flushes the rest
         return True
 
-    def _wire(self, event: Event) -> bytes:
-        return http_chunk(self.framer.frame((event,), self._wire_key[1]))
+    def _wire(self, events: Sequence[Event]) -> bytes:
+        return http_chunk(self.framer.frame(events, self._wire_key[1]))
 
     async def __anext__(self) -> bytes:
         session = self.session
@@ -182,7 +185,7 @@ class StreamBody(ResponseBody):
             # The head and `ready` are out: whole chunks may now go straight out.
             self._direct_on = True
             self._wire_key = (framer.name, epoch)
-            session.deliver_directly(self._write_event)
+            session.deliver_directly(self._write_events)
         while True:
             if direct is not None and direct.pending:
                 await direct.flush()
@@ -222,6 +225,21 @@ class StreamBody(ResponseBody):
         if not chunk:
             return self._emit(self._queue.popleft())
         return self._emit(chunk)
+
+
+def framed_once(events: Sequence[Event], key: Any,
+                make: Callable[[Sequence[Event]], bytes | None]) -> bytes | None:
+    """`make(events)`, computed once per (`key`, run of events) for every connection.
+
+    Cached on the first event: a run of one event under `key`, a longer run
+    under `key` and the run's ids (subscribers to different flows get
+    different runs of one batch). `key` names the transport and the epoch.
+    """
+    first = events[0]
+    if len(events) == 1:
+        return first.framed(key, lambda: make(events))
+    ids = tuple(e.id for e in events)
+    return first.framed((key, ids), lambda: make(events))
 
 
 def _chunk_overhead(chunk: bytes) -> int:

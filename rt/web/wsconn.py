@@ -21,6 +21,7 @@ failure (PROTOCOL.md section 6).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -34,7 +35,13 @@ from rt.service import Service, StreamEnd, StreamSession
 from rt.transports import FRAMERS, text_frame
 from rt.web import hypercorn_guard
 from rt.web.http import origin_allowed
-from rt.web.streaming import STREAM_PEERS, StreamRequest, parse_stream_request, register_peer
+from rt.web.streaming import (
+    STREAM_PEERS,
+    StreamRequest,
+    framed_once,
+    parse_stream_request,
+    register_peer,
+)
 
 MAX_FAILED_FRAMES = 10
 MAX_OPS_IN_FLIGHT = 64
@@ -113,13 +120,16 @@ class WsConnection:
             return
         await self.ws.send(data.decode())
 
-    def _write_event(self, event: Event) -> bool:
-        """Direct delivery of one event published while the stream is idle (never blocks)."""
+    def _write_events(self, events: Sequence[Event]) -> bool:
+        """Direct delivery of events published while the stream is idle (never blocks)."""
         direct = self.direct
-        if self.closing or direct is None or not direct.try_write(event.framed("ws", _ws_wire)):
+        if self.closing or direct is None:
+            return False
+        data = framed_once(events, "ws", _ws_wire)
+        if data is None or not direct.try_write(data):
             return False
         self.last_write = trio.current_time()
-        self._delivered.inc()
+        self._delivered.inc(len(events))
         session = self.session
         assert session is not None
         self.service.record_delivery(session)
@@ -173,7 +183,7 @@ class WsConnection:
         direct = self.direct
         await self.send(FRAMER.ready(session.ready, session.ready["epoch"]))
         if direct is not None:
-            session.deliver_directly(self._write_event)
+            session.deliver_directly(self._write_events)
         while True:
             if direct is not None and direct.pending:
                 await direct.flush()
@@ -306,8 +316,10 @@ class WsConnection:
             self.nursery.cancel_scope.cancel()
 
 
-def _ws_wire(event: Event) -> bytes:
-    return text_frame(event.raw)
+def _ws_wire(events: Sequence[Event]) -> bytes | None:
+    """One text frame for `events`; None past MAX_FRAME_BYTES (the writer splits those)."""
+    payload = FRAMER.frame(events, "")
+    return text_frame(payload) if len(payload) <= MAX_FRAME_BYTES else None
 
 
 def _frames(batch: list[Any]) -> list[list[Any]]:
