@@ -28,6 +28,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+from rt.core.codec import encode
 from rt.core.ops import post_op
 from rt.web import hypercorn_guard
 from rt.web.server import Server
@@ -256,8 +257,24 @@ class RawHttp:
         self.ended = False
 
     @classmethod
-    async def get(cls, server: Server, target: str, headers: dict[str, str]) -> RawHttp:
+    async def get(cls, server: Server, target: str, headers: dict[str, str],
+                  http_version: str = "1.1") -> RawHttp:
         raw = cls(await trio.open_tcp_stream(server.host, server.port))
+        if http_version == "1.0":  # h11 only sends 1.1: write the request, skip the head
+            lines = [f"GET {target} HTTP/1.0", f"Host: {server.host}:{server.port}",
+                     *(f"{k}: {v}" for k, v in headers.items())]
+            await raw.stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await raw.stream.receive_some(65536)
+            head, _, rest = head.partition(b"\r\n\r\n")
+            status_line, *fields = head.decode().split("\r\n")
+            raw.response = h11.Response(
+                status_code=int(status_line.split()[1]), http_version="1.0",
+                headers=[tuple(f.split(": ", 1)) for f in fields])
+            raw.conn = None
+            raw.body += rest
+            return raw
         request = h11.Request(method="GET", target=target,
                               headers=[("Host", f"{server.host}:{server.port}"),
                                        *headers.items()])
@@ -269,6 +286,9 @@ class RawHttp:
         return raw
 
     async def _event(self) -> Any:
+        if self.conn is None:  # HTTP/1.0: the body is every byte until the connection closes
+            data = await self.stream.receive_some(65536)
+            return h11.Data(data=data) if data else h11.ConnectionClosed()
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
@@ -479,6 +499,39 @@ async def test_ready_is_the_first_frame_with_every_field(transport):
                         assert s.last_event_id == f"{store.epoch}:3"
                     history = await w.alice.history("general")
                     assert history["epoch"] == ready["epoch"]
+
+
+@pytest.mark.parametrize("http_version", ["1.1", "1.0"])
+async def test_sse_events_written_directly_are_exact_on_http_1_1_and_1_0(http_version,
+                                                                          caplog):
+    """Events go straight to the socket as whole chunks (HTTP/1.1, parsed by h11, which
+    checks the chunk framing) or as raw bytes (HTTP/1.0, close-delimited): a lone event
+    and a batch of five, byte for byte what the framer makes, in order."""
+    with trio.fail_after(10):
+        async with world() as w:
+            target = f"/stream/sse?{httpx.QueryParams(stream_query(['general'], client_id()))}"
+            raw = await RawHttp.get(w.server, target,
+                                    {"Authorization": f"Bearer {w.alice.token}"}, http_version)
+            try:
+                await raw.read_until(lambda b: b"event: ready" in b and b.endswith(b"\n\n"))
+                await w.wait_counts((1, 1))
+                start = len(raw.body)
+                lone = await w.post(w.bob)
+                ids = [lone["id"], *await w.burst("bob", 5)]
+                epoch = w.service.store.epoch.encode()
+                body = await raw.read_until(lambda b: b"%s:%d\n" % (epoch, ids[-1]) in b)
+                events = [json.loads(line[6:]) for line in body[start:].split(b"\n")
+                          if line.startswith(b"data: ")]
+                assert [e["id"] for e in events] == ids
+                expected = b"".join(b"id: %s:%d\ndata: %s\n\n" % (epoch, e["id"],
+                                                                    encode(e))
+                                    for e in events)
+                assert body[start:] == expected
+            finally:
+                await raw.abort()
+    # a failing direct write falls back to the buffered path, logging the bug
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failures, [r.getMessage() for r in failures]
 
 
 async def test_sse_exact_bytes_preamble_ready_heartbeat_and_events():

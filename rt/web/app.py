@@ -265,7 +265,7 @@ def create_app(service: Service) -> QuartTrio:
             return Response(framer.answer(parts), status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
         body = StreamBody(service, framer, params, request.scope.get("client"),
-                          chunked=request.method == "GET" and request.http_version == "1.1")
+                          body_framing=_body_framing(request.method, request.http_version))
         response = Response(body, status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
         response.timeout = None
@@ -276,6 +276,13 @@ def create_app(service: Service) -> QuartTrio:
         await serve_websocket(service, websocket._get_current_object())
 
     return app
+
+
+def _body_framing(method: str, http_version: str) -> str | None:
+    """How hypercorn (h11) frames a streaming GET response body without Content-Length."""
+    if method != "GET":
+        return None
+    return {"1.1": "chunked", "1.0": "close"}.get(http_version)
 
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"

@@ -14,7 +14,8 @@ A write that blocks for `write-timeout` is aborted by rt's hypercorn guard
 Once the head and `ready` are out, events published while the stream is
 idle are written by `publish` itself as whole HTTP chunks, straight to the
 socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
-only on HTTP/1.1 (chunked) GET responses; everything else, and any event
+on HTTP/1.1 (chunked) and HTTP/1.0 (close-delimited) GET responses;
+everything else, and any event
 that finds the socket busy, takes the iteration below.
 """
 
@@ -80,16 +81,20 @@ class StreamBody(ResponseBody):
     """One streaming HTTP response: preamble and `ready`, then batches, then `close`."""
 
     def __init__(self, service: Service, framer: Framer, params: StreamRequest,
-                 peer: Any = None, *, chunked: bool = False) -> None:
-        """`chunked`: the response is an HTTP/1.1 chunked body (enables direct writes)."""
+                 peer: Any = None, *, body_framing: str | None = None) -> None:
+        """`body_framing`: how the server frames this response's body on the wire,
+        "chunked" (HTTP/1.1) or "close" (HTTP/1.0: raw bytes until the connection
+        closes); direct writes need one of them (None: never write directly)."""
         self.service = service
         self.framer = framer
         self.params = params
         self.peer = register_peer(peer, service, framer.name)
         self.direct = (hypercorn_guard.direct_writer(self.peer)
-                       if chunked and service.config.direct_writes else None)
+                       if body_framing in ("chunked", "close") and service.config.direct_writes
+                       else None)
+        self._chunked = body_framing == "chunked"
         self._direct_on = False
-        self._wire_key: tuple[str, str] = (framer.name, "")
+        self._wire_key: tuple[str, str, bool] = (framer.name, "", self._chunked)
         self.session: StreamSession | None = None
         self._queue: deque[bytes] = deque()  # chunks due before the next batch
         self._done = False
@@ -151,7 +156,7 @@ class StreamBody(ResponseBody):
         if self._done:
             return False
         chunk = framed_once(events, self._wire_key, self._wire)
-        size = len(chunk) - _chunk_overhead(chunk)
+        size = len(chunk) - _chunk_overhead(chunk) if self._chunked else len(chunk)
         # A write that reaches the rotation mark takes the ordinary path, which rotates.
         if self._rotation_due(size) or not self.direct.try_write(chunk):  # type: ignore[union-attr]
             return False
@@ -166,7 +171,8 @@ class StreamBody(ResponseBody):
         return True
 
     def _wire(self, events: Sequence[Event]) -> bytes:
-        return http_chunk(self.framer.frame(events, self._wire_key[1]))
+        data = self.framer.frame(events, self._wire_key[1])
+        return http_chunk(data) if self._chunked else data
 
     async def __anext__(self) -> bytes:
         session = self.session
@@ -184,7 +190,7 @@ class StreamBody(ResponseBody):
         if direct is not None and not self._direct_on:
             # The head and `ready` are out: whole chunks may now go straight out.
             self._direct_on = True
-            self._wire_key = (framer.name, epoch)
+            self._wire_key = (framer.name, epoch, self._chunked)
             session.deliver_directly(self._write_events)
         while True:
             if direct is not None and direct.pending:
