@@ -90,14 +90,14 @@ def _serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--flow", "flows", multiple=True, help="create this flow if missing (repeatable)")
 @click.option("--bench-cut-signal", is_flag=True, hidden=True,
               help="benchmarks only: SIGUSR1 force-closes every open connection")
-@click.option("--bench-no-direct", is_flag=True, hidden=True,
-              help="benchmarks only: no direct socket writes (every event is buffered)")
+@click.option("--bench-asgi-only", is_flag=True, hidden=True,
+              help="benchmarks only: no fast paths (every byte through hypercorn and Quart)")
 @_limit_options
 def serve(**options: Any) -> None:
     """Serve rt until SIGTERM or SIGINT."""
     cut_signal = options.pop("bench_cut_signal", False)
-    no_direct = options.pop("bench_no_direct", False)
-    _serve(_config(options).replace(direct_writes=not no_direct), cut_signal=cut_signal)
+    asgi_only = options.pop("bench_asgi_only", False)
+    _serve(_config(options).replace(fast_paths=not asgi_only), cut_signal=cut_signal)
 
 
 @main.command()

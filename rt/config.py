@@ -50,10 +50,12 @@ class Config:
     # Not on the wire: how long draining lasts on SIGTERM, and a bench-only switch.
     drain_seconds: float = 1.0
     ticket_ttl: float = 60.0
-    # Idle streams get events written by `publish` straight to the socket
-    # (rt/service/streams.py); off, every event takes the buffered path (kept
-    # for tests of that path and for `rt bench`'s before/after comparison).
-    direct_writes: bool = True
+    # The fast paths: idle streams get events written by `publish` straight to
+    # the socket (rt/service/streams.py), and `/stream/ws` upgrades are served
+    # without hypercorn's and Quart's WebSocket layers (rt/web/rawws.py). Off,
+    # every byte takes the ASGI path: kept for tests of the buffered path and
+    # for `rt bench`'s before/after comparison (`--bench-asgi-only`).
+    fast_paths: bool = True
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def replace(self, **changes) -> Config:

@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -439,9 +439,26 @@ class World:
         return sorted(ids)
 
 
+# Whether `world()` serves with the fast paths (rt/web/rawws.py, direct writes); the
+# `ws_path` fixture runs a WebSocket test both ways, so the ASGI path stays tested
+# (it still serves TLS and upgrades on reused connections).
+_FAST_PATHS = True
+
+
+@pytest.fixture(params=["fast", "asgi"])
+def ws_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    global _FAST_PATHS
+    _FAST_PATHS = request.param == "fast"
+    try:
+        yield request.param
+    finally:
+        _FAST_PATHS = True
+
+
 @asynccontextmanager
 async def world(**overrides: Any) -> AsyncIterator[World]:
     """A server with flows `general` and `other` and users alice and bob."""
+    overrides.setdefault("fast_paths", _FAST_PATHS)
     async with serve_rt(**overrides) as server:
         await new_flow(server, "general")
         await new_flow(server, "other")
@@ -850,7 +867,7 @@ async def test_lagging_stream_ends_and_resumes_without_gap(transport, bound):
     """The buffered path: direct writes off, so the burst lands in the stream's buffer."""
     limits = {"objects": {"buffer_objects": 5}, "bytes": {"buffer_bytes": 4096}}[bound]
     with trio.fail_after(10):
-        async with world(**limits, direct_writes=False) as w:
+        async with world(**limits, fast_paths=False) as w:
             async with open_stream(transport, w.alice, ["general"]) as s:
                 ready = await s.ready()
                 cursor = ready["cursor"]
@@ -953,6 +970,7 @@ async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
             await w.wait_counts((0, 0))
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
     """A slow client: one batch takes longer than a heartbeat to write, more events wait.
 
@@ -998,6 +1016,7 @@ async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
                 await raw.abort()
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_big_batches_fit_the_common_1_mib_message_limit():
     """Catch-up and live batches of big messages reach a client with a 1 MiB limit.
 
@@ -1035,6 +1054,7 @@ async def _ack_and_echo(s: WsConn, ref: str, uid: str) -> tuple[dict, dict]:
     return ack, echo
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_ops_ack_and_echo():
     with trio.fail_after(10):
         async with world() as w:
@@ -1109,6 +1129,7 @@ async def test_ws_ops_ack_and_echo():
                 assert error["retry"] is False
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_ready_comes_before_replies_to_frames_sent_at_once():
     """A client that sends right after the upgrade (here during a takeover) gets `ready` first."""
     with trio.fail_after(10):
@@ -1127,6 +1148,7 @@ async def test_ws_ready_comes_before_replies_to_frames_sent_at_once():
                     assert (await old.close_frame())["reason"] == "superseded"
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_ping_pong_and_typing():
     with trio.fail_after(10):
         async with world() as w:
@@ -1173,6 +1195,7 @@ BAD_FRAMES = [
 ]
 
 
+@pytest.mark.usefixtures("ws_path")
 @pytest.mark.parametrize(("frame", "ref"), BAD_FRAMES)
 async def test_ws_bad_frame_gets_an_error_and_the_socket_stays_open(frame, ref):
     with trio.fail_after(10):
@@ -1191,6 +1214,7 @@ async def test_ws_bad_frame_gets_an_error_and_the_socket_stays_open(frame, ref):
                 assert (await s.reply("alive"))["type"] == "pong"
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_ten_bad_frames_in_a_row_close_with_4400():
     with trio.fail_after(10):
         async with world() as w:
@@ -1215,6 +1239,7 @@ async def test_ws_ten_bad_frames_in_a_row_close_with_4400():
                 assert end.value.code == 4400
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_rate_limited_ops_carry_retry_after_and_ten_close_with_4029():
     with trio.fail_after(10):
         async with world(ops_rate=0.5, ops_burst=1) as w:
@@ -1249,6 +1274,7 @@ async def test_ws_rate_limited_ops_carry_retry_after_and_ten_close_with_4029():
                 assert end.value.code == 4029
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_close_by_the_server_while_other_replies_are_due_is_clean(caplog):
     """Frames still failing while the server closes (4029): no send after close, no error.
 
@@ -1280,6 +1306,7 @@ async def test_ws_close_by_the_server_while_other_replies_are_due_is_clean(caplo
     assert not failures, [r.getMessage() for r in failures]
 
 
+@pytest.mark.usefixtures("ws_path")
 @pytest.mark.parametrize("reply", [True, False])
 async def test_ws_connection_closed_by_the_server_ends_while_the_client_floods(reply):
     """After a close for bad frames (4400) the TCP connection ends, however many frames
@@ -1306,6 +1333,7 @@ async def test_ws_connection_closed_by_the_server_ends_while_the_client_floods(r
                 await raw.abort()
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_frame_larger_than_max_body_closes_with_1009():
     with trio.fail_after(10):
         async with world(max_body=1024) as w:
@@ -1382,6 +1410,7 @@ async def _ws_refusal(w: World, query: dict[str, Any], headers: dict[str, str]) 
         raise AssertionError(f"a refused stream sent {obj}")
 
 
+@pytest.mark.usefixtures("ws_path")
 @pytest.mark.parametrize(("spec", "ws_code", "status", "code"), REFUSALS)
 async def test_ws_refusal_is_an_accepted_upgrade_closed_before_ready(spec, ws_code, status, code):
     with trio.fail_after(10):
@@ -1405,6 +1434,7 @@ async def test_sse_refusal_is_an_http_status(spec, ws_code, status, code):
             await w.wait_counts((0, 0))
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_origin_is_checked():
     with trio.fail_after(10):
         async with world(allow_origin=("https://app.example",)) as w:
@@ -1421,6 +1451,7 @@ async def test_ws_origin_is_checked():
 # -- silence ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_silent_client_is_closed_with_4408_without_close_frame():
     heartbeat = 0.3
     with trio.fail_after(10):
@@ -1436,6 +1467,7 @@ async def test_ws_silent_client_is_closed_with_4408_without_close_frame():
             await w.wait_counts((0, 0))
 
 
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_client_that_pings_every_heartbeat_stays_open():
     heartbeat = 0.3
     with trio.fail_after(10):
@@ -1457,6 +1489,7 @@ async def test_ws_client_that_pings_every_heartbeat_stays_open():
 
 @pytest.mark.skipif(not hasattr(hypercorn_guard, "last_receive"),
                     reason="WebSocket Ping frames are seen through hypercorn_guard.last_receive")
+@pytest.mark.usefixtures("ws_path")
 async def test_ws_client_that_sends_ping_frames_stays_open():
     heartbeat = 0.3
     with trio.fail_after(10):

@@ -47,7 +47,9 @@ __all__ = [
     "UPSTREAM_SHA256",
     "WRITE_CHUNK_SIZE",
     "GuardedTCPServer",
+    "MAX_RAW_HEAD",
     "DirectWriter",
+    "RawConnection",
     "check_upstream",
     "cut_all",
     "direct_writer",
@@ -192,6 +194,39 @@ class DirectWriter:
         self._server._direct_stopped = True
 
 
+#: The most a request head read ahead for a raw route may be (hypercorn's h11 limit is 16 KiB).
+MAX_RAW_HEAD: int = 16 * 1024
+
+
+class RawConnection:
+    """A plain-TCP connection handed to an app's raw route instead of hypercorn.
+
+    Reads count as liveness (:func:`last_receive`); writes go through the
+    same guard as hypercorn's (send lock, pending direct bytes first, the
+    write timeout, stall accounting), so :class:`DirectWriter` works on it.
+    """
+
+    __slots__ = ("_server", "peer")
+
+    def __init__(self, server: GuardedTCPServer) -> None:
+        self._server = server
+        self.peer: tuple[Any, ...] = getattr(server.stream, "_key", ())
+
+    async def receive_some(self) -> bytes:
+        """The next bytes from the peer; b"" once it closed or the connection failed."""
+        try:
+            return await self._server.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def write(self, data: bytes) -> bool:
+        """Write ``data`` in full (bounded); False if the connection is gone."""
+        return await self._server._guarded_write(data)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._server.stream)
+
+
 def direct_writer(peer: Any) -> DirectWriter | None:
     """The :class:`DirectWriter` of the open plain-TCP connection from `peer`, if any.
 
@@ -240,8 +275,16 @@ class _StampingStream:
     def __init__(self, stream: Any, key: tuple[Any, ...]) -> None:
         self._stream = stream
         self._key = key
+        self._back = b""
+
+    def push_back(self, data: bytes) -> None:
+        """Have the next ``receive_some`` return ``data`` (bytes read ahead) first."""
+        self._back = data + self._back
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._back:
+            data, self._back = self._back, b""
+            return data
         data = await self._stream.receive_some(max_bytes)
         _last_receive[self._key] = trio.current_time()
         return data
@@ -300,7 +343,8 @@ class GuardedTCPServer(_UpstreamTCPServer):
                 _servers_by_peer[key] = self
             self.stream = _StampingStream(self.stream, key)  # type: ignore[assignment]
         try:
-            await super().run()
+            if not await self._serve_raw_route():
+                await super().run()
         except* Exception as group:
             # Upstream's finally has already closed the stream, and the
             # connection's TaskGroup has cancelled its app tasks; only this
@@ -316,6 +360,43 @@ class GuardedTCPServer(_UpstreamTCPServer):
                 _last_receive.pop(key, None)
                 if _servers_by_peer.get(key) is self:
                     del _servers_by_peer[key]
+
+    async def _serve_raw_route(self) -> bool:
+        """Serve the connection on the app's raw route if its first request is for it.
+
+        The app (the ASGI app hypercorn wraps) may have an ``rt_raw_route``:
+        ``(matches, serve)``. On a plain-TCP connection the request head is
+        read first (bounded in size and by the keep-alive timeout); if
+        ``matches(head)``, ``serve(RawConnection, head_and_what_followed)``
+        runs the connection instead of hypercorn, and True is returned.
+        Otherwise the bytes read are handed back for hypercorn to read again.
+        """
+        route = getattr(getattr(self.app, "app", None), "rt_raw_route", None)
+        stream = self.stream
+        if route is None or self._fd < 0 or not isinstance(stream, _StampingStream):
+            return False
+        matches, serve = route
+        data = b""
+        with trio.move_on_after(self.config.keep_alive_timeout):
+            try:
+                while b"\r\n\r\n" not in data and len(data) < MAX_RAW_HEAD:
+                    chunk = await stream.receive_some(MAX_RAW_HEAD)
+                    if not chunk:
+                        break
+                    data += chunk
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        if not data:  # nothing within the keep-alive timeout, or gone
+            await trio.aclose_forcefully(stream)
+            return True
+        if b"\r\n\r\n" in data and matches(data):
+            try:
+                await serve(RawConnection(self), data)
+            finally:
+                await trio.aclose_forcefully(stream)
+            return True
+        stream.push_back(data)
+        return False
 
     def _try_write(self, data: bytes) -> bool:
         """:meth:`DirectWriter.try_write` (its contract)."""
@@ -336,8 +417,16 @@ class GuardedTCPServer(_UpstreamTCPServer):
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
+        if not await self._guarded_write(event.data):
+            await self.protocol.handle(Closed())
+
+    async def _guarded_write(self, data: bytes) -> bool:
+        """Write `data` after any pending direct bytes, bounded by the write timeout.
+
+        False when the connection is gone: broken, closed, or just aborted
+        because the write stalled (then logged and counted).
+        """
         async with self.send_lock:
-            data = event.data
             if data[:1] == b"\x88":
                 # A WebSocket close frame (no HTTP head or chunk starts with this
                 # byte): no direct data frame may follow it.
@@ -356,16 +445,16 @@ class GuardedTCPServer(_UpstreamTCPServer):
                         # every later send_all raise ClosedResourceError.
                         await trio.aclose_forcefully(self.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(Closed())
-            else:
-                if stalled:
-                    _notify_stall(self.stream)
-                    await self.config.log.info(
-                        "rt: a write to %s made no progress for %ss; closed the connection",
-                        self._peer_for_log(),
-                        self.write_timeout,
-                    )
-                    await self.protocol.handle(Closed())
+                return False
+            if stalled:
+                _notify_stall(self.stream)
+                await self.config.log.info(
+                    "rt: a write to %s made no progress for %ss; closed the connection",
+                    self._peer_for_log(),
+                    self.write_timeout,
+                )
+                return False
+            return True
 
     async def _send_with_deadline(self, data: bytes) -> None:
         """Write ``data``, giving each chunk ``write_timeout`` seconds to be accepted.

@@ -90,7 +90,7 @@ class StreamBody(ResponseBody):
         self.params = params
         self.peer = register_peer(peer, service, framer.name)
         self.direct = (hypercorn_guard.direct_writer(self.peer)
-                       if body_framing in ("chunked", "close") and service.config.direct_writes
+                       if body_framing in ("chunked", "close") and service.config.fast_paths
                        else None)
         self._chunked = body_framing == "chunked"
         self._direct_on = False

@@ -105,7 +105,7 @@ class WsConnection:
         self.nursery: trio.Nursery | None = None
         self.closing = False
         self.direct = (hypercorn_guard.direct_writer(self.peer)
-                       if service.config.direct_writes else None)
+                       if service.config.fast_paths else None)
         self._delivered = service.metrics.events_delivered.labels("ws")  # looked up once
 
     async def send(self, data: bytes) -> None:
