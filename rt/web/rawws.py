@@ -28,7 +28,6 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-from werkzeug.datastructures import Headers, MultiDict
 from wsproto import ConnectionState, ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -58,6 +57,19 @@ def is_websocket_stream_request(head: bytes) -> bool:
 _REASONS = {400: b"Bad Request", 426: b"Upgrade Required"}
 
 
+class _Headers(dict):
+    """A request's headers by lower-case name (first value), with a case-blind `get`."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__()
+        for name, value in request.extra_headers:
+            self.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        self["host"] = request.host
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
+
+
 class Disconnected(Exception):
     """The WebSocket is closed (by either side) or its connection failed."""
 
@@ -75,12 +87,13 @@ class RawWebSocket:
         self._early = early
         self._max_message = max_message
         self.scope: dict[str, Any] = {"client": conn.peer}
-        headers = Headers([(k.decode("latin-1"), v.decode("latin-1"))
-                           for k, v in request.extra_headers])
-        headers["Host"] = request.host
-        self.headers = headers
+        self.headers = _Headers(request)
         _, _, query = request.target.partition("?")
-        self.args: MultiDict[str, str] = MultiDict(parse_qsl(query, keep_blank_values=True))
+        # Like Quart's request.args: the first value of a repeated name wins.
+        args: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            args.setdefault(name, value)
+        self.args = args
         self._text: list[str] = []
         self._bytes: list[bytes] = []
         self._size = 0
@@ -93,6 +106,8 @@ class RawWebSocket:
 
     async def accept(self) -> None:
         await self._send(AcceptConnection())
+        # Keep only the frame protocol: the handshake's h11 state is ~2 KB a connection.
+        self._ws = self._ws.connection  # type: ignore[assignment]
         if self._early:
             # Frames the client sent right behind its request (wsproto's server side
             # would drop them: the trap of hypercorn issue 225).
@@ -173,7 +188,9 @@ async def serve_raw(conn: RawConnection, head: bytes, *, handler: Any,
         return
     if request is None:
         return
+    socket = RawWebSocket(conn, ws, request, max_message, head[end:])
+    del ws, request, head  # held for the connection's life otherwise (~2 KB)
     try:
-        await handler(RawWebSocket(conn, ws, request, max_message, head[end:]))
+        await handler(socket)
     except* Disconnected:
         pass

@@ -1,16 +1,16 @@
-"""The WebSocket connection shape: one nursery per connection with three tasks.
+"""The WebSocket connection shape: one nursery per connection with two tasks.
 
 - the writer (the handler's own task): `ready`, then batches, heartbeats
   when idle, and finally `close` and the close code; while the stream is
   idle, events are instead written by `publish` itself, straight to the
   socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
-  and so are replies when nothing else is being written;
+  and so are replies when nothing else is being written. It is also the
+  watchdog: it closes with 4408, without a `close` frame, a socket on which
+  nothing (data, Ping or Pong) arrived for 2.5 heartbeats;
 - the reader: ops (post, edit, tag, delete, typing, ping) with `ack`,
   `error` and `pong` replies; each storing op runs in its own task of the
   nursery (bounded), so one slow commit does not stall the socket, while
-  ops are still queued to the writer in the order they arrived;
-- the watchdog: closes with 4408, without a `close` frame, a socket on
-  which nothing (data, Ping or Pong) arrived for 2.5 heartbeats.
+  ops are still queued to the writer in the order they arrived.
 
 Refusals (bad ticket, forbidden flow, bad parameter, origin not allowed)
 are an accepted upgrade closed before `ready` with the matching close code
@@ -100,7 +100,7 @@ class WsConnection:
         self.last_seen = trio.current_time()
         self.peer = tuple(ws.scope.get("client") or ())
         self.failures = 0
-        self.ops_limiter = trio.CapacityLimiter(MAX_OPS_IN_FLIGHT)
+        self.ops_limiter: trio.CapacityLimiter | None = None  # made at the first op
         self.session: StreamSession | None = None
         self.nursery: trio.Nursery | None = None
         self.closing = False
@@ -167,7 +167,6 @@ class WsConnection:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self._reader)
-                nursery.start_soon(self._watchdog)
                 await self._writer()
                 nursery.cancel_scope.cancel()
         finally:
@@ -180,6 +179,7 @@ class WsConnection:
         assert session is not None
         service = self.service
         heartbeat = service.config.heartbeat
+        silence = 2.5 * heartbeat
         direct = self.direct
         await self.send(FRAMER.ready(session.ready, session.ready["epoch"]))
         if direct is not None:
@@ -189,15 +189,23 @@ class WsConnection:
                 await direct.flush()
             batch = None
             try:
-                # Only the wait is bounded by the heartbeat: a batch taken from the
-                # buffer is written whatever the time, or it would be lost (a gap).
-                with trio.move_on_at(self.last_write + heartbeat):
+                # Only the wait is bounded (by the next heartbeat, or the silence
+                # limit): a batch taken from the buffer is written whatever the
+                # time, or it would be lost (a gap).
+                with trio.move_on_at(min(self.last_write + heartbeat,
+                                         self._last_heard() + silence)):
                     batch = await session.next_batch()
             except StreamEnd as end:
                 await self._close_with(end)
                 return
             if batch is None:
-                if trio.current_time() >= self.last_write + heartbeat:  # not written directly
+                now = trio.current_time()
+                if now >= self._last_heard() + silence:
+                    # Nothing (data, Ping or Pong) for 2.5 heartbeats: 4408, no `close`.
+                    with trio.move_on_after(service.config.write_timeout):
+                        await self.close(CLOSE_CODES["silent"], "silent")
+                    return
+                if now >= self.last_write + heartbeat:  # not written directly meanwhile
                     await self.send(FRAMER.heartbeat())
                 continue
             if not batch:  # nudged: flush the rest of a direct write first
@@ -216,19 +224,9 @@ class WsConnection:
             await self.send(FRAMER.control(end.frame()))
             await self.close(CLOSE_CODES[end.reason], end.reason)
 
-    async def _watchdog(self) -> None:
-        """Close a silent socket (4408): nothing received for 2.5 heartbeats."""
-        limit = 2.5 * self.service.config.heartbeat
-        while True:
-            last = max(self.last_seen, hypercorn_guard.last_receive(self.peer))
-            remaining = last + limit - trio.current_time()
-            if remaining <= 0:
-                with trio.move_on_after(self.service.config.write_timeout):
-                    await self.close(CLOSE_CODES["silent"], "silent")
-                assert self.nursery is not None
-                self.nursery.cancel_scope.cancel()
-                return
-            await trio.sleep(remaining)
+    def _last_heard(self) -> float:
+        """When the client last sent anything: a message, or any frame or byte."""
+        return max(self.last_seen, hypercorn_guard.last_receive(self.peer))
 
     async def _reader(self) -> None:
         while True:
@@ -261,6 +259,8 @@ class WsConnection:
             elif op_name in ("post", "edit", "tag", "delete"):
                 op = self._parse_op(op_name, frame)
                 token = object()
+                if self.ops_limiter is None:
+                    self.ops_limiter = trio.CapacityLimiter(MAX_OPS_IN_FLIGHT)
                 await self.ops_limiter.acquire_on_behalf_of(token)
                 assert self.nursery is not None
                 self.nursery.start_soon(self._run_op, op, ref, token)
@@ -290,7 +290,7 @@ class WsConnection:
             await self._failed(ref, error)
             return
         finally:
-            self.ops_limiter.release_on_behalf_of(token)
+            self.ops_limiter.release_on_behalf_of(token)  # type: ignore[union-attr]
         self.failures = 0
         reply: dict[str, Any] = {"type": "ack", "ref": ref}
         if result.changed:
