@@ -31,7 +31,7 @@ from rt.core.ops import Op, delete_op, edit_op, post_op, tag_op
 from rt.service import Service
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
 from rt.web.http import JSON_TYPE, error_response, json_response, origin_allowed
-from rt.web.rawws import RawWebSocket, is_websocket_stream_request, serve_raw
+from rt.web.rawws import is_websocket_stream_request, serve_raw
 from rt.web.streaming import StreamBody, parse_stream_request
 from rt.web.wsconn import serve_websocket
 
@@ -280,11 +280,8 @@ def create_app(service: Service) -> QuartTrio:
     if service.config.fast_paths:
         # Upgrades to /stream/ws on a fresh plain-TCP connection skip hypercorn's and
         # Quart's WebSocket layers (rt/web/rawws.py); the route above serves the rest.
-        async def serve_ws(ws: RawWebSocket) -> None:
-            await serve_websocket(service, ws)
-
         app.rt_raw_route = (is_websocket_stream_request,  # type: ignore[attr-defined]
-                            partial(serve_raw, handler=serve_ws,
+                            partial(serve_raw, handler=partial(serve_websocket, service),
                                     max_message=service.config.max_body))
     return app
 

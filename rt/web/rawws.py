@@ -58,12 +58,19 @@ _REASONS = {400: b"Bad Request", 426: b"Upgrade Required"}
 
 
 class _Headers(dict):
-    """A request's headers by lower-case name (first value), with a case-blind `get`."""
+    """The request headers `serve_websocket` reads, by lower-case name, with a case-blind `get`.
+
+    Only those (first value of each): the object lives as long as the connection.
+    """
+
+    KEPT = frozenset({b"origin", b"authorization"})
 
     def __init__(self, request: Request) -> None:
         super().__init__()
         for name, value in request.extra_headers:
-            self.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            name = name.lower()
+            if name in self.KEPT:
+                self.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         self["host"] = request.host
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
