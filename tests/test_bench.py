@@ -39,7 +39,8 @@ def test_latency(tmp_path: Path) -> None:
     transports = {r["transport"] for r in rows}
     assert transports == {"tcp floor", "ws", "sse", "xhr", "multipart", "htmlfile", "poll",
                           "jsonp"}
-    assert {r["store"] for r in rows} == {"–", "sqlite", "memory"}
+    assert {r["store"] for r in rows} == {"–", "sqlite", "memory", "sqlite, --poll-linger 0.001"}
+    assert {r["transport"] for r in rows if "linger" in r["store"]} == {"poll", "jsonp"}
     assert all(r["n"] > 0 and r["p50_us"] > 0 for r in rows)
 
 

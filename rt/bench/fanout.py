@@ -10,7 +10,9 @@ latency on the same machine clock. Server CPU (utime+stime) and peak RSS
 Before the cells, the load generator's own receive capacity is measured
 against a trivial local fan-out (a Python process that blasts pre-framed
 events at the same number of connections); a cell that offers more events a
-second than that is skipped, marked "skipped: load generator limit".
+second than that is skipped, marked "skipped: load generator limit". The
+same trivial fan-out, writing one event per write, gives the write floor:
+the CPU one delivery costs when it is one write (`write_floor`).
 """
 
 from __future__ import annotations
@@ -157,7 +159,8 @@ while len(conns) < n:
     c.setblocking(False)
     conns.append(c)
 sys.stdin.readline()  # go
-BATCH = 20
+BATCH = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+writes = 0
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     ev = []
@@ -172,8 +175,11 @@ while time.monotonic() < end:
     for c in conns:
         try:
             c.send(frame)  # a partial send would break framing: drop such connections' extra
+            writes += 1
         except BlockingIOError:
             pass
+print(writes, flush=True)
+sys.stdin.readline()  # the parent reads this process's CPU time first
 """
 
 
@@ -194,6 +200,38 @@ def load_generator_limit(transport: str, n: int, seconds: float) -> float:
         count, _ = pool.phase(start, start + seconds)
         pool.close()
         return count / seconds
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def write_floor(transport: str, n: int, seconds: float) -> float:
+    """CPU µs per write of the trivial fan-out writing one event per write to `n` sockets.
+
+    What the kernel and the least Python cost to deliver one event to one
+    loopback TCP connection on this machine, measured like the server (its
+    own CPU time, pinned to the server's core): the floor for rt's "server
+    CPU per delivered event", which needs one write per event per connection
+    when events come one at a time.
+    """
+    server_cores, _ = common.cores()
+    proc = subprocess.Popen([sys.executable, "-c", TRIVIAL_FANOUT, str(n), transport,
+                             str(seconds), "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, preexec_fn=common.raise_nofile)
+    if server_cores:
+        os.sched_setaffinity(proc.pid, server_cores)
+    try:
+        port = int(proc.stdout.readline())
+        pool = Pool(port, "", transport, n)
+        cpu0 = common.proc_cpu_seconds(proc.pid)
+        start = time.monotonic() + 0.3
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        pool.phase(start, start + seconds)
+        writes = int(proc.stdout.readline())
+        cpu = common.proc_cpu_seconds(proc.pid) - cpu0
+        pool.close()
+        return cpu / writes * 1e6 if writes else float("nan")
     finally:
         proc.kill()
         proc.wait()
@@ -292,12 +330,14 @@ def main(quick: bool, out: Path, ns: tuple[int, ...] | None = None,
             for n in ns:
                 progress.update(task, description=f"fanout {transport}: load generator limit, N={n}")
                 limit = load_generator_limit(transport, n, 0.5 if quick else 3.0)
+                floor = write_floor(transport, n, 0.5 if quick else 2.0)
                 progress.advance(task)
                 runnable = [r for r in rates if n * r <= limit]
                 for r in rates:
                     if r not in runnable:
                         report.add(transport=transport, n=n, rate=r, offered=n * r,
-                                   lg_limit=limit, status="skipped: load generator limit")
+                                   lg_limit=limit, write_floor_us=floor,
+                                   status="skipped: load generator limit")
                         progress.advance(task)
                 if not runnable:
                     continue
@@ -308,9 +348,11 @@ def main(quick: bool, out: Path, ns: tuple[int, ...] | None = None,
                         for r in runnable:
                             progress.update(task, description=f"fanout {transport} N={n} R={r}")
                             row = run_cell(server, pool, n, r, seconds, 1.0 if quick else 3.0)
+                            cpu = row["cpu_us_per_event"]
                             report.add(transport=transport, n=n, rate=r, offered=n * r,
                                        lg_limit=limit, connected=pool.connected, status="ok",
-                                       **row)
+                                       write_floor_us=floor,
+                                       cpu_x_floor=cpu / floor if cpu else None, **row)
                             progress.advance(task)
                     finally:
                         pool.close()
@@ -320,10 +362,15 @@ def main(quick: bool, out: Path, ns: tuple[int, ...] | None = None,
                   ("delivered_fraction", "delivered", ".1%"),
                   ("latency_p50_ms", "p50 ms", ".1f"), ("latency_p99_ms", "p99 ms", ".1f"),
                   ("cpu_us_per_event", "server CPU µs/event", ".1f"),
+                  ("write_floor_us", "write floor µs", ".1f"),
+                  ("cpu_x_floor", "× floor", ".1f"),
                   ("peak_rss_mb", "server peak RSS MB", ".0f"),
                   ("lg_limit", "load gen limit /s", ",.0f")],
                  notes="load gen limit: events a second the subscriber processes received from "
-                       "a trivial local fan-out at the same N.")
+                       "a trivial local fan-out at the same N. write floor: CPU µs per write of "
+                       "that trivial fan-out writing one event per write (the kernel's loopback "
+                       "TCP cost plus the least Python), pinned like the server; × floor is rt's "
+                       "CPU per delivered event over it.")
     chart(report.rows, report.path(".png"), quick)
     return report
 
