@@ -84,6 +84,11 @@ class StreamEnd(Exception):
 class StreamSession:
     """One open stream of one user and client id over one transport."""
 
+    # Slots: one of these lives as long as each idle connection.
+    __slots__ = ("service", "user", "client", "flows", "flow_set", "transport", "token", "done",
+                 "ready", "last_id", "delivered_from", "_sub", "_catching_up", "_end",
+                 "present_in", "_finished", "_write", "_writing", "_nudged")
+
     def __init__(
         self, service: Service, *, user: str, client: str, flows: list[str],
         transport: str, token: str,

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from hypercorn.app_wrappers import ASGIWrapper as _ASGIWrapper
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio import run as _hypercorn_run
 from hypercorn.trio import tcp_server as _hypercorn_tcp_server
@@ -92,6 +93,11 @@ UPSTREAM_SHA256: dict[str, str] = {
     "hypercorn.trio.run.worker_serve": (
         "8dc8347a9fc357ca334f8c3e4bcf0368176510a96d434f21a5eb4c9ec4103726"
     ),
+    # Relied on: keeps the ASGI app as ``.app``, where _serve_raw_route looks
+    # for the app's raw route.
+    "hypercorn.app_wrappers.ASGIWrapper.__init__": (
+        "083c68a005998cf04c0142c02665dd8ff265b9cd28fdf75cc8122a62bca209ce"
+    ),
 }
 
 _UpstreamTCPServer = _hypercorn_tcp_server.TCPServer
@@ -101,6 +107,7 @@ _UPSTREAM_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "hypercorn.trio.tcp_server.TCPServer.run": _UpstreamTCPServer.run,
     "hypercorn.trio.tcp_server.TCPServer.__init__": _UpstreamTCPServer.__init__,
     "hypercorn.trio.run.worker_serve": _hypercorn_run.worker_serve,
+    "hypercorn.app_wrappers.ASGIWrapper.__init__": _ASGIWrapper.__init__,
 }
 
 

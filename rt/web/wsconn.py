@@ -91,6 +91,10 @@ async def drain_after_close(ws: Any, quiet: float) -> None:
 
 
 class WsConnection:
+    # Slots: one of these lives as long as each connection.
+    __slots__ = ("service", "ws", "params", "user", "last_write", "last_seen", "peer", "failures",
+                 "ops_limiter", "session", "nursery", "closing", "direct", "_delivered")
+
     def __init__(self, service: Service, ws: Any, params: StreamRequest) -> None:
         self.service = service
         self.ws = ws
