@@ -79,3 +79,21 @@ def test_cut_signal_is_hidden_and_off_by_default() -> None:
     help_text = subprocess.run([sys.executable, "-m", "rt", "serve", "--help"], cwd=ROOT,
                                capture_output=True, text=True, timeout=30).stdout
     assert "bench-cut-signal" not in help_text
+
+
+def test_cores_stay_disjoint_after_the_load_generator_pins_itself() -> None:
+    """A bench that pins itself first and then starts `rt serve` must still put the
+    server on its own core (the latency bench once ran both on one)."""
+    import os
+    import subprocess
+    import sys
+
+    # On one core there is nothing to keep apart: cores() is (None, None) throughout.
+    check = ("after == (None, None)" if len(os.sched_getaffinity(0)) < 2
+             else "after[0] and after[1] and not (after[0] & after[1])")
+    code = ("from rt.bench import common; before = common.cores(); "
+            "common.pin_load_generator(); after = common.cores(); "
+            f"assert before == after and {check}, (before, after); print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr

@@ -38,11 +38,22 @@ HOST = "127.0.0.1"  # every byte of every benchmark goes over loopback
 # -- cores ---------------------------------------------------------------------------------
 
 
+try:
+    # The cores this process may use, read once at import: after
+    # pin_load_generator() its own affinity is only the load generator's cores.
+    _AVAILABLE_CORES: list[int] | None = sorted(os.sched_getaffinity(0))
+except AttributeError:  # not Linux
+    _AVAILABLE_CORES = None
+
+
 def cores() -> tuple[set[int] | None, set[int] | None]:
-    """(server cores, load generator cores): disjoint when the machine has two or more."""
-    try:
-        available = sorted(os.sched_getaffinity(0))
-    except AttributeError:
+    """(server cores, load generator cores): disjoint when the machine has two or more.
+
+    The same answer before and after the caller pins itself (a server started
+    by a load generator must not inherit the load generator's core).
+    """
+    available = _AVAILABLE_CORES
+    if available is None:
         return None, None
     if len(available) < 2:
         return None, None
