@@ -970,6 +970,38 @@ async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
             await w.wait_counts((0, 0))
 
 
+@pytest.mark.parametrize("then", ["reads everything", "disappears"])
+async def test_direct_write_cut_short_by_a_full_socket(then, caplog):
+    """Posts fill the socket of a client that does not read: one direct write is cut
+    short, its rest pending, the writer flushing it while later events queue. A client
+    that then reads gets every event once, in order, in intact frames; a client that
+    disappears instead ends its connection cleanly. Nothing is logged as an error."""
+    with trio.fail_after(20):
+        async with world(buffer_objects=100_000, buffer_bytes=1 << 30, ops_burst=500) as w:
+            raw = await RawWs.connect(w.server, stream_query(["general"], client_id()),
+                                      w.alice.token, rcvbuf=4096)
+            try:
+                cursor = (await raw.next())["cursor"]
+                await w.wait_counts((1, 1))
+                # One post at a time, so each is its own direct write (a batch bigger than
+                # a frame would take the buffered path): 6.4 MB, more than loopback
+                # buffers hold.
+                ids = []
+                for _ in range(400):
+                    result = await w.service.apply(
+                        post_op("bob", "general", {"content": "z" * 16000, "uuid": uuid()}))
+                    ids.append(result.body["id"])
+                assert ids == list(range(cursor + 1, cursor + 401))
+                if then == "reads everything":
+                    got = [(await raw.next())["id"] for _ in ids]
+                    assert got == ids
+            finally:
+                await raw.abort()
+            await w.wait_counts((0, 0), deadline=10)
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not failures, [r.getMessage() for r in failures]
+
+
 @pytest.mark.usefixtures("ws_path")
 async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
     """A slow client: one batch takes longer than a heartbeat to write, more events wait.

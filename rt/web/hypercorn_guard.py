@@ -169,14 +169,13 @@ class DirectWriter:
       later byte of the connection (every hypercorn write, and :meth:`flush`,
       sends it first). It returns False, writing nothing, while another write
       holds the connection (hypercorn's send lock), while bytes are pending,
-      after ``stop()``, when the kernel's buffer is full, or when the socket
-      has failed or closed: the caller then takes the ordinary (awaiting)
-      path, which queues behind the write in progress and so keeps the order.
+      after a WebSocket close frame went out (nothing may follow it), when
+      the kernel's buffer is full, or when the socket has failed or closed:
+      the caller then takes the ordinary (awaiting) path, which queues behind
+      the write in progress and so keeps the order.
     * Only whole protocol units may be passed (a complete WebSocket frame, a
       complete HTTP chunk), after the response head has been written: the
       bytes go to the socket as they are.
-    * ``stop()`` makes every later ``try_write`` return False (for example
-      once a WebSocket close frame has been sent: nothing may follow it).
     """
 
     __slots__ = ("_server",)
@@ -193,12 +192,14 @@ class DirectWriter:
         return self._server._try_write(data)
 
     async def flush(self) -> None:
-        """Write the pending bytes, bounded like every write (may abort the connection)."""
-        if self._server._pending:
-            await self._server.protocol_send(RawData(b""))
+        """Write the pending bytes, bounded like every write (may abort the connection).
 
-    def stop(self) -> None:
-        self._server._direct_stopped = True
+        A failure needs no report here: the connection's reader then finds the
+        stream closed or broken (hypercorn's, or rt's raw route's).
+        """
+        if self._server._pending:
+            await self._server._guarded_write(b"")
+
 
 
 #: The most a request head read ahead for a raw route may be (hypercorn's h11 limit is 16 KiB).

@@ -1,4 +1,4 @@
-"""The streaming HTTP connection shape (SSE now; xhr, multipart, htmlfile later).
+"""The streaming HTTP connection shape: sse, xhr, multipart and htmlfile.
 
 Trio forbids a nursery or cancel scope held across a `yield`, so the body
 is not a generator: `StreamBody` is a Quart response body whose
@@ -14,9 +14,9 @@ A write that blocks for `write-timeout` is aborted by rt's hypercorn guard
 Once the head and `ready` are out, events published while the stream is
 idle are written by `publish` itself as whole HTTP chunks, straight to the
 socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
-on HTTP/1.1 (chunked) and HTTP/1.0 (close-delimited) GET responses;
-everything else, and any event
-that finds the socket busy, takes the iteration below.
+on HTTP/1.1 (chunked) and HTTP/1.0 (close-delimited) GET responses. Any
+event that finds the socket busy, and everything else, takes the iteration
+below.
 """
 
 from __future__ import annotations
