@@ -423,6 +423,16 @@ class World:
         assert r.status_code == 201, r.text
         return r.json()
 
+    async def one_by_one(self, user: str, count: int, content: str) -> list[int]:
+        """`count` posts, each stored (and published) before the next: each is its own
+        writer batch, so an idle stream gets each as its own direct write."""
+        ids = []
+        for _ in range(count):
+            result = await self.service.apply(
+                post_op(user, "general", {"content": content, "uuid": uuid()}))
+            ids.append(result.body["id"])
+        return ids
+
     async def burst(self, user: str, count: int, flow: str = "general",
                     content: str | None = None) -> list[int]:
         """`count` posts queued in one scheduler batch, so the writer stores them in one batch."""
@@ -930,25 +940,33 @@ async def test_one_batch_over_two_flows_reaches_each_stream_as_its_own_run(trans
                 assert (await other.stored())["id"] == marker["id"]
 
 
+async def open_unread_ws(w: World) -> tuple[RawWs, dict[str, Any]]:
+    """A WebSocket client with a 4 KiB receive buffer that reads nothing after `ready`."""
+    raw = await RawWs.connect(w.server, stream_query(["general"], client_id()), w.alice.token,
+                              rcvbuf=4096)
+    ready = await raw.next()
+    await w.wait_counts((1, 1))
+    return raw, ready
+
+
+# 400 posts of 16 KB: 6.4 MB, more than loopback socket buffers hold.
+FILL_POSTS, FILL_CONTENT = 400, "z" * 16000
+
+
 @pytest.mark.parametrize("bound", ["objects", "bytes"])
 async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
-    """With direct writes (the default), a burst goes straight to an idle stream's socket;
-    once the socket is full, events buffer, and past the bound the stream lags. The
-    client reads nothing until the burst is stored (6.4 MB, more than loopback buffers
-    hold), then reads every object: consecutive ids, `lagging`, and a resume that gets
-    the rest."""
+    """With direct writes (the default), each post goes straight to the idle stream's
+    socket until the socket is full; then events buffer, and past the bound the stream
+    lags. The client reads nothing until the posts are stored, then reads every object:
+    consecutive ids, `lagging`, and a resume that gets the rest."""
     limits = {"objects": {"buffer_objects": 5}, "bytes": {"buffer_bytes": 40_000}}[bound]
     with trio.fail_after(20):
         async with world(**limits, ops_burst=500) as w:
-            cid = client_id()
-            raw = await RawWs.connect(w.server, stream_query(["general"], cid), w.alice.token,
-                                      rcvbuf=4096)
+            raw, ready = await open_unread_ws(w)
+            cursor = ready["cursor"]
             try:
-                ready = await raw.next()
-                cursor = ready["cursor"]
-                await w.wait_counts((1, 1))
-                ids = await w.burst("bob", 400, content="z" * 16000)
-                assert ids == list(range(cursor + 1, cursor + 401))
+                ids = await w.one_by_one("bob", FILL_POSTS, FILL_CONTENT)
+                assert ids == list(range(cursor + 1, cursor + FILL_POSTS + 1))
                 while True:
                     obj = await raw.next()
                     if obj["type"] == "close":
@@ -961,7 +979,7 @@ async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
                 assert end.value.code == 4010
             finally:
                 await raw.abort()
-            assert cursor < ids[-1], "the stream did not lag before the end of the burst"
+            assert cursor < ids[-1], "the stream did not lag before the end of the posts"
             async with open_stream("ws", w.alice, ["general"], cursor=cursor,
                                    epoch=ready["epoch"]) as s:
                 assert (await s.ready())["reset"] is False
@@ -978,20 +996,10 @@ async def test_direct_write_cut_short_by_a_full_socket(then, caplog):
     disappears instead ends its connection cleanly. Nothing is logged as an error."""
     with trio.fail_after(20):
         async with world(buffer_objects=100_000, buffer_bytes=1 << 30, ops_burst=500) as w:
-            raw = await RawWs.connect(w.server, stream_query(["general"], client_id()),
-                                      w.alice.token, rcvbuf=4096)
+            raw, ready = await open_unread_ws(w)
             try:
-                cursor = (await raw.next())["cursor"]
-                await w.wait_counts((1, 1))
-                # One post at a time, so each is its own direct write (a batch bigger than
-                # a frame would take the buffered path): 6.4 MB, more than loopback
-                # buffers hold.
-                ids = []
-                for _ in range(400):
-                    result = await w.service.apply(
-                        post_op("bob", "general", {"content": "z" * 16000, "uuid": uuid()}))
-                    ids.append(result.body["id"])
-                assert ids == list(range(cursor + 1, cursor + 401))
+                ids = await w.one_by_one("bob", FILL_POSTS, FILL_CONTENT)
+                assert ids == list(range(ready["cursor"] + 1, ready["cursor"] + FILL_POSTS + 1))
                 if then == "reads everything":
                     got = [(await raw.next())["id"] for _ in ids]
                     assert got == ids

@@ -160,7 +160,7 @@ while len(conns) < n:
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as trio sets on rt's sockets
     conns.append(c)
 sys.stdin.readline()  # go
-BATCH = int(sys.argv[4]) if len(sys.argv) > 4 else 20
+BATCH = int(sys.argv[4])
 writes = 0
 end = time.monotonic() + seconds
 while time.monotonic() < end:
@@ -184,26 +184,39 @@ sys.stdin.readline()  # the parent reads this process's CPU time first
 """
 
 
-def load_generator_limit(transport: str, n: int, seconds: float) -> float:
-    """Events a second the subscriber processes can receive from a trivial fan-out."""
+def _trivial_fanout(transport: str, n: int, seconds: float, batch: int) -> tuple[float, float]:
+    """Run the trivial fan-out to `n` subscribers for `seconds`, `batch` events a write.
+
+    Returns (events a second the subscriber processes received, the fan-out's
+    CPU µs per write). It runs pinned to the server's core, like `rt serve`.
+    """
     server_cores, _ = common.cores()
     proc = subprocess.Popen([sys.executable, "-c", TRIVIAL_FANOUT, str(n), transport,
-                             str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, preexec_fn=common.raise_nofile)
+                             str(seconds), str(batch)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=common.raise_nofile)
     if server_cores:
         os.sched_setaffinity(proc.pid, server_cores)
     try:
         port = int(proc.stdout.readline())
         pool = Pool(port, "", transport, n)
+        cpu0 = common.proc_cpu_seconds(proc.pid)
         start = time.monotonic() + 0.3
         proc.stdin.write("go\n")
         proc.stdin.flush()
         count, _ = pool.phase(start, start + seconds)
+        writes = int(proc.stdout.readline())
+        cpu = common.proc_cpu_seconds(proc.pid) - cpu0
         pool.close()
-        return count / seconds
+        return count / seconds, (cpu / writes * 1e6 if writes else float("nan"))
     finally:
         proc.kill()
         proc.wait()
+
+
+def load_generator_limit(transport: str, n: int, seconds: float) -> float:
+    """Events a second the subscriber processes can receive from a trivial fan-out."""
+    return _trivial_fanout(transport, n, seconds, batch=20)[0]
 
 
 def write_floor(transport: str, n: int, seconds: float) -> float:
@@ -218,27 +231,7 @@ def write_floor(transport: str, n: int, seconds: float) -> float:
     with unacknowledged data may take the next write more cheaply than one
     written to 10 ms later.
     """
-    server_cores, _ = common.cores()
-    proc = subprocess.Popen([sys.executable, "-c", TRIVIAL_FANOUT, str(n), transport,
-                             str(seconds), "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, preexec_fn=common.raise_nofile)
-    if server_cores:
-        os.sched_setaffinity(proc.pid, server_cores)
-    try:
-        port = int(proc.stdout.readline())
-        pool = Pool(port, "", transport, n)
-        cpu0 = common.proc_cpu_seconds(proc.pid)
-        start = time.monotonic() + 0.3
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        pool.phase(start, start + seconds)
-        writes = int(proc.stdout.readline())
-        cpu = common.proc_cpu_seconds(proc.pid) - cpu0
-        pool.close()
-        return cpu / writes * 1e6 if writes else float("nan")
-    finally:
-        proc.kill()
-        proc.wait()
+    return _trivial_fanout(transport, n, seconds, batch=1)[1]
 
 
 # -- the parent side ----------------------------------------------------------------------------
