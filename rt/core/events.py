@@ -31,19 +31,20 @@ class Event:
         self.raw = encode(data)
         self._wire: dict[Any, bytes] | None = None
 
-    def framed(self, key: Any, make: Callable[[], bytes]) -> bytes:
-        """`make()`, computed once per `key` and then reused.
+    def framed(self, key: Any, make: Callable[[Any], bytes | None], arg: Any) -> bytes | None:
+        """`make(arg)`, computed once per `key` and then reused.
 
         For the bytes one transport writes for this event (or for a run of
-        events starting with it): a fan-out to N connections frames them
-        once, not N times. `key` must name everything the bytes depend on.
+        events starting with it, `arg`): a fan-out to N connections frames
+        them once, not N times. `key` must name everything the bytes depend
+        on. A None from `make` (nothing to write this way) is not kept.
         """
         wire = self._wire
         if wire is None:
             wire = self._wire = {}
         data = wire.get(key)
         if data is None:
-            data = wire[key] = make()
+            data = wire[key] = make(arg)
         return data
 
     def __repr__(self) -> str:

@@ -14,9 +14,10 @@ pages do not pass through the bounded buffer.
 Direct delivery: once the web layer has written `ready`, it may call
 `deliver_directly(write)`. From then on, an event published while the
 session is idle (caught up, nothing buffered, no batch being written) is
-handed to `write(event)` inside `publish` itself, which frames it and
-writes it to the socket without blocking, or returns False to have it
-buffered and sent by the stream's loop as usual. The loop brackets each
+handed to `write(events)` inside `publish` itself (with the other events of
+the same writer batch for this stream), which frames them and writes them to
+the socket without blocking, or returns False to have them buffered and sent
+by the stream's loop as usual. The loop brackets each
 batch it writes with `writing()` / `written()`, so no direct write can
 overtake a batch already taken from the buffer.
 
@@ -109,7 +110,7 @@ class StreamSession:
         self._end: StreamEnd | None = None
         self.present_in: list[str] = []  # flows where this stream counts for presence
         self._finished = False
-        self._write: Callable[[Event], bool] | None = None
+        self._write: Callable[[Sequence[Event]], bool] | None = None
         self._writing = False  # the loop holds a batch it has not finished writing
         self._nudged = False  # next_batch returns [] once: the loop has its own work
 

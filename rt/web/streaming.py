@@ -156,18 +156,17 @@ class StreamBody(ResponseBody):
         if self._done:
             return False
         chunk = framed_once(events, self._wire_key, self._wire)
+        assert chunk is not None
         size = len(chunk) - _chunk_overhead(chunk) if self._chunked else len(chunk)
         # A write that reaches the rotation mark takes the ordinary path, which rotates.
-        if self._rotation_due(size) or not self.direct.try_write(chunk):  # type: ignore[union-attr]
+        session = self.session
+        if (self._rotation_due(size)
+                or not write_now(self.direct, chunk, session)):  # type: ignore[arg-type]
             return False
         self._written += size
         self._last_write = trio.current_time()
         self._delivered.inc(len(events))
-        session = self.session
-        assert session is not None
-        self.service.record_delivery(session)
-        if self.direct.pending:  # type: ignore[union-attr]
-            session.nudge()  # the iteration flushes the rest
+        self.service.record_delivery(session)  # type: ignore[arg-type]
         return True
 
     def _wire(self, events: Sequence[Event]) -> bytes:
@@ -243,9 +242,19 @@ def framed_once(events: Sequence[Event], key: Any,
     """
     first = events[0]
     if len(events) == 1:
-        return first.framed(key, lambda: make(events))
-    ids = tuple(e.id for e in events)
-    return first.framed((key, ids), lambda: make(events))
+        return first.framed(key, make, events)
+    return first.framed((key, tuple(e.id for e in events)), make, events)
+
+
+def write_now(direct: hypercorn_guard.DirectWriter, data: bytes,
+              session: StreamSession | None) -> bool:
+    """`direct.try_write(data)`; when the write was cut short, `session`'s loop is nudged
+    to flush the rest (it goes out before any other byte of the connection)."""
+    if not direct.try_write(data):
+        return False
+    if direct.pending and session is not None:
+        session.nudge()
+    return True
 
 
 def _chunk_overhead(chunk: bytes) -> int:

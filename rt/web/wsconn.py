@@ -41,6 +41,7 @@ from rt.web.streaming import (
     framed_once,
     parse_stream_request,
     register_peer,
+    write_now,
 )
 
 MAX_FAILED_FRAMES = 10
@@ -117,10 +118,7 @@ class WsConnection:
         if self.closing:  # hypercorn raises on a send after close; the client resumes anyway
             return
         self.last_write = trio.current_time()
-        direct = self.direct
-        if direct is not None and direct.try_write(text_frame(data)):
-            if direct.pending and self.session is not None:
-                self.session.nudge()  # the writer flushes the rest
+        if self.direct is not None and write_now(self.direct, text_frame(data), self.session):
             return
         await self.ws.send(data.decode())
 
@@ -130,15 +128,12 @@ class WsConnection:
         if self.closing or direct is None:
             return False
         data = framed_once(events, "ws", _ws_wire)
-        if data is None or not direct.try_write(data):
+        session = self.session
+        if data is None or not write_now(direct, data, session):
             return False
         self.last_write = trio.current_time()
         self._delivered.inc(len(events))
-        session = self.session
-        assert session is not None
-        self.service.record_delivery(session)
-        if direct.pending:
-            session.nudge()  # the writer flushes the rest
+        self.service.record_delivery(session)  # type: ignore[arg-type]
         return True
 
     async def close(self, code: int, reason: str) -> None:
