@@ -63,48 +63,69 @@ def main() -> None:
     """rt: a self-hosted realtime server. Start with `rt serve`."""
 
 
-def _serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., Any]:
+    """Every option of `rt serve`, with the given defaults for guests and flows.
+
+    `rt serve` and `rt demo` share this list so that the demo takes every
+    setting, as a flag and as an `RT_*` variable (issue 9); only these two
+    defaults differ.
+    """
     options = [
         click.option("--host", default="127.0.0.1", show_default=True, envvar="RT_HOST"),
         click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
                      envvar="RT_PORT"),
         db_option,
+        click.option("--guests/--no-guests", default=guests, show_default=True,
+                     envvar="RT_GUESTS",
+                     help="let anyone make a guest account with POST /auth/guest"),
+        click.option("--allow-origin", multiple=True, envvar="RT_ALLOW_ORIGIN",
+                     help="a browser origin allowed besides the server's own (repeatable)"),
+        click.option("--sync", type=click.Choice(["normal", "full"]), default="normal",
+                     show_default=True, envvar="RT_SYNC",
+                     help="normal: acknowledged events survive a crash; full: also a power loss"),
+        click.option("--metrics-token", default=None, envvar="RT_METRICS_TOKEN",
+                     help="bearer token for /metrics (without one, loopback clients only)"),
+        click.option("--user", "users", multiple=True, envvar="RT_USER",
+                     help="create this user if missing (repeatable)"),
+        click.option("--flow", "flows", multiple=True, envvar="RT_FLOW", default=flows,
+                     show_default=bool(flows),
+                     help="create this flow if missing (repeatable)"),
+        click.option("--bench-cut-signal", is_flag=True, hidden=True,
+                     help="benchmarks only: SIGUSR1 force-closes every open connection"),
+        click.option("--bench-asgi-only", is_flag=True, hidden=True,
+                     help="benchmarks only: no fast paths (every byte through hypercorn and Quart)"),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = _limit_options(func)
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
 
 
 @main.command()
-@_serve_options
-@click.option("--guests/--no-guests", default=False, envvar="RT_GUESTS",
-              help="let anyone make a guest account with POST /auth/guest")
-@click.option("--allow-origin", multiple=True, envvar="RT_ALLOW_ORIGIN",
-              help="a browser origin allowed besides the server's own (repeatable)")
-@click.option("--sync", type=click.Choice(["normal", "full"]), default="normal",
-              show_default=True, envvar="RT_SYNC",
-              help="normal: acknowledged events survive a crash; full: also a power loss")
-@click.option("--metrics-token", default=None, envvar="RT_METRICS_TOKEN",
-              help="bearer token for /metrics (without one, loopback clients only)")
-@click.option("--user", "users", multiple=True, help="create this user if missing (repeatable)")
-@click.option("--flow", "flows", multiple=True, help="create this flow if missing (repeatable)")
-@click.option("--bench-cut-signal", is_flag=True, hidden=True,
-              help="benchmarks only: SIGUSR1 force-closes every open connection")
-@click.option("--bench-asgi-only", is_flag=True, hidden=True,
-              help="benchmarks only: no fast paths (every byte through hypercorn and Quart)")
-@_limit_options
+@_server_options(guests=False, flows=())
 def serve(**options: Any) -> None:
     """Serve rt until SIGTERM or SIGINT."""
+    _serve_from_options(options)
+
+
+DEMO_FLOWS = ("general", "random")
+
+
+@main.command()
+@_server_options(guests=True, flows=DEMO_FLOWS)
+def demo(**options: Any) -> None:
+    """Serve the demo chat: `rt serve` with guests on and flows `general` and `random`."""
+    _serve_from_options(options)
+
+
+def _serve_from_options(options: dict[str, Any]) -> None:
     cut_signal = options.pop("bench_cut_signal", False)
     asgi_only = options.pop("bench_asgi_only", False)
     _serve(_config(options).replace(fast_paths=not asgi_only), cut_signal=cut_signal)
-
-
-@main.command()
-@_serve_options
-def demo(**options: Any) -> None:
-    """Serve the demo chat: guests on, flows `general` and `random`."""
-    _serve(_config({**options, "guests": True, "flows": ("general", "random")}))
 
 
 def _config(options: dict[str, Any]) -> Config:
@@ -165,6 +186,27 @@ async def _run_with_cut_signal(run: Callable[..., Awaitable[None]], config: Conf
         nursery.cancel_scope.cancel()
 
 
+# -- optional dependencies ----------------------------------------------------------------
+
+# What each extra of pyproject.toml brings that a subcommand imports. A command
+# that needs one checks it first (`require_extra`), so a plain install gets one
+# line naming the install command instead of a traceback (issue 9).
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "bench": ("matplotlib", "rich"),
+}
+
+
+def require_extra(extra: str, command: str) -> None:
+    """Exit 2 with one line on stderr unless every module of `extra` imports."""
+    import importlib.util
+
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        click.echo(f"{command} needs {', '.join(missing)} (the {extra} extra): in the rt "
+                   f"checkout, run  pip install -e '.[{extra}]'", err=True)
+        sys.exit(2)
+
+
 # -- benchmarks -------------------------------------------------------------------------
 
 BENCH_SUBCOMMANDS = ("latency", "fanout", "connections", "storm", "ingest")
@@ -190,6 +232,7 @@ def _bench_command(name: str) -> None:
     @click.option("--out", type=click.Path(file_okay=False), default=None,
                   help="directory for results (default: bench/results)")
     def command(quick: bool, out: str | None) -> None:
+        require_extra("bench", "rt bench")
         from rt import bench as suite  # lazily: matplotlib and rich are the bench extra
 
         suite.run(name, quick, out)
@@ -204,6 +247,7 @@ for _name in BENCH_SUBCOMMANDS:
 @click.option("--out", type=click.Path(file_okay=False), default=None)
 def bench_all(quick: bool, out: str | None) -> None:
     """Run every benchmark in turn."""
+    require_extra("bench", "rt bench")
     from rt import bench as suite
 
     for name in BENCH_SUBCOMMANDS:

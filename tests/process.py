@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class RtProcess:
-    """A running `python -m rt serve`; its URL and the tokens it printed for --user."""
+    """A running `python -m rt serve` (or `demo`); its URL and the tokens it printed for --user."""
 
-    def __init__(self, *args: str, db: Path | str) -> None:
-        self.args = ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db), *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "rt", *self.args], cwd=ROOT,
+    def __init__(self, *args: str, db: Path | str, command: str = "serve",
+                 python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+        self.args = [command, "--host", "127.0.0.1", "--port", "0", "--db", str(db), *args]
+        env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([python, "-m", "rt", *self.args], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=env, text=True)
         self.tokens: dict[str, str] = {}

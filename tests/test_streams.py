@@ -721,13 +721,31 @@ async def test_sse_last_event_id_wins_over_parameters():
                                    headers={"Last-Event-ID": f"otherepoch:{ids[9]}"}) as s:
                 ready = await s.ready()
                 assert ready["reset"] is True and ready["cursor"] == ids[-1]
-            # a malformed header is a bad request
-            async with http_client(w.server) as http:
-                r = await http.get("/stream/sse", params=stream_query(["general"], client_id()),
-                                   headers={"Authorization": f"Bearer {w.alice.token}",
-                                            "Last-Event-ID": "garbage"})
-                assert r.status_code == 400
-                assert r.json()["error"]["code"] == "bad_request"
+            # a malformed header is an untrusted cursor: reset, never a refusal (issue 9)
+            async with open_stream("sse", w.alice, ["general"], cursor=ids[2], epoch=epoch,
+                                   headers={"Last-Event-ID": "garbage"}) as s:
+                ready = await s.ready()
+                assert ready["reset"] is True and ready["cursor"] == ids[-1]
+
+
+# What a browser can carry over to /stream/sse in Last-Event-ID: an id another
+# server sent on the same URL, a bare number, junk. EventSource gives up for good
+# on a non-200 answer, so each must be a 200 whose `ready` resets (issue 9).
+FOREIGN_LAST_EVENT_IDS = ["5", "garbage", "otherepoch:5", "otherepoch:abc", ":", "a:b:c",
+                          "abcdefgh:99999999999999999999", "x" * 200, "abcdefgh:-1"]
+
+
+@pytest.mark.parametrize("value", FOREIGN_LAST_EVENT_IDS)
+async def test_sse_foreign_last_event_id_resets_instead_of_failing(value):
+    with trio.fail_after(10):
+        async with world() as w:
+            ids = [(await w.post(w.alice))["id"] for _ in range(3)]
+            async with open_stream("sse", w.alice, ["general"],
+                                   headers={"Last-Event-ID": value}) as s:  # asserts 200
+                ready = await s.ready()
+                assert ready["reset"] is True and ready["cursor"] == ids[-1]
+                posted = await w.post(w.alice)
+                assert (await s.stored())["id"] == posted["id"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

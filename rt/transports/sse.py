@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from rt.core.codec import encode
-from rt.core.errors import bad_request
 from rt.core.events import Event
 from rt.core.grammar import EPOCH_RE
 from rt.transports.base import Framer
@@ -50,11 +49,18 @@ class SseFramer(Framer):
         return b": hb\n\n"
 
 
-def parse_last_event_id(value: str) -> tuple[str, int]:
-    """`E:N` from a Last-Event-ID header as (epoch, cursor); 400 if malformed."""
+def parse_last_event_id(value: str) -> tuple[str, int] | None:
+    """`E:N` from a Last-Event-ID header as (epoch, cursor), or None if it is not one.
+
+    None means an untrusted cursor, which the stream treats like any other
+    (PROTOCOL.md section 3: 200, `ready` with `reset: true`), never a 400: a
+    browser's EventSource that gets a non-200 answer closes for good, and a
+    header a browser carries over (an id another server once sent on this
+    URL, a bare `5`) must not kill the page's stream (issue 9).
+    """
     epoch, sep, cursor = value.strip().rpartition(":")
     # isascii: str.isdigit() also accepts digits such as "\xb2" that int() refuses.
     if (not sep or not EPOCH_RE.fullmatch(epoch) or not cursor.isascii()
             or not cursor.isdigit() or len(cursor) > 18):
-        raise bad_request("Last-Event-ID must be EPOCH:ID as sent in SSE id: lines")
+        return None
     return epoch, int(cursor)

@@ -262,6 +262,11 @@ def _chunk_overhead(chunk: bytes) -> int:
     return chunk.index(b"\r\n") + 4
 
 
+# Stands for the epoch of a cursor that cannot be trusted: never a store's epoch
+# (epochs are 8 to 32 characters), so `ready` says `reset: true`.
+UNTRUSTED_EPOCH = ""
+
+
 def parse_stream_request(
     service: Service, args: Any, authorization: str | None, transport: str,
     last_event_id: str | None = None,
@@ -279,8 +284,10 @@ def parse_stream_request(
     epoch = args.get("epoch") or None
     if epoch is not None and len(epoch) > 64:
         raise bad_request("epoch is too long")
-    if last_event_id:
-        epoch, cursor = parse_last_event_id(last_event_id)
+    if last_event_id:  # an empty header is no header, as EventSource sends none
+        # The header wins over the parameters; one that names no cursor of
+        # ours resets the stream (an epoch that is no epoch never matches).
+        epoch, cursor = parse_last_event_id(last_event_id) or (UNTRUSTED_EPOCH, None)
     user, token = service.authenticate_stream(authorization, args.get("ticket"), client)
     for name in flows:
         service.require_flow(user, name)
