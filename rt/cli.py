@@ -42,6 +42,43 @@ LIMIT_HELP = {
 }
 
 
+class _ConnectionCap(click.ParamType):
+    """`auto` (follow the open-file limit) or a number of connections (0: no cap)."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or value == "auto":
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = -1
+        if number < 0:
+            self.fail(f"{value!r} is neither `auto` nor a number of connections >= 0", param, ctx)
+        return number
+
+
+CONNECTION_OPTIONS = [
+    click.option("--keep-alive-timeout", type=click.FloatRange(min=0, min_open=True),
+                 default=5.0, show_default=True, envvar="RT_KEEP_ALIVE_TIMEOUT",
+                 help="seconds an idle kept-alive HTTP connection stays open"),
+    click.option("--head-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                 show_default=True, envvar="RT_HEAD_TIMEOUT",
+                 help="seconds a new connection has to send its first request head"),
+    click.option("--max-head", type=click.IntRange(min=1024), default=16 * 1024,
+                 show_default=True, envvar="RT_MAX_HEAD",
+                 help="bytes in a request head (request line and headers)"),
+    click.option("--max-connections", type=_ConnectionCap(), default="auto", show_default=True,
+                 envvar="RT_MAX_CONNECTIONS",
+                 help="open connections at once; auto: the open-file limit less 64; 0: no cap"),
+    click.option("--max-connections-per-address", type=click.IntRange(min=0), default=1000,
+                 show_default=True, envvar="RT_MAX_CONNECTIONS_PER_ADDRESS",
+                 help="open connections from one client address (0: no cap; behind a "
+                      "reverse proxy every connection comes from the proxy's address)"),
+]
+
+
 def _limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for name, kind in reversed(LIMIT_TYPES.items()):
         flag = "--" + name.replace("_", "-")
@@ -98,7 +135,7 @@ def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., An
 
     def apply(func: Callable[..., Any]) -> Callable[..., Any]:
         func = _limit_options(func)
-        for option in reversed(options):
+        for option in reversed(options + CONNECTION_OPTIONS):
             func = option(func)
         return func
 

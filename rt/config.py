@@ -47,6 +47,14 @@ class Config:
     window: int = 10000
     guest_rate: float = 10.0  # guest accounts a minute per client address
 
+    # The TCP layer's bounds against idle and hostile connections (issue 10;
+    # rt/web/admission.py). None: the cap follows the open-file limit; 0: no cap.
+    keep_alive_timeout: float = 5.0
+    head_timeout: float = 10.0
+    max_head: int = 16 * 1024
+    max_connections: int | None = None
+    max_connections_per_address: int = 1000
+
     # Not on the wire: how long draining lasts on SIGTERM, and a bench-only switch.
     drain_seconds: float = 1.0
     ticket_ttl: float = 60.0

@@ -84,7 +84,9 @@ def _server_preexec() -> None:
 # Every client is user `bench`: lift the per-user limits. Stream buffers keep their
 # defaults, so a subscriber the server cannot keep up with gets `lagging`, as in production.
 BENCH_LIMITS = ["--ops-rate", "10000000", "--ops-burst", "10000000", "--poll-rate", "100000",
-                "--max-streams", "1000000", "--heartbeat", "300"]
+                "--max-streams", "1000000", "--heartbeat", "300",
+                # every load generator connects from 127.0.0.1, thousands at a time
+                "--max-connections-per-address", "0", "--max-connections", "0"]
 
 
 class Server:

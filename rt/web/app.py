@@ -30,7 +30,7 @@ from rt.core.grammar import (
 from rt.core.ops import Op, delete_op, edit_op, post_op, tag_op
 from rt.service import Service
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
-from rt.web.http import JSON_TYPE, error_response, json_response, origin_allowed
+from rt.web.http import JSON_TYPE, error_response, json_response, loggable, origin_allowed
 from rt.web.rawws import is_websocket_stream_request, serve_raw
 from rt.web.streaming import StreamBody, parse_stream_request
 from rt.web.wsconn import serve_websocket
@@ -82,8 +82,10 @@ def create_app(service: Service) -> QuartTrio:
                 response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
                 response.headers["Access-Control-Max-Age"] = "600"
         response.headers.add("Vary", "Origin")
-        # rt's access log: never the query string, which may hold a ticket.
-        log.info("%s %s %s", request.method, request.path, response.status_code)
+        # rt's access log: never the query string, which may hold a ticket, and
+        # the path escaped (a decoded %0A would forge a line).
+        log.info("%s %s %s", loggable(request.method), loggable(request.path),
+                 response.status_code)
         return response
 
     @app.errorhandler(RtError)
@@ -101,7 +103,8 @@ def create_app(service: Service) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
-        logging.getLogger("rt").exception("rt: unexpected error serving %s", request.path)
+        logging.getLogger("rt").exception("rt: unexpected error serving %s",
+                                          loggable(request.path))
         return error_response(RtError("internal", "the server failed; retry"))
 
     # -- public --------------------------------------------------------------
@@ -306,11 +309,25 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+def _static_names() -> dict[str, Path]:
+    """Every servable file of rt/static, by its URL name (`rt.js`, `sub/x.js`)."""
+    return {p.relative_to(STATIC_DIR).as_posix(): p for p in sorted(STATIC_DIR.rglob("*"))
+            if p.is_file() and p.suffix in STATIC_TYPES}
+
+
+STATIC_FILES = _static_names()
+
+
 async def _static_file(name: str) -> Response:
-    """A file of rt/static, or 404; never a path outside it."""
-    path = (STATIC_DIR / name).resolve()
-    if STATIC_DIR not in path.parents or not path.is_file() or path.suffix not in STATIC_TYPES:
-        raise RtError("not_found", f"no static file {name!r}")
+    """A file of rt/static, or 404.
+
+    The name is looked up among the files that exist, never joined to a
+    path: a NUL byte, a 5,000-character name or `..` is just an unknown
+    name (404), where the file system would have raised (a 500, issue 10).
+    """
+    path = STATIC_FILES.get(name)
+    if path is None:
+        raise RtError("not_found", "no such static file")
     return Response(path.read_bytes(), status=200, content_type=STATIC_TYPES[path.suffix],
                     headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
                              "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",

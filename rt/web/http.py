@@ -36,3 +36,25 @@ def origin_allowed(origin: str | None, scheme: str, host: str | None,
 
 def _http_scheme(scheme: str) -> str:
     return {"ws": "http", "wss": "https"}.get(scheme, scheme)
+
+
+#: The longest text a log line quotes from a request; the rest is cut with "...".
+LOGGABLE_CHARS = 512
+
+
+def loggable(text: str) -> str:
+    """`text` safe to write into one log line: no control, format or separator characters.
+
+    Each such character (a decoded `%0A`, an escape sequence, NUL, a bidi
+    override) and the backslash itself are written as Python escapes, so a
+    request cannot forge or hide log lines and the line still says exactly
+    what arrived; long texts are cut.
+    """
+    cut = len(text) > LOGGABLE_CHARS
+    text = text[:LOGGABLE_CHARS]
+    if text.isprintable() and "\\" not in text:
+        return text + ("..." if cut else "")
+    out = "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        for c in text)
+    return out + ("..." if cut else "")

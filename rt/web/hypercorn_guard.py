@@ -38,19 +38,23 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from hypercorn import protocol as _hypercorn_protocol
 from hypercorn.app_wrappers import ASGIWrapper as _ASGIWrapper
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.h11 import H11Protocol as _H11Protocol
 from hypercorn.trio import run as _hypercorn_run
 from hypercorn.trio import tcp_server as _hypercorn_tcp_server
+
+from rt.web.admission import Admission, AdmissionLimits, head_problem
 
 __all__ = [
     "DEFAULT_WRITE_TIMEOUT",
     "UPSTREAM_SHA256",
     "WRITE_CHUNK_SIZE",
     "GuardedTCPServer",
-    "MAX_RAW_HEAD",
     "DirectWriter",
     "RawConnection",
+    "admit_with",
     "check_upstream",
     "cut_all",
     "direct_writer",
@@ -93,6 +97,18 @@ UPSTREAM_SHA256: dict[str, str] = {
     "hypercorn.trio.run.worker_serve": (
         "8dc8347a9fc357ca334f8c3e4bcf0368176510a96d434f21a5eb4c9ec4103726"
     ),
+    # Relied on: the close that protocol_send shields (issue 10).
+    "hypercorn.trio.tcp_server.TCPServer._close": (
+        "bc73c4ae25a1ceec1d535639443b57b3d3dea8b03c5375d58bf9702b8056ee15"
+    ),
+    # Replaced: the h2c upgrade and HTTP/2 preface checks (no HTTP/2 in clear text).
+    "hypercorn.protocol.h11.H11Protocol._check_protocol": (
+        "f95f6b38f43c62aaedddec0bb7c86d84e9a583ed22461293f8fcf249251d96ea"
+    ),
+    # Relied on: looks ``H11Protocol`` up in its module globals, where install() puts ours.
+    "hypercorn.protocol.ProtocolWrapper.__init__": (
+        "df25e181b9e2e64d6d5dbfee9e9a33108c1f04b966dd344899365f429806acbc"
+    ),
     # Relied on: keeps the ASGI app as ``.app``, where _serve_raw_route looks
     # for the app's raw route.
     "hypercorn.app_wrappers.ASGIWrapper.__init__": (
@@ -108,6 +124,9 @@ _UPSTREAM_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "hypercorn.trio.tcp_server.TCPServer.__init__": _UpstreamTCPServer.__init__,
     "hypercorn.trio.run.worker_serve": _hypercorn_run.worker_serve,
     "hypercorn.app_wrappers.ASGIWrapper.__init__": _ASGIWrapper.__init__,
+    "hypercorn.trio.tcp_server.TCPServer._close": _UpstreamTCPServer._close,
+    "hypercorn.protocol.h11.H11Protocol._check_protocol": _H11Protocol._check_protocol,
+    "hypercorn.protocol.ProtocolWrapper.__init__": _hypercorn_protocol.ProtocolWrapper.__init__,
 }
 
 
@@ -200,10 +219,6 @@ class DirectWriter:
         if self._server._pending:
             await self._server._guarded_write(b"")
 
-
-
-#: The most a request head read ahead for a raw route may be (hypercorn's h11 limit is 16 KiB).
-MAX_RAW_HEAD: int = 16 * 1024
 
 
 class RawConnection:
@@ -340,6 +355,29 @@ class GuardedTCPServer(_UpstreamTCPServer):
     _socket: Any = None  # the trio socket behind _fd
 
     async def run(self) -> None:
+        admission: Admission | None = getattr(self.config, "rt_admission", None)
+        address = self._peer_for_log().rpartition(":")[0]
+        if admission is not None:
+            refusal = admission.admit(address)
+            if refusal is not None:
+                await self._refuse(refusal)
+                return
+        try:
+            await self._run_admitted()
+        finally:
+            if admission is not None:
+                admission.release(address)
+
+    async def _refuse(self, response: bytes) -> None:
+        """Answer `response` (bounded by the write timeout) and close, reading nothing."""
+        with trio.move_on_after(self.write_timeout):
+            try:
+                await self.stream.send_all(response)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(self.stream)
+
+    async def _run_admitted(self) -> None:
         peer = self._peer_for_log()
         _open_servers.add(self)
         key = _peer_key(self.stream)
@@ -370,36 +408,43 @@ class GuardedTCPServer(_UpstreamTCPServer):
                     del _servers_by_peer[key]
 
     async def _serve_raw_route(self) -> bool:
-        """Serve the connection on the app's raw route if its first request is for it.
+        """Read the first request head; serve the connection here if it is done with.
 
-        The app (the ASGI app hypercorn wraps) may have an ``rt_raw_route``:
-        ``(matches, serve)``. On a plain-TCP connection the request head is
-        read first (bounded in size and by the keep-alive timeout); if
+        On a plain-TCP connection the first request head is read here, bounded
+        by the admission limits (`rt.web.admission`: the head timeout, the
+        head size, no HTTP/2 preface); a connection that fails them is
+        answered and closed, and True is returned. Then, if the app (the ASGI
+        app hypercorn wraps) has an ``rt_raw_route`` ``(matches, serve)`` and
         ``matches(head)``, ``serve(RawConnection, head_and_what_followed)``
         runs the connection instead of hypercorn, and True is returned.
         Otherwise the bytes read are handed back for hypercorn to read again.
         """
-        route = getattr(getattr(self.app, "app", None), "rt_raw_route", None)
         stream = self.stream
-        if route is None or self._fd < 0 or not isinstance(stream, _StampingStream):
+        if self._fd < 0 or not isinstance(stream, _StampingStream):
             return False
-        matches, serve = route
+        admission: Admission | None = getattr(self.config, "rt_admission", None)
+        limits = admission.limits if admission is not None else AdmissionLimits()
         data = b""
-        with trio.move_on_after(self.config.keep_alive_timeout):
+        with trio.move_on_after(limits.head_timeout):
             try:
-                while b"\r\n\r\n" not in data and len(data) < MAX_RAW_HEAD:
-                    chunk = await stream.receive_some(MAX_RAW_HEAD)
+                while b"\r\n\r\n" not in data and len(data) < limits.max_head:
+                    chunk = await stream.receive_some(limits.max_head)
                     if not chunk:
                         break
                     data += chunk
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        if not data:  # nothing within the keep-alive timeout, or gone
+        if not data:  # nothing within the head timeout, or gone
             await trio.aclose_forcefully(stream)
             return True
-        if b"\r\n\r\n" in data and matches(data):
+        refusal = head_problem(data, limits)
+        if refusal is not None:
+            await self._refuse(refusal)
+            return True
+        route = getattr(getattr(self.app, "app", None), "rt_raw_route", None)
+        if route is not None and route[0](data):
             try:
-                await serve(RawConnection(self), data)
+                await route[1](RawConnection(self), data)
             finally:
                 await trio.aclose_forcefully(stream)
             return True
@@ -422,6 +467,24 @@ class GuardedTCPServer(_UpstreamTCPServer):
         return True
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Closed):
+            # Upstream closes the socket from inside the app's task, which
+            # Quart-Trio cancels as soon as the response is sent: the close
+            # was cancelled and the socket stayed open for ever, after
+            # `Connection: close` and after HTTP/1.0 answers (issue 10).
+            # Closing never waits on the peer, so it is shielded.
+            with trio.CancelScope(shield=True):
+                await self._close()
+            await self.protocol.handle(Closed())
+            return
+        if isinstance(event, Updated):
+            # The same cancellation killed the keep-alive timer before it
+            # started (TrioSingleTask.restart awaits in the cancelled task):
+            # idle connections were never closed. Starting or stopping the
+            # timer is quick and never waits on the peer.
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
@@ -492,6 +555,22 @@ class GuardedTCPServer(_UpstreamTCPServer):
         return self._peer
 
 
+class _Http1OnlyProtocol(_H11Protocol):
+    """Hypercorn's HTTP/1 protocol without its switches to HTTP/2 in clear text.
+
+    Upstream answers ``Upgrade: h2c`` with 101 and ``PRI * HTTP/2.0`` by
+    switching to HTTP/2, whose streams wait on flow control where rt's write
+    deadline cannot see them: a client that never reads grew the server
+    without bound (issue 10). Here the upgrade is ignored (RFC 9110 section
+    7.8 lets a server serve the request as it is), and the preface is
+    refused before hypercorn sees it (`rt.web.admission`); a ``PRI`` request
+    later on a connection is just an unknown method.
+    """
+
+    async def _check_protocol(self, event: Any) -> None:
+        return None
+
+
 def _peer_key(stream: Any) -> tuple[Any, ...] | None:
     try:
         host, port, *_ = stream.socket.getpeername()
@@ -516,11 +595,24 @@ def install(write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> None:
     check_upstream()
     GuardedTCPServer.write_timeout = float(write_timeout)
     _hypercorn_run.TCPServer = GuardedTCPServer  # type: ignore[misc]
+    _hypercorn_protocol.H11Protocol = _Http1OnlyProtocol  # type: ignore[misc]
+
+
+def admit_with(config: Any, limits: AdmissionLimits) -> Admission:
+    """Bound the connections of the server run with hypercorn config `config`.
+
+    The :class:`Admission` lives on that config, so each server counts its
+    own connections (tests run several in one process).
+    """
+    admission = Admission(limits)
+    config.rt_admission = admission
+    return admission
 
 
 def uninstall() -> None:
-    """Put hypercorn's own ``TCPServer`` back (for tests that probe upstream)."""
+    """Put hypercorn's own ``TCPServer`` and protocol back (for tests that probe upstream)."""
     _hypercorn_run.TCPServer = _UpstreamTCPServer  # type: ignore[misc]
+    _hypercorn_protocol.H11Protocol = _H11Protocol  # type: ignore[misc]
 
 
 def installed() -> bool:

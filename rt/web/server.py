@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from rt.hub import MemoryHub
 from rt.service import Service, open_service
 from rt.store import Store
 from rt.web import hypercorn_guard
+from rt.web.admission import AdmissionLimits, raise_open_file_limit
 from rt.web.app import create_app
 
 log = logging.getLogger("rt")
@@ -66,9 +68,45 @@ def hyper_config(config: Config) -> HyperConfig:
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = GRACEFUL_TIMEOUT
     hc.websocket_max_message_size = config.max_body
-    hc.keep_alive_timeout = 5
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.h11_max_incomplete_size = config.max_head
     hc.read_timeout = None
+    hypercorn_guard.admit_with(hc, AdmissionLimits(
+        max_connections=config.max_connections,
+        max_connections_per_address=config.max_connections_per_address,
+        head_timeout=config.head_timeout, max_head=config.max_head))
     return hc
+
+
+class _AtMostOncePerSecond(logging.Filter):
+    """Lets one record a second through, without its traceback, and counts the rest.
+
+    Out of file descriptors, trio's accept loop logs an error with a
+    traceback ten times a second for as long as it lasts; one line a second
+    says the same (issue 10).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = float("-inf")
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            self._dropped += 1
+            return False
+        self._last = now
+        record.exc_info = record.exc_text = None
+        if self._dropped:
+            record.msg = f"{record.msg} (and {self._dropped} more like it)"
+            self._dropped = 0
+        return True
+
+
+_accept_errors = logging.getLogger("trio.serve_listeners")
+if not any(isinstance(f, _AtMostOncePerSecond) for f in _accept_errors.filters):
+    _accept_errors.addFilter(_AtMostOncePerSecond())
 
 
 @asynccontextmanager
@@ -116,6 +154,10 @@ def _parse_bind(bind: str) -> tuple[str, int]:
 
 async def run(config: Config, *, on_ready=None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (for `rt serve`)."""
+    soft, _ = raise_open_file_limit()
+    cap = AdmissionLimits(max_connections=config.max_connections).total_cap()
+    log.info("open-file limit %d; at most %s connections, %s per client address", soft,
+             cap or "unlimited", config.max_connections_per_address or "unlimited")
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_server(config) as server:
             if on_ready is not None:
