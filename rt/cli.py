@@ -100,6 +100,17 @@ def main() -> None:
     """rt: a self-hosted realtime server. Start with `rt serve`."""
 
 
+def _check_chaos_spec(ctx: Any, param: Any, value: str | None) -> str | None:
+    if value is not None:
+        from rt.service.chaos import ChaosSpecError, parse_spec
+
+        try:
+            parse_spec(value)
+        except ChaosSpecError as error:
+            raise click.BadParameter(str(error)) from None
+    return value
+
+
 def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., Any]:
     """Every option of `rt serve`, with the given defaults for guests and flows.
 
@@ -127,6 +138,15 @@ def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., An
         click.option("--flow", "flows", multiple=True, envvar="RT_FLOW", default=flows,
                      show_default=bool(flows),
                      help="create this flow if missing (repeatable)"),
+        click.option("--chaos", "chaos", default=None, envvar="RT_CHAOS", metavar="SPEC",
+                     callback=_check_chaos_spec,
+                     help="race lab: force rare legal answers at random (`all`, or kinds "
+                          "such as lagging,429:every=3s; docs/lab.md). Never for real users"),
+        click.option("--chaos-seed", type=int, default=None, envvar="RT_CHAOS_SEED",
+                     help="race lab: the seed of --chaos's random choices"),
+        click.option("--delivery-record", type=click.Path(dir_okay=False), default=None,
+                     envvar="RT_DELIVERY_RECORD",
+                     help="race lab: append a JSON line per batch each stream delivers"),
         click.option("--bench-cut-signal", is_flag=True, hidden=True,
                      help="benchmarks only: SIGUSR1 force-closes every open connection"),
         click.option("--bench-asgi-only", is_flag=True, hidden=True,

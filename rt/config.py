@@ -55,6 +55,12 @@ class Config:
     max_connections: int | None = None
     max_connections_per_address: int = 1000
 
+    # The race lab (LAB.md): forced rare answers (rt/service/chaos.py), and a
+    # JSON-lines record of what each stream delivered when (rt/service/deliveries.py).
+    chaos: str | None = None
+    chaos_seed: int | None = None
+    delivery_record: str | None = None
+
     # Not on the wire: how long draining lasts on SIGTERM, and a bench-only switch.
     drain_seconds: float = 1.0
     ticket_ttl: float = 60.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,8 @@ from rt.core.grammar import check_user
 from rt.core.ops import Op
 from rt.core.ratelimit import TokenBuckets
 from rt.hub import MemoryHub
+from rt.service.chaos import Chaos
+from rt.service.deliveries import DeliveryRecord
 from rt.service.metrics import Metrics
 from rt.service.polling import Polling
 from rt.service.presence import Presence
@@ -57,6 +59,10 @@ class Service:
             {} if config.extra.get("record_deliveries") else None
         )
         store.publish = self._publish
+        self.delivery_record = (DeliveryRecord(config.delivery_record)
+                                if config.delivery_record else None)
+        self.chaos = (Chaos(config.chaos, config.chaos_seed, self.registry.sessions)
+                      if config.chaos else None)
 
     def _publish(self, events: list[Event]) -> None:
         self.hub.publish(events)
@@ -145,7 +151,12 @@ class Service:
         wait = self.ops_limit.take(op.user, started)
         if wait and not await self.store.uuid_used(op.user, op.uuid):
             raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
+        chaos = self.chaos
+        if chaos is not None:
+            chaos.check_op()
         result = await self.store.submit(op)
+        if chaos is not None and (delay := chaos.ack_delay()):
+            await trio.sleep(delay)
         if result.replay and not wait:
             self.ops_limit.refund(op.user)
         self.metrics.op_latency.labels(op.kind).observe(trio.current_time() - started)
@@ -178,6 +189,8 @@ class Service:
         if self.draining:
             raise RtError("shutting_down", "the server is restarting; retry shortly",
                           retry_after=2)
+        if self.chaos is not None:
+            self.chaos.check_request()
 
     # -- streams -----------------------------------------------------------
 
@@ -214,8 +227,11 @@ class Service:
             metrics.resumes.labels(transport).inc()
         return session
 
-    def record_delivery(self, session: StreamSession) -> None:
-        """Note a write of events for the takeover tests (off unless configured)."""
+    def record_delivery(self, session: StreamSession, events: Sequence[Event]) -> None:
+        """Note a write of events: the `--delivery-record` file, and the takeover tests'
+        intervals (each off unless configured)."""
+        if self.delivery_record is not None:
+            self.delivery_record.record(session, events)
         if self.deliveries is None:
             return
         now = trio.current_time()
@@ -286,10 +302,14 @@ async def open_service(
             nursery.start_soon(service.presence.run)
             nursery.start_soon(service.polling.run)
             nursery.start_soon(service.watch_changes)
+            if service.chaos is not None:
+                nursery.start_soon(service.chaos.run)
             try:
                 yield service
             finally:
                 nursery.cancel_scope.cancel()
+                if service.delivery_record is not None:
+                    service.delivery_record.close()
 
 
 __all__ = ["Service", "StreamEnd", "open_service"]

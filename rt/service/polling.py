@@ -37,6 +37,8 @@ MAX_ANSWER = 500
 class PollingSession(StreamSession):
     """One polling client's claim on (user, client id), alive between polls."""
 
+    is_polling = True
+
     def __init__(self, service: Service, **kwargs: Any) -> None:
         super().__init__(service, **kwargs)
         self.mailbox: deque[bytes] = deque(maxlen=service.config.poll_mailbox)
@@ -127,6 +129,8 @@ class PollingSession(StreamSession):
                 self.release()
 
     def _answer(self, parts: list[bytes], stored: list) -> list[bytes]:
+        if stored:
+            self.service.record_delivery(self, stored)
         parts.extend(event.raw for event in stored)
         while self.mailbox and len(parts) < MAX_ANSWER:
             parts.append(self.mailbox.popleft())

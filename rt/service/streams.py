@@ -88,7 +88,9 @@ class StreamSession:
     # Slots: one of these lives as long as each idle connection.
     __slots__ = ("service", "user", "client", "flows", "flow_set", "transport", "token", "done",
                  "ready", "last_id", "delivered_from", "_sub", "_catching_up", "_end",
-                 "present_in", "_finished", "_write", "_writing", "_nudged")
+                 "present_in", "_finished", "_write", "_writing", "_nudged", "record_name")
+
+    is_polling = False
 
     def __init__(
         self, service: Service, *, user: str, client: str, flows: list[str],
@@ -113,6 +115,7 @@ class StreamSession:
         self._write: Callable[[Sequence[Event]], bool] | None = None
         self._writing = False  # the loop holds a batch it has not finished writing
         self._nudged = False  # next_batch returns [] once: the loop has its own work
+        self.record_name: str | None = None  # its name in the --delivery-record file
 
     @property
     def key(self) -> tuple[str, str]:

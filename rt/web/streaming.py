@@ -166,7 +166,7 @@ class StreamBody(ResponseBody):
         self._written += size
         self._last_write = trio.current_time()
         self._delivered.inc(len(events))
-        self.service.record_delivery(session)  # type: ignore[arg-type]
+        self.service.record_delivery(session, events)  # type: ignore[arg-type]
         return True
 
     def _wire(self, events: Sequence[Event]) -> bytes:
@@ -222,7 +222,7 @@ class StreamBody(ResponseBody):
             if n < len(batch):
                 # The rest comes from the log when the client resumes.
                 batch, rotate = batch[:n], True
-        self.service.record_delivery(session)
+        self.service.record_delivery(session, batch)
         self._delivered.inc(len(batch))
         chunk = framer.frame(batch, epoch) if batch else b""
         if rotate or self._rotation_due(len(chunk)):

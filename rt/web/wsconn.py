@@ -133,7 +133,7 @@ class WsConnection:
             return False
         self.last_write = trio.current_time()
         self._delivered.inc(len(events))
-        self.service.record_delivery(session)  # type: ignore[arg-type]
+        self.service.record_delivery(session, events)  # type: ignore[arg-type]
         return True
 
     async def close(self, code: int, reason: str) -> None:
@@ -209,7 +209,7 @@ class WsConnection:
                 continue
             if not batch:  # nudged: flush the rest of a direct write first
                 continue
-            service.record_delivery(session)
+            service.record_delivery(session, batch)
             self._delivered.inc(len(batch))
             session.writing()
             try:
