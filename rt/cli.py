@@ -19,7 +19,7 @@ import trio
 from rt.config import LIMIT_TYPES, Config
 from rt.core.errors import RtError
 from rt.core.grammar import check_flow, check_user
-from rt.store import Store, open_store_for
+from rt.store import Directory, open_directory
 
 LIMIT_HELP = {
     "ops_rate": "operations a second per user",
@@ -314,12 +314,11 @@ def bench_all(quick: bool, out: str | None) -> None:
 # -- users and flows --------------------------------------------------------------
 
 
-def _with_store(db: str, job: Callable[[Store], Awaitable[Any]]) -> Any:
+def _with_directory(db: str, job: Callable[[Directory], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        # window=0: the CLI never reads events, so it loads none.
-        async with open_store_for(db, window=0) as store:
+        async with open_directory(db) as directory:
             try:
-                return await job(store)
+                return await job(directory)
             except RtError as error:
                 return error
 
@@ -340,7 +339,7 @@ def user() -> None:
 def user_add(name: str, db: str) -> None:
     """Create a user; prints the new token alone on the last line."""
     check_or_exit(check_user, name)
-    token = _with_store(db, lambda s: s.create_user(name))
+    token = _with_directory(db, lambda s: s.create_user(name))
     click.echo(f"created user {name}")
     click.echo(token)
 
@@ -352,17 +351,17 @@ def user_add(name: str, db: str) -> None:
 def user_token(name: str, revoke: bool, db: str) -> None:
     """Print a new token for NAME (or revoke all of NAME's tokens)."""
     if revoke:
-        _with_store(db, lambda s: s.revoke_tokens(name))
+        _with_directory(db, lambda s: s.revoke_tokens(name))
         click.echo(f"revoked every token of {name}; their streams close within a second")
         return
-    click.echo(_with_store(db, lambda s: s.add_token(name)))
+    click.echo(_with_directory(db, lambda s: s.add_token(name)))
 
 
 @user.command("list")
 @db_option
 def user_list(db: str) -> None:
     """List users."""
-    for record in _with_store(db, lambda s: s.list_users()):
+    for record in _with_directory(db, lambda s: s.list_users()):
         click.echo(f"{record.name}{'  (guest)' if record.guest else ''}")
 
 
@@ -381,7 +380,7 @@ def flow_add(name: str, private: bool, owner: str | None, members: tuple[str, ..
              db: str) -> None:
     """Create a flow."""
     check_or_exit(check_flow, name)
-    _with_store(db, lambda s: s.create_flow(name, private=private, owner=owner,
+    _with_directory(db, lambda s: s.create_flow(name, private=private, owner=owner,
                                             members=members))
     click.echo(f"created {'private ' if private else ''}flow {name}")
 
@@ -390,10 +389,10 @@ def flow_add(name: str, private: bool, owner: str | None, members: tuple[str, ..
 @db_option
 def flow_list(db: str) -> None:
     """List flows."""
-    async def job(store: Store) -> list[Any]:
-        return store.flows()
+    async def job(directory: Directory) -> list[Any]:
+        return directory.flows()
 
-    for f in _with_store(db, job):
+    for f in _with_directory(db, job):
         extra = f"  private, owner {f.owner}, members {', '.join(sorted(f.members))}" \
             if f.private else ""
         click.echo(f"{f.name}{extra}")

@@ -7,7 +7,7 @@ defaults (rt/cli.py does the reading). Times are in seconds.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _LIMIT_NAMES = (
     "ops_rate ops_burst poll_rate max_body max_flows max_streams buffer_objects "
@@ -70,7 +70,6 @@ class Config:
     # every byte takes the ASGI path: kept for tests of the buffered path and
     # for `rt bench`'s before/after comparison (`--bench-asgi-only`).
     fast_paths: bool = True
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)

@@ -26,10 +26,10 @@ TEST_CONFIG = dict(host="127.0.0.1", port=0, db=":memory:", guests=True, drain_s
 @asynccontextmanager
 async def serve_rt(**overrides: Any) -> AsyncIterator[Server]:
     """An rt server on 127.0.0.1 with an ephemeral port, shut down on exit."""
-    extra = overrides.pop("extra", {})
-    store = overrides.pop("store", None)
-    config = Config(**{**TEST_CONFIG, **overrides}, extra=extra)
-    async with open_server(config, store=store) as server:
+    hooks = overrides.pop("hooks", None)
+    backend = overrides.pop("backend", None)
+    config = Config(**{**TEST_CONFIG, **overrides})
+    async with open_server(config, backend=backend, hooks=hooks) as server:
         yield server
 
 
@@ -69,12 +69,12 @@ class Api:
 
 
 async def new_user(server: Server, name: str) -> Api:
-    token = await server.service.store.create_user(name)
+    token = await server.service.directory.create_user(name)
     return Api(server, token)
 
 
 async def new_flow(server: Server, name: str, **kwargs: Any) -> None:
-    await server.service.store.create_flow(name, **kwargs)
+    await server.service.directory.create_flow(name, **kwargs)
 
 
 def stream_query(flows: list[str], client: str, cursor: int | None = None,

@@ -133,7 +133,7 @@ async def test_guests_disabled_is_404():
             try:
                 r = await anon.http.post("/auth/guest", json={"name": "carol"})
                 assert_error(r, 404, "not_found")
-                assert server.service.store.user_exists("carol") is False
+                assert server.service.directory.user_exists("carol") is False
             finally:
                 await anon.aclose()
 
@@ -150,7 +150,7 @@ async def test_guest_rate_limit():
                 assert_error(r, 429, "rate_limited")
                 # 2 a minute: the next one is about 30 s away
                 assert 20 <= retry_after(r) <= 31
-                assert server.service.store.user_exists("g3") is False
+                assert server.service.directory.user_exists("g3") is False
             finally:
                 await anon.aclose()
 
@@ -229,12 +229,12 @@ async def test_flows_list_and_create(server, alice, bob):
         assert (await alice.post("hidden", "x")).status_code == 201
         for bad in ("Team", "_x", "-x", "", "x" * 65, "a.b", "a b", "é", 5, None, True):
             assert_error(await alice.http.post("/flows", json={"name": bad}), 400, "bad_request")
-        assert server.service.store.flow("a.b") is None
+        assert server.service.directory.flow("a.b") is None
         assert_error(await alice.http.post("/flows", json={"name": "ok", "private": "yes"}),
                      400, "bad_request")
         assert_error(await alice.http.post("/flows", json={"name": "ok", "private": 1}),
                      400, "bad_request")
-        assert server.service.store.flow("ok") is None
+        assert server.service.directory.flow("ok") is None
         assert (await alice.http.post("/flows", json={"name": "x" * 64})).status_code == 201
         anon = anonymous(server)
         try:
@@ -319,7 +319,7 @@ async def test_history_paging(server, alice, bob):
         for i in range(7):
             ids.append((await post(alice if i % 2 else bob, "general", f"m{i}"))["id"])
             await post(alice, "other", f"o{i}")  # interleaved ids in another flow
-        head = server.service.store.head
+        head = server.service.feed.head
 
         def page_ids(page: dict) -> list[int]:
             return [m["id"] for m in page["messages"]]
@@ -363,7 +363,7 @@ async def test_history_default_limit_is_50(server, alice, bob):
             for i in range(55):  # two users: each stays within the burst of 50
                 nursery.start_soon(post, alice if i % 2 else bob, "general", f"m{i}")
         page = await alice.history("general")
-        ids = sorted(s.id for s in await server.service.store.history(
+        ids = sorted(s.id for s in await server.service.feed.history(
             "general", before=None, after=None, limit=100))
         assert len(ids) == 55
         assert [m["id"] for m in page["messages"]] == ids[-50:]
@@ -421,17 +421,17 @@ async def test_post(server, alice, bob):
         assert before - 1000 <= event["sent"] <= time.time() * 1000 + 1000
         assert b"<" not in r.content and b"&" not in r.content  # framing-safe JSON
         # a retry returns the first answer and stores nothing
-        head = server.service.store.head
+        head = server.service.feed.head
         r = await alice.post("general", "hello <world> & e\u0301", uid)
         assert r.status_code == 200, r.text
         assert r.json() == event
-        assert server.service.store.head == head
+        assert server.service.feed.head == head
         # the same uuid for another op
         assert_error(await alice.post("general", "other", uid), 409, "uuid_mismatch")
         await new_flow(server, "other")
         assert_error(await alice.post("other", "hello <world> & e\u0301", uid), 409,
                      "uuid_mismatch")
-        assert server.service.store.head == head
+        assert server.service.feed.head == head
         # uuids are per user: bob's same uuid is his own op
         r = await bob.post("general", "bob's", uid)
         assert r.status_code == 201, r.text
@@ -462,7 +462,7 @@ async def test_post_refusals_consume_nothing(server, alice, bob):
             assert_error(r, 401, "unauthorized")
         finally:
             await anon.aclose()
-        assert server.service.store.head == 0
+        assert server.service.feed.head == 0
         # the uuid was not consumed by the failures
         r = await alice.post("general", "hi", uid)
         assert r.status_code == 201, r.text
@@ -517,7 +517,7 @@ async def test_post_body_over_max_body_is_413():
                 assert_error(r, 413, "too_large")
                 r = await alice.post("general", "x" * 900)
                 assert r.status_code == 201, r.text
-                assert server.service.store.head == 1
+                assert server.service.feed.head == 1
             finally:
                 await alice.aclose()
 
@@ -536,7 +536,7 @@ async def test_chunked_body_over_max_body_is_413():
 
                 r = await alice.http.post("/flows/general/messages", content=chunks())
                 assert_error(r, 413, "too_large")
-                assert server.service.store.head == 0
+                assert server.service.feed.head == 0
             finally:
                 await alice.aclose()
 
@@ -586,12 +586,12 @@ async def test_edit(server, anon, alice, bob):
         assert r.status_code == 200 and r.json() == e
         assert_error(await edit(alice, "general", m["id"], "third", uid), 409, "uuid_mismatch")
         # no-op: the same content
-        head = server.service.store.head
+        head = server.service.feed.head
         noop_uid = uuid()
         r = await edit(alice, "general", m["id"], "second", noop_uid)
         assert r.status_code == 200, r.text
         assert r.json() == {"changed": False, "state": state}
-        assert server.service.store.head == head
+        assert server.service.feed.head == head
         r = await edit(alice, "general", m["id"], "second", noop_uid)  # its retry
         assert r.status_code == 200 and r.json() == {"changed": False, "state": state}
         # refusals
@@ -645,14 +645,14 @@ async def test_tags(server, alice, bob):
         assert e2["add"] == ["bar", "new"] and e2["remove"] == ["#hash", "absent"]
         assert e2["tags"] == ["bar", "foo", "new", "strasse"]
         # no-ops
-        head = server.service.store.head
+        head = server.service.feed.head
         state = (await alice.history("general"))["messages"][0]
         assert state["tags"] == ["bar", "foo", "new", "strasse"]
         r = await tag(alice, "general", m["id"], add=["FOO"])
         assert r.status_code == 200 and r.json() == {"changed": False, "state": state}
         r = await tag(alice, "general", m["id"], remove=["missing"])
         assert r.status_code == 200 and r.json() == {"changed": False, "state": state}
-        assert server.service.store.head == head
+        assert server.service.feed.head == head
         # limits: 64 code points and 32 tags
         assert (await tag(alice, "general", m["id"], add=["é" * 64])).status_code == 200
         assert_error(await tag(alice, "general", m["id"], add=["é" * 65]), 400, "bad_request")
@@ -767,11 +767,11 @@ async def test_delete(server, anon, alice, bob):
         state = (await alice.history("general"))["messages"][0]
         assert state == {**state, "id": m["id"], "content": "", "deleted": True}
         # deleting again is a no-op
-        head = server.service.store.head
+        head = server.service.feed.head
         r = await delete(alice, "general", m["id"])
         assert r.status_code == 200, r.text
         assert r.json() == {"changed": False, "state": state}
-        assert server.service.store.head == head
+        assert server.service.feed.head == head
         # the post's retry shows the blanked content too
         r = await alice.post("general", "to be deleted", m["uuid"])
         assert r.status_code == 200 and r.json() == {**m, "content": ""}
@@ -903,7 +903,7 @@ async def test_ops_rate_limit():
                 r = await alice.post("general", "3")
                 assert_error(r, 429, "rate_limited")
                 assert retry_after(r) == 1
-                assert server.service.store.head == 2
+                assert server.service.feed.head == 2
                 # a retry of a used uuid is not rate limited
                 r = await alice.post("general", "1", first["uuid"])
                 assert r.status_code == 200, r.text
@@ -969,7 +969,7 @@ async def test_draining_answers_503(server, alice):
             r = await alice.http.request(method, path, **kwargs)
             assert_error(r, 503, "shutting_down")
             assert retry_after(r) >= 1
-        assert server.service.store.head == m["id"]
+        assert server.service.feed.head == m["id"]
 
 
 # -- grammar table -------------------------------------------------------------------------
@@ -1091,8 +1091,8 @@ async def test_grammar_table(server, alice):
             except AssertionError as exc:
                 raise AssertionError(f"{method} {path} {body!r}: {exc}") from None
         # nothing of that was stored
-        assert server.service.store.head == mid
-        assert server.service.store.flow("ok") is None
+        assert server.service.feed.head == mid
+        assert server.service.directory.flow("ok") is None
         state = (await alice.history("general"))["messages"][0]
         assert state["content"] == "target" and state["tags"] == []
 

@@ -52,7 +52,7 @@ async def test_forced_closes_are_legal_closes(kind, transport):
                 assert (await s.next())["type"] == "ready"
                 if transport == "poll":  # a poll must be waiting to hear it
                     await wait_for(lambda: all(x.pending for x in
-                                               server.service.registry.sessions()))
+                                               server.service.claims.claimants()))
                 assert server.service.chaos.force(kind)
                 close = await s.closing()
                 assert close["reason"] == kind

@@ -123,7 +123,7 @@ class World:
 
     def counts(self) -> tuple[int, int]:
         """(registry entries, hub subscribers)."""
-        return len(self.service.registry), self.service.hub.count()
+        return len(self.service.claims), self.service.hub.count()
 
     async def wait_counts(self, expected: tuple[int, int], deadline: float = 3.0) -> None:
         with trio.fail_after(deadline):
@@ -158,9 +158,9 @@ class World:
 async def world(**overrides: Any) -> AsyncIterator[World]:
     """A server with open flows `general`, `other`, private `secret` (bob's), alice and bob."""
     async with serve_rt(**{**FAST, **overrides}) as server:
-        store = server.service.store
-        alice = FastApi(server, await store.create_user("alice"))
-        bob = FastApi(server, await store.create_user("bob"))
+        directory = server.service.directory
+        alice = FastApi(server, await directory.create_user("alice"))
+        bob = FastApi(server, await directory.create_user("bob"))
         await new_flow(server, "general")
         await new_flow(server, "other")
         await new_flow(server, "secret", private=True, owner="bob", members=("bob",))
@@ -197,7 +197,7 @@ async def test_ready_is_first(transport):
         async with world(heartbeat=7, poll_timeout=11) as w:
             for _ in range(2):
                 await w.post(w.bob)
-            store = w.service.store
+            store = w.service.feed
             cid = client_id()
             async with open_stream(w.alice, transport, ["other", "general"], cid) as s:
                 ready = await expect_ready(s)
@@ -281,23 +281,23 @@ async def test_resume_from_cursor_and_epoch_while_two_posters_run(transport):
                     while len(got) < 20:
                         got.append((await s.stored())["id"])
                     cursor, epoch = s.cursor, s.epoch
-                assert cursor == got[-1] and epoch == w.service.store.epoch
+                assert cursor == got[-1] and epoch == w.service.feed.epoch
                 # posts continue while the client is away
-                await wait_for(lambda: w.service.store.head >= cursor + 3)
-                away = w.service.store.head
+                await wait_for(lambda: w.service.feed.head >= cursor + 3)
+                away = w.service.feed.head
                 async with open_stream(w.alice, transport, ["general"], cid,
                                        cursor=cursor, epoch=epoch) as s:
                     if transport in POLLING:
                         # The session (user, client id) is still alive: a poll with a
                         # cursor continues it, without a new `ready` (PROTOCOL.md 3.2).
-                        assert w.service.registry.by_key[("alice", cid)].transport == transport
+                        assert w.service.claims.by_key[("alice", cid)].transport == transport
                     else:
                         await expect_ready(s, reset=False, cursor=cursor, epoch=epoch)
                     while len(got) < 40 or got[-1] <= away + 5:
                         got.append((await s.stored())["id"])
                     stop.set()
                     await wait_for(lambda: len(finished) == 2)
-                    head = w.service.store.head
+                    head = w.service.feed.head
                     while got[-1] < head:
                         got.append((await s.stored())["id"])
                     if transport in POLLING:
@@ -313,7 +313,7 @@ async def test_resume_from_cursor_and_epoch_while_two_posters_run(transport):
 async def test_last_event_id_resumes_an_event_source(transport):
     with trio.fail_after(10):
         async with world() as w:
-            epoch = w.service.store.epoch
+            epoch = w.service.feed.epoch
             cid = client_id()
             async with open_stream(w.alice, transport, ["general"], cid) as s:
                 await expect_ready(s)
@@ -339,7 +339,7 @@ async def test_a_stale_epoch_gives_reset(transport):
         async with world() as w:
             for _ in range(3):
                 await w.post(w.bob)
-            store = w.service.store
+            store = w.service.feed
             async with open_stream(w.alice, transport, ["general"], cursor=1,
                                    epoch="an-older-epoch") as s:
                 await expect_ready(s, reset=True, cursor=3, epoch=store.epoch)
@@ -381,7 +381,7 @@ async def test_takeover_supersedes_the_old_connection(old, new):
     with trio.fail_after(10):
         async with world(write_timeout=0.5) as w:
             cid = client_id()
-            registry = w.service.registry
+            registry = w.service.claims
             async with open_stream(w.alice, old, ["general"], cid) as first:
                 await expect_ready(first)
                 session = registry.by_key[("alice", cid)]
@@ -460,7 +460,7 @@ async def test_rotation_after_rotate_bytes_then_resume(transport):
     with trio.fail_after(10):
         async with world(rotate_bytes=mark) as w:
             cid = client_id()
-            epoch = w.service.store.epoch
+            epoch = w.service.feed.epoch
             # ~1.15 KB each: more than the mark, and what is left after the cut is less
             posted = [(await w.post(w.bob, content=f"{i} " + "r" * 1000))["id"]
                       for i in range(10)]
@@ -500,7 +500,7 @@ async def _raw_after_ready(w: World, transport: str, cid: str):
     raw = await raw_stream(w.server, transport, {"flows": "general", "client": cid},
                            w.alice.token, rcvbuf=4096)
     await raw.read_until(lambda body: b'"type":"ready"' in body)
-    await wait_for(lambda: ("alice", cid) in w.service.registry.by_key)
+    await wait_for(lambda: ("alice", cid) in w.service.claims.by_key)
     return raw
 
 
@@ -512,7 +512,7 @@ async def test_slow_reader_gets_lagging_or_is_dropped(transport):
                          buffer_bytes=64 * 1024, rotate_bytes=1 << 30) as w:
             cid = client_id()
             raw = await _raw_after_ready(w, transport, cid)
-            registry = w.service.registry
+            registry = w.service.claims
             try:
                 async with trio.open_nursery() as nursery:
 
@@ -551,7 +551,7 @@ async def test_stopped_reader_is_dropped_within_write_timeout(transport):
                          buffer_objects=100000, rotate_bytes=1 << 30) as w:
             cid = client_id()
             raw = await _raw_after_ready(w, transport, cid)
-            registry = w.service.registry
+            registry = w.service.claims
             try:
                 assert w.counts() == (1, 1)
                 started = trio.current_time()
@@ -662,7 +662,7 @@ async def test_hostile_message_arrives_intact_and_stays_in_its_frame(transport):
         async with world() as w:
             # live, then again from the log (catch-up after a resume from cursor 0)
             for cursor in (None, 0):
-                epoch = w.service.store.epoch if cursor == 0 else None
+                epoch = w.service.feed.epoch if cursor == 0 else None
                 async with open_stream(w.alice, transport, ["general"], cursor=cursor,
                                        epoch=epoch) as s:
                     await expect_ready(s)

@@ -185,7 +185,7 @@ class Proxy:
         return "".join(p.read_text(errors="replace") for p in sorted(self.prefix.glob("*.log")))
 
     async def user(self, name: str) -> Api:
-        token = await self.rt.service.store.create_user(name)
+        token = await self.rt.service.directory.create_user(name)
         return Api(self, token)  # type: ignore[arg-type]  # Api needs only .url
 
 

@@ -11,7 +11,6 @@ from rt.config import Config
 from rt.core.errors import RtError
 from rt.core.ops import post_op
 from rt.service import open_service
-from rt.store import MemoryStore
 
 GRACE = 10.0
 CLIENT = "poller-000000000001"
@@ -21,17 +20,17 @@ CLIENT = "poller-000000000001"
 async def service():
     config = Config(db=":memory:", presence_grace=GRACE, poll_timeout=25, poll_linger=0.02,
                     poll_mailbox=5, poll_rate=1000, ops_rate=1000, ops_burst=1000)
-    async with open_service(config, store=MemoryStore()) as svc:
+    async with open_service(config) as svc:
         for name in ("alice", "bob"):
-            await svc.store.create_user(name)
-        await svc.store.create_flow("general")
-        await svc.store.create_flow("other")
+            await svc.directory.create_user(name)
+        await svc.directory.create_flow("general")
+        await svc.directory.create_flow("other")
         yield svc
 
 
 async def poll(service, cursor=None, epoch=None, flows=("general",), client=CLIENT,
                user="alice", transport="poll") -> list[dict]:
-    parts = await service.polling.poll(user=user, token="t", client=client, flows=list(flows),
+    parts = await service.poll(user=user, token="t", client=client, flows=list(flows),
                                        transport=transport, cursor=cursor, epoch=epoch)
     return [json.loads(p) for p in parts]
 
@@ -111,7 +110,7 @@ async def test_one_answer_carries_at_most_500_objects(service, autojump_clock):
 async def test_a_cursor_on_a_new_session_gets_ready_and_the_backlog(service, autojump_clock):
     with trio.fail_after(60):
         events = [(await post(service, f"m{n}", n)).event for n in range(3)]
-        answer = await poll(service, events[0].id, service.store.epoch,
+        answer = await poll(service, events[0].id, service.feed.epoch,
                             client="poller-000000000009")
         assert answer[0]["type"] == "ready" and answer[0]["cursor"] == events[0].id
         assert [o["id"] for o in answer[1:]] == [e.id for e in events[1:]]
@@ -158,9 +157,9 @@ async def test_session_expires_after_grace_then_presence_goes_offline(service, a
         await poll(service)
         assert service.presence.online("general") == ["alice"]
         await trio.sleep(GRACE - 1)
-        assert len(service.registry) == 1  # still alive within grace
+        assert len(service.claims) == 1  # still alive within grace
         await trio.sleep(2 + 1)
-        assert len(service.registry) == 0  # expired
+        assert len(service.claims) == 0  # expired
         assert service.presence.online("general") == ["alice"]  # offline comes a grace later
         await trio.sleep(GRACE + 1)
         states = [e.data["state"] for e in watcher.take_all() if e.type == "presence"]

@@ -7,7 +7,6 @@ import trio
 
 from rt.config import Config
 from rt.service import open_service
-from rt.store import MemoryStore
 
 GRACE = 10.0
 
@@ -15,10 +14,10 @@ GRACE = 10.0
 @pytest.fixture
 async def service():
     config = Config(db=":memory:", presence_grace=GRACE)
-    async with open_service(config, store=MemoryStore()) as svc:
+    async with open_service(config) as svc:
         for name in ("alice", "bob"):
-            await svc.store.create_user(name)
-        await svc.store.create_flow("general")
+            await svc.directory.create_user(name)
+        await svc.directory.create_flow("general")
         yield svc
 
 
@@ -113,13 +112,13 @@ async def test_typing_above_one_a_second_is_dropped(service, autojump_clock):
 
 async def test_revoked_access_goes_offline_at_once(service, autojump_clock):
     with trio.fail_after(60):
-        await service.store.create_flow("secret", private=True, owner="bob",
+        await service.directory.create_flow("secret", private=True, owner="bob",
                                         members=["alice"])
         watcher = Watcher(service, flows=("secret",))
         session = await service.open_stream(user="alice", token="t", client="client-0000000001",
                                             flows=["secret"], transport="ws", cursor=None,
                                             epoch=None)
-        await service.store.remove_member("secret", "alice")
+        await service.directory.remove_member("secret", "alice")
         service.revalidate()
         assert session.ended is not None and session.ended.reason == "unauthorized"
         assert watcher.presence_of("alice") == ["online", "offline"]

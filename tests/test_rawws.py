@@ -68,7 +68,7 @@ async def test_fresh_upgrade_takes_the_fast_path_unless_it_is_off(fast_paths):
     with trio.fail_after(10):
         async with serve_rt(fast_paths=fast_paths) as server:
             await new_flow(server, "general")
-            token = await server.service.store.create_user("alice")
+            token = await server.service.directory.create_user("alice")
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             buf = bytearray()
             try:
@@ -94,7 +94,7 @@ async def test_upgrade_with_a_frame_in_the_same_packet_is_served():
     with trio.fail_after(10):
         async with serve_rt() as server:
             await new_flow(server, "general")
-            token = await server.service.store.create_user("alice")
+            token = await server.service.directory.create_user("alice")
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             buf = bytearray()
             try:
@@ -115,7 +115,7 @@ async def test_a_head_that_arrives_byte_by_byte_is_served(request_kind):
     with trio.fail_after(10):
         async with serve_rt() as server:
             await new_flow(server, "general")
-            token = await server.service.store.create_user("alice")
+            token = await server.service.directory.create_user("alice")
             if request_kind == "upgrade":
                 request = upgrade(target(), token)
             else:
@@ -170,7 +170,7 @@ async def test_bad_handshakes_are_refused_with_an_http_status(change, fast_statu
         for fast_paths, status in ((True, fast_status), (False, asgi_status)):
             async with serve_rt(fast_paths=fast_paths) as server:
                 await new_flow(server, "general")
-                token = await server.service.store.create_user("alice")
+                token = await server.service.directory.create_user("alice")
                 stream = await trio.open_tcp_stream("127.0.0.1", server.port)
                 try:
                     await stream.send_all(upgrade(target(), token, **change))

@@ -16,7 +16,7 @@ import random
 import pytest
 import trio
 
-from rt.store import open_store_for
+from rt.service import Hooks
 from tests.helpers import new_flow, new_user, serve_rt, sse_stream, uuid, ws_stream
 
 POSTS_EACH = 500
@@ -48,13 +48,12 @@ class CommitGap:
 async def test_resume_under_fire(db, tmp_path):
     seed = int(os.environ.get("RT_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    store = open_store_for(str(tmp_path / "rt.db") if db == "sqlite" else ":memory:",
-                           window=200)
     gap = CommitGap()
-    store.after_commit = gap
     seen: list[int] = []
     with trio.fail_after(int(os.environ.get("RT_TEST_DEADLINE", 90))):
-        async with serve_rt(store=store, ops_rate=100000, ops_burst=100000,
+        async with serve_rt(db=str(tmp_path / "rt.db") if db == "sqlite" else ":memory:",
+                            window=200, hooks=Hooks(after_commit=gap),
+                            ops_rate=100000, ops_burst=100000,
                             heartbeat=1) as server:
             await new_flow(server, "general")
             await new_flow(server, "other")

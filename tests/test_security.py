@@ -205,10 +205,10 @@ async def test_revoking_the_token_kills_its_tickets(server, anon, alice):
         ticket = await alice.ticket(client)
         params = {"flows": "general", "client": client, "ticket": ticket}
         assert (await sse_open(anon.http, params))[0] == 200
-        await server.service.store.revoke_tokens("alice")
+        await server.service.directory.revoke_tokens("alice")
         assert_error(await sse_open(anon.http, params), 401, "unauthorized")
         assert_error(await alice.http.get("/me"), 401, "unauthorized")
-        token = await server.service.store.add_token("alice")
+        token = await server.service.directory.add_token("alice")
         r = await anon.http.post("/auth/ticket", json={"client": client},
                                  headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200
@@ -454,6 +454,6 @@ async def exercise(server, anon: Api, alice: Api, guest: Api, secrets: list[str]
     client = client_id()
     ticket = await guest.ticket(client)
     secrets.append(ticket)
-    await server.service.store.revoke_tokens("guest1")
+    await server.service.directory.revoke_tokens("guest1")
     assert_error(await sse_open(anon.http, {"flows": "general", "client": client,
                                             "ticket": ticket}), 401, "unauthorized")

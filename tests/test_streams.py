@@ -411,7 +411,7 @@ class World:
 
     def counts(self) -> tuple[int, int]:
         """(registry entries, hub subscribers): both 0 with no stream open."""
-        return len(self.service.registry), self.service.hub.count()
+        return len(self.service.claims), self.service.hub.count()
 
     async def wait_counts(self, expected: tuple[int, int], deadline: float = 2.0) -> None:
         with trio.fail_after(deadline):
@@ -472,8 +472,8 @@ async def world(**overrides: Any) -> AsyncIterator[World]:
     async with serve_rt(**overrides) as server:
         await new_flow(server, "general")
         await new_flow(server, "other")
-        alice = FastApi(server, await server.service.store.create_user("alice"))
-        bob = FastApi(server, await server.service.store.create_user("bob"))
+        alice = FastApi(server, await server.service.directory.create_user("alice"))
+        bob = FastApi(server, await server.service.directory.create_user("bob"))
         try:
             yield World(server, alice, bob)
         finally:
@@ -499,7 +499,7 @@ async def test_ready_is_the_first_frame_with_every_field(transport):
         async with world(heartbeat=7, poll_timeout=11) as w:
             for _ in range(3):
                 await w.post(w.bob)
-            store = w.service.store
+            store = w.service.feed
             cid = client_id()
             async with open_stream("ws", w.bob, ["general"]) as bob_stream:
                 await bob_stream.ready()
@@ -545,7 +545,7 @@ async def test_sse_events_written_directly_are_exact_on_http_1_1_and_1_0(http_ve
                 start = len(raw.body)
                 lone = await w.post(w.bob)
                 ids = [lone["id"], *await w.burst("bob", 5)]
-                epoch = w.service.store.epoch.encode()
+                epoch = w.service.feed.epoch.encode()
                 body = await raw.read_until(lambda b: b"%s:%d\n" % (epoch, ids[-1]) in b)
                 events = [json.loads(line[6:]) for line in body[start:].split(b"\n")
                           if line.startswith(b"data: ")]
@@ -575,7 +575,7 @@ async def test_sse_exact_bytes_preamble_ready_heartbeat_and_events():
                 assert raw.header("x-accel-buffering") == "no"
                 assert raw.header("x-content-type-options") == "nosniff"
                 assert raw.header("referrer-policy") == "no-referrer"
-                epoch = w.service.store.epoch
+                epoch = w.service.feed.epoch
                 body = await raw.read_until(lambda b: re.match(rb"retry: .*?\n\n.*?\n\n", b, re.S)
                                             is not None)
                 match = re.match(rb"retry: (\d+)\n\nid: ([^\n]+)\nevent: ready\ndata: ([^\n]+)\n\n",
@@ -652,7 +652,7 @@ async def test_resume_from_cursor_gets_the_rest_then_live_without_duplicate(tran
             ids = [(await w.post(w.alice, "general" if i % 5 else "other"))["id"]
                    for i in range(30)]
             general = [i for n, i in enumerate(ids) if n % 5]
-            epoch = w.service.store.epoch
+            epoch = w.service.feed.epoch
             cursor = ids[9]
             async with open_stream(transport, w.alice, ["general", "other"],
                                    cursor=cursor, epoch=epoch) as s:
@@ -678,7 +678,7 @@ async def test_resume_over_many_pages_while_posts_continue(transport):
         async with world(ops_rate=100000, ops_burst=100000) as w:
             for _ in range(3):
                 await w.burst("bob", 400)
-            epoch = w.service.store.epoch
+            epoch = w.service.feed.epoch
             cursor = 7
             live: list[int] = []
             stop = trio.Event()
@@ -698,7 +698,7 @@ async def test_resume_over_many_pages_while_posts_continue(transport):
                         got.append((await s.stored())["id"])
                     stop.set()
                     await wait_for(lambda: not nursery.child_tasks)
-                    last = w.service.store.head
+                    last = w.service.feed.head
                     while got[-1] < last:
                         got.append((await s.stored())["id"])
             assert got == list(range(cursor + 1, last + 1))
@@ -709,7 +709,7 @@ async def test_sse_last_event_id_wins_over_parameters():
     with trio.fail_after(10):
         async with world() as w:
             ids = [(await w.post(w.alice))["id"] for _ in range(30)]
-            epoch = w.service.store.epoch
+            epoch = w.service.feed.epoch
             # parameters say "reset" (stale epoch), the header says resume from the 10th
             async with open_stream("sse", w.alice, ["general"], cursor=ids[2], epoch="stale-epoch",
                                    headers={"Last-Event-ID": f"{epoch}:{ids[9]}"}) as s:
@@ -756,7 +756,7 @@ async def test_invalid_resume_resets_to_head(transport, case):
         async with world() as w:
             for _ in range(5):
                 await w.post(w.alice)
-            epoch = w.service.store.epoch
+            epoch = w.service.feed.epoch
             params = {
                 "stale_epoch": {"cursor": 2, "epoch": "an-older-epoch"},
                 "cursor_above_head": {"cursor": 6, "epoch": epoch},
@@ -819,7 +819,7 @@ async def test_takeover_supersedes_the_old_stream(old, new):
                     event = await w.post(w.bob)
                     assert await second.stored() == event
                     await w.wait_counts((1, 1))
-                    assert w.service.registry.by_key[("alice", cid)].transport == new
+                    assert w.service.claims.by_key[("alice", cid)].transport == new
             await w.wait_counts((0, 0))
 
 
@@ -853,7 +853,7 @@ async def test_takeover_race_of_three_leaves_exactly_one_delivering(transport):
                 await wait_for(lambda: len(ended) == 2 and len(readied - set(ended)) == 1)
                 await w.wait_counts((1, 1))
                 (survivor,) = set(range(3)) - set(ended)
-                assert w.service.registry.by_key[("alice", cid)] is not None
+                assert w.service.claims.by_key[("alice", cid)] is not None
                 event = await w.post(w.bob)
                 await wait_for(lambda: got[survivor] == [event["id"]])
                 assert all(not got[i] for i in ended)
@@ -1050,7 +1050,7 @@ async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
                 second = await w.burst("bob", 5)
                 # time must pass: the client reads nothing for longer than a heartbeat
                 await trio.sleep(heartbeat * 1.4)
-                assert w.service.store.head == second[-1]
+                assert w.service.feed.head == second[-1]
                 raw.stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF,
                                              1 << 22)
                 got: list[int] = []
@@ -1085,7 +1085,7 @@ async def test_ws_big_batches_fit_the_common_1_mib_message_limit():
         async with world(ops_rate=1e6, ops_burst=1e6, buffer_bytes=1 << 26) as w:
             stored = await w.burst("bob", 60, content="<" * 16000)  # 96 KB each, escaped
             async with open_stream("ws", w.alice, ["general"], cursor=0,
-                                   epoch=w.service.store.epoch) as s:
+                                   epoch=w.service.feed.epoch) as s:
                 assert isinstance(s, WsConn)
                 await s.ready()
                 live = await w.burst("bob", 60, content="&" * 16000)
@@ -1612,7 +1612,7 @@ async def test_revoked_token_ends_streams_with_unauthorized(transport):
                     open_stream("ws", w.bob, ["general"]) as b:
                 await s.ready()
                 await b.ready()
-                await w.service.store.revoke_tokens("alice")
+                await w.service.directory.revoke_tokens("alice")
                 w.service.revalidate()
                 close = await s.close_frame()
                 assert close == {"type": "close", "reason": "unauthorized"}
@@ -1755,7 +1755,7 @@ async def test_client_that_goes_away_is_cleaned_up_at_once(transport, how):
                     await w.wait_counts((2, 2))
                     await raw.abort()
                 await w.wait_counts((1, 1), deadline=2.0)
-                assert ("alice", cid) not in w.service.registry.by_key
+                assert ("alice", cid) not in w.service.claims.by_key
                 # alice's presence follows (after the short grace) on bob's stream
                 offline = await b.until(lambda o: o.get("type") == "presence"
                                         and o.get("user") == "alice"

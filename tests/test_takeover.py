@@ -13,6 +13,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from rt.service import Hooks
 from tests.helpers import (
     client_id,
     new_flow,
@@ -49,10 +50,27 @@ async def one_stream(opener, reader, client: str, streams: int, outcomes: list[s
                 return
 
 
+class Deliveries:
+    """An `on_delivery` hook: when each stream of each client id delivered (first, last)."""
+
+    def __init__(self) -> None:
+        # keyed by the session itself (held, so no id is reused while we count)
+        self.by_key: dict[tuple[str, str], dict[object, list[float]]] = {}
+
+    def __call__(self, session, events) -> None:
+        now = trio.current_time()
+        times = self.by_key.setdefault(session.key, {}).setdefault(session, [now, now])
+        times[1] = now
+
+    def intervals(self) -> dict[tuple[str, str], list[tuple[float, float]]]:
+        return {key: [tuple(t) for t in streams.values()] for key, streams in self.by_key.items()}
+
+
 async def test_takeover_race_never_overlaps_and_cleans_up():
     with trio.fail_after(120):
+        deliveries = Deliveries()
         async with serve_rt(ops_rate=100000, ops_burst=100000, max_streams=64,
-                            extra={"record_deliveries": True}) as server:
+                            hooks=Hooks(on_delivery=deliveries)) as server:
             await new_flow(server, "general")
             poster = await new_user(server, "poster")
             reader = await new_user(server, "reader")
@@ -90,12 +108,11 @@ async def test_takeover_race_never_overlaps_and_cleans_up():
                 stop_posting.set()
             # Everything closed: the hub and the task tree return to their baseline.
             await wait_for(lambda: service.hub.count() == baseline_subs)
-            await wait_for(lambda: len(service.registry) == 0)
+            await wait_for(lambda: len(service.claims) == 0)
             with trio.fail_after(5):
                 await wait_for(lambda: count_tasks() <= baseline_tasks)
-            deliveries = service.deliveries
-            assert deliveries is not None and len(deliveries) == ROUNDS
-            for key, intervals in deliveries.items():
+            assert len(deliveries.by_key) == ROUNDS
+            for key, intervals in deliveries.intervals().items():
                 ordered = sorted(intervals)
                 for (_, end), (start, _) in zip(ordered, ordered[1:], strict=False):
                     assert start >= end, (key, ordered)

@@ -11,12 +11,12 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
   rather crash loudly than lose events silently.
 - `publish_ephemeral(event)` delivers presence and typing; no id, no order check.
 - Each event is encoded once (`Event.raw`); the hub only appends references.
-- A subscriber may have a `direct` callable (set by its stream once it is
-  live). While its buffer is empty, the hub first offers it the events of
-  one `publish` call that are for it, all at once and in order,
-  `direct(events)`: True means the stream took them all (wrote them, or
-  skipped duplicates) and nothing is buffered; False means buffer them as
-  usual. So an idle stream's events skip the buffer, the wake-up and the
+- A subscriber may have a `direct` sink (rt/hub/contracts.py, set by its
+  stream once it is live). While its buffer is empty, the hub first offers
+  it the events of one `publish` call that are for it, all at once and in
+  order, `direct.offer(events)`: True means the stream took them all (wrote
+  them, or skipped duplicates) and nothing is buffered; False means buffer
+  them as usual. So an idle stream's events skip the buffer, the wake-up and the
   task switch, a batch of events goes out as one write, and order holds:
   nothing is offered while older events wait in the buffer.
 - A subscriber whose buffer would exceed `max_objects` or `max_bytes` is
@@ -27,11 +27,12 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import trio
 
 from rt.core.events import Event
+from rt.hub.contracts import DirectSink
 
 
 class Subscriber:
@@ -49,12 +50,12 @@ class Subscriber:
         self.lagging = False
         self.detached = False
         self._lot = trio.lowlevel.ParkingLot()
-        self.direct: Callable[[Sequence[Event]], bool] | None = None
+        self.direct: DirectSink | None = None
 
     def put_all(self, events: Sequence[Event]) -> bool:
         """Deliver or buffer `events` in order; False (and `lagging`) at the first that
         would exceed the bounds (the rest are not buffered)."""
-        if not self._items and self.direct is not None and self.direct(events):
+        if not self._items and self.direct is not None and self.direct.offer(events):
             return True
         put = self._put
         for event in events:

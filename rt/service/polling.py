@@ -1,11 +1,13 @@
 """Polling sessions (PROTOCOL.md section 3.2), for the `poll` and `jsonp` transports.
 
 A polling session is a claimant of (user, client id) like a stream, in the
-same registry, so a stream supersedes a session and a session's first poll
-supersedes a stream. Between polls it keeps its hub subscription, but only
-as a doorbell and a mailbox: stored events always come from the log by the
-poll's cursor (so a lost answer costs nothing, the next poll asks again),
-while presence and typing wait in a bounded mailbox (the oldest dropped).
+same claims, so a stream supersedes a session and a session's first poll
+supersedes a stream. It holds a `StreamSession` for what they share (the
+claim's key, the subscription, `ready`, presence), and uses the
+subscription only as a doorbell and a mailbox: stored events always come
+from the log by the poll's cursor (so a lost answer costs nothing, the next
+poll asks again), while presence and typing wait in a bounded mailbox (the
+oldest dropped).
 
 Each poll answers, in this order: `ready` (first poll, or after a reset),
 stored events in id order, then ephemeral events in arrival order, at most
@@ -19,46 +21,109 @@ present until then.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 from rt.core.codec import encode
 from rt.core.errors import RtError
 from rt.core.ratelimit import TokenBuckets
-from rt.service.streams import StreamEnd, StreamSession, close_frame
-
-if TYPE_CHECKING:
-    from rt.service.app import Service
+from rt.service.streams import SessionContext, StreamEnd, StreamSession, close_frame
 
 MAX_ANSWER = 500
 
 
-class PollingSession(StreamSession):
+class PollingSession:
     """One polling client's claim on (user, client id), alive between polls."""
 
     is_polling = True
 
-    def __init__(self, service: Service, **kwargs: Any) -> None:
-        super().__init__(service, **kwargs)
-        self.mailbox: deque[bytes] = deque(maxlen=service.config.poll_mailbox)
+    def __init__(self, ctx: SessionContext, **kwargs: Any) -> None:
+        self.ctx = ctx
+        self.stream = StreamSession(ctx, **kwargs)
+        self.mailbox: deque[bytes] = deque(maxlen=ctx.limits.poll_mailbox)
         self.ready_due = True
-        self.expires_at = trio.current_time() + service.config.presence_grace
+        self.expires_at = trio.current_time() + ctx.limits.presence_grace
         self.polls = 0  # numbers the polls: a newer one supersedes the pending one
         self.pending = 0  # polls waiting now
-        self.counted = False  # in rt_streams_open
+
+    # -- what claims and the service see: the stream's --------------------------
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.stream.key
+
+    @property
+    def user(self) -> str:
+        return self.stream.user
+
+    @property
+    def client(self) -> str:
+        return self.stream.client
+
+    @property
+    def flows(self) -> list[str]:
+        return self.stream.flows
+
+    @property
+    def transport(self) -> str:
+        return self.stream.transport
+
+    @property
+    def token(self) -> str:
+        return self.stream.token
+
+    @property
+    def present_in(self) -> list[str]:
+        return self.stream.present_in
+
+    @present_in.setter
+    def present_in(self, flows: list[str]) -> None:
+        self.stream.present_in = flows
+
+    @property
+    def done(self) -> trio.Event:
+        return self.stream.done
+
+    @property
+    def ready(self) -> dict[str, Any]:
+        return self.stream.ready
+
+    @property
+    def ended(self) -> StreamEnd | None:
+        return self.stream.ended
+
+    @property
+    def record_name(self) -> str | None:
+        return self.stream.record_name
+
+    @record_name.setter
+    def record_name(self, name: str | None) -> None:
+        self.stream.record_name = name
+
+    @property
+    def counted(self) -> bool:
+        return self.stream.counted
+
+    @counted.setter
+    def counted(self, value: bool) -> None:
+        self.stream.counted = value
+
+    def start(self, cursor: int | None, epoch: str | None) -> dict[str, Any]:
+        return self.stream.start(cursor, epoch)
 
     def end(self, reason: str) -> None:
-        super().end(reason)
+        self.stream.end(reason)
         if not self.pending:
-            self.release()  # nobody to tell: gone at once
+            self.finish()  # nobody to tell: gone at once
 
-    def release(self) -> None:
-        """Finish the session (idempotent), keeping rt_streams_open right."""
-        if self.counted:
-            self.counted = False
-            self.service.metrics.streams_open.labels(self.transport).dec()
-        self.finish()
+    def finish(self) -> None:
+        """Release everything the session holds (idempotent)."""
+        self.stream.finish()
+        self.ctx.claims.release(self)
+
+    # -- polls ------------------------------------------------------------------
 
     def _collect(self) -> None:
         """Move ephemeral events from the subscription into the mailbox.
@@ -66,25 +131,24 @@ class PollingSession(StreamSession):
         Stored events in the subscription are dropped: they come from the
         log by cursor. A subscription that overflowed is replaced.
         """
-        sub = self._sub
+        sub = self.stream.subscription
         if sub is None:
             return
         for event in sub.take_all():
             if event.id is None:
                 self.mailbox.append(event.raw)
         if sub.lagging and self.ended is None:
-            config = self.service.config
-            self._sub = self.service.hub.subscribe(
-                self.flows, max_objects=config.buffer_objects, max_bytes=config.buffer_bytes)
+            self.stream.resubscribe()
 
     async def poll(self, cursor: int) -> list[bytes]:
         """One poll's answer: encoded objects, `ready` first when due."""
-        config = self.service.config
-        store = self.service.store
+        limits = self.ctx.limits
+        feed = self.ctx.feed
         self.polls += 1
         me = self.polls
-        if self._sub is not None:
-            self._sub.wake()  # the pending poll of this session answers [] now
+        sub = self.stream.subscription
+        if sub is not None:
+            sub.wake()  # the pending poll of this session answers [] now
         self.pending += 1
         try:
             parts: list[bytes] = []
@@ -97,7 +161,7 @@ class PollingSession(StreamSession):
                 cursor = self.ready["cursor"]
                 answer_now = True
             lingered = False
-            deadline = trio.current_time() + config.poll_timeout
+            deadline = trio.current_time() + limits.poll_timeout
             while True:
                 if self.ended is not None:
                     return [*parts, encode(self.ended.frame())]
@@ -107,103 +171,86 @@ class PollingSession(StreamSession):
                     return []
                 self._collect()
                 room = MAX_ANSWER - len(parts)
-                stored = await store.read(self.flow_set, cursor, room)
+                stored = await feed.read(self.stream.flow_set, cursor, room)
                 self._collect()
                 due = bool(stored) or bool(self.mailbox)
                 if answer_now or (due and (lingered or len(stored) >= room)):
                     return self._answer(parts, stored)
                 if due:
                     lingered = True
-                    await trio.sleep(config.poll_linger)
+                    await trio.sleep(limits.poll_linger)
                     continue
                 if trio.current_time() >= deadline:
                     return parts
-                sub = self._sub
+                sub = self.stream.subscription
                 assert sub is not None
                 with trio.move_on_at(deadline):
                     await sub.wait()
         finally:
             self.pending -= 1
-            self.expires_at = trio.current_time() + config.presence_grace
+            self.expires_at = trio.current_time() + limits.presence_grace
             if self.ended is not None and not self.pending:
-                self.release()
+                self.finish()
 
     def _answer(self, parts: list[bytes], stored: list) -> list[bytes]:
         if stored:
-            self.service.record_delivery(self, stored)
+            self.stream.delivered(stored)
         parts.extend(event.raw for event in stored)
         while self.mailbox and len(parts) < MAX_ANSWER:
             parts.append(self.mailbox.popleft())
         return parts
 
 
-class Polling:
-    """The polling side of a Service: sessions by (user, client id), poll rate, expiry."""
+OpenSession = Callable[[Any, int | None, str | None], Awaitable[bool]]
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.rate = TokenBuckets(service.config.poll_rate, max(1.0, service.config.poll_rate))
+
+class Polling:
+    """The polling side of a node: sessions by (user, client id), poll rate, expiry.
+
+    `open_session(session, cursor, epoch)` is the service's one way to open
+    a claimant (claim, start, count); False when a newer claimant won.
+    """
+
+    def __init__(self, ctx: SessionContext, open_session: OpenSession,
+                 poll_rate: float) -> None:
+        self.ctx = ctx
+        self._open_session = open_session
+        self.rate = TokenBuckets(poll_rate, max(1.0, poll_rate))
 
     async def poll(
         self, *, user: str, token: str, client: str, flows: list[str], transport: str,
         cursor: int | None, epoch: str | None,
     ) -> list[bytes]:
-        """Answer one poll (encoded objects); raises RtError for refusals."""
-        service = self.service
-        service.check_draining()
-        for name in flows:
-            service.require_flow(user, name)
+        """Answer one poll (encoded objects); raises RtError for refusals.
+
+        The caller has checked the request (draining, flows) already.
+        """
         wait = self.rate.take((user, client), trio.current_time())
         if wait:
             raise RtError("rate_limited", "polling too fast; poll again after the answer",
                           retry_after=wait)
-        session = service.registry.by_key.get((user, client))
+        session = self.ctx.claims.holder((user, client))
         if (not isinstance(session, PollingSession) or session.ended is not None
                 or cursor is None or session.flows != flows
-                or session.transport != transport or epoch != service.store.epoch):
+                or session.transport != transport or epoch != self.ctx.feed.epoch):
             # A poll without a cursor, or with other flows, starts the session over.
-            session = await self._start(user=user, token=token, client=client, flows=flows,
-                                        transport=transport, cursor=cursor, epoch=epoch)
-            if session is None:
+            session = PollingSession(self.ctx, user=user, token=token, client=client,
+                                     flows=flows, transport=transport)
+            if not await self._open_session(session, cursor, epoch):
                 return [encode(close_frame("superseded"))]
             cursor = session.ready["cursor"]
         assert cursor is not None
         return await session.poll(cursor)
 
-    async def _start(self, *, cursor: int | None, epoch: str | None,
-                     **kwargs: Any) -> PollingSession | None:
-        service = self.service
-        session = PollingSession(service, **kwargs)
-        try:
-            await service.registry.claim(session)
-            if session.ended is not None:
-                raise session.ended
-            session.start(service.hub, cursor, epoch)
-        except StreamEnd:
-            session.finish()
-            return None
-        except BaseException:
-            session.finish()
-            raise
-        metrics = service.metrics
-        metrics.streams_opened.labels(session.transport).inc()
-        metrics.streams_open.labels(session.transport).inc()
-        session.counted = True
-        if session.ready["reset"]:
-            metrics.resets.labels(session.transport).inc()
-        elif cursor is not None:
-            metrics.resumes.labels(session.transport).inc()
-        return session
-
     def expire(self, now: float) -> None:
         """Finish sessions that saw no poll for `presence-grace`."""
-        for session in self.service.registry.sessions():
+        for session in self.ctx.claims.claimants():
             if isinstance(session, PollingSession) and not session.pending \
                     and session.expires_at <= now:
-                session.release()
+                session.finish()
 
     async def run(self) -> None:
-        interval = min(1.0, self.service.config.presence_grace / 4)
+        interval = min(1.0, self.ctx.limits.presence_grace / 4)
         while True:
             await trio.sleep(interval)
             self.expire(trio.current_time())

@@ -1,7 +1,10 @@
 """Streams: resume from a cursor, takeover by client id, lagging, ends.
 
-`StreamSession` is the transport-independent half of one stream. The web
-layer opens it with `Service.open_stream`, writes `ready`, then loops on
+`StreamSession` is the transport-independent half of one stream. It sees
+the service only through a `SessionContext` (frozen: the feed, the hub,
+presence, claims, metrics, its limits). The web layer opens it with
+`Service.open_stream` (which claims it, starts it and counts it, as for
+polling sessions), writes `ready`, then loops on
 `next_batch()` (framing and writing each batch) until it raises `StreamEnd`,
 writes the `close` frame, and calls `finish()` in a `finally` block.
 
@@ -21,10 +24,7 @@ by the stream's loop as usual. The loop brackets each
 batch it writes with `writing()` / `written()`, so no direct write can
 overtake a batch already taken from the buffer.
 
-Takeover (invariant 5): `StreamRegistry.claim` registers the new session
-under (user, client id), ends the old one at once (detached from the hub,
-so it delivers nothing more), waits for it at most `write_timeout`, and
-then re-checks that the new session is still the registered claimant.
+Takeover (invariant 5) is the backend's claims (rt/backend/claims.py).
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
+from rt.backend.contracts import Claims, Presence
 from rt.core.events import Event
-from rt.hub import MemoryHub, Subscriber
-
-if TYPE_CHECKING:
-    from rt.service.app import Service
+from rt.hub import Hub, Subscriber
+from rt.service.metrics import Metrics
+from rt.store import Feed
 
 CATCH_UP_PAGE = 500
 # How long an old stream may take to finish after a takeover, beyond write_timeout.
@@ -82,21 +83,48 @@ class StreamEnd(Exception):
         return close_frame(self.reason, self.retry_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """The settings a session reads (PROTOCOL.md section 6)."""
+
+    buffer_objects: int
+    buffer_bytes: int
+    heartbeat: float
+    poll_timeout: float
+    poll_linger: float
+    poll_mailbox: int
+    presence_grace: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """All a stream or polling session may touch of the node: nothing more."""
+
+    feed: Feed
+    hub: Hub
+    presence: Presence
+    claims: Claims
+    metrics: Metrics
+    limits: SessionLimits
+    # Called with (session, events) for each batch of events a session delivers.
+    on_delivery: Callable[[Any, Sequence[Event]], None] | None = None
+
+
 class StreamSession:
     """One open stream of one user and client id over one transport."""
 
     # Slots: one of these lives as long as each idle connection.
-    __slots__ = ("service", "user", "client", "flows", "flow_set", "transport", "token", "done",
-                 "ready", "last_id", "delivered_from", "_sub", "_catching_up", "_end",
-                 "present_in", "_finished", "_write", "_writing", "_nudged", "record_name")
+    __slots__ = ("ctx", "user", "client", "flows", "flow_set", "transport", "token", "done",
+                 "ready", "last_id", "_sub", "_catching_up", "_end", "present_in", "_finished",
+                 "_write", "_writing", "_nudged", "record_name", "counted")
 
     is_polling = False
 
     def __init__(
-        self, service: Service, *, user: str, client: str, flows: list[str],
+        self, ctx: SessionContext, *, user: str, client: str, flows: list[str],
         transport: str, token: str,
     ) -> None:
-        self.service = service
+        self.ctx = ctx
         self.user = user
         self.client = client
         self.flows = flows
@@ -106,7 +134,6 @@ class StreamSession:
         self.done = trio.Event()
         self.ready: dict[str, Any] = {}
         self.last_id = 0
-        self.delivered_from: float | None = None
         self._sub: Subscriber | None = None
         self._catching_up = False
         self._end: StreamEnd | None = None
@@ -116,6 +143,7 @@ class StreamSession:
         self._writing = False  # the loop holds a batch it has not finished writing
         self._nudged = False  # next_batch returns [] once: the loop has its own work
         self.record_name: str | None = None  # its name in the --delivery-record file
+        self.counted = False  # in rt_streams_open
 
     @property
     def key(self) -> tuple[str, str]:
@@ -127,40 +155,46 @@ class StreamSession:
 
     # -- opening -----------------------------------------------------------
 
-    def start(self, hub: MemoryHub, cursor: int | None, epoch: str | None) -> dict[str, Any]:
+    def start(self, cursor: int | None, epoch: str | None) -> dict[str, Any]:
         """Subscribe, join presence and build `ready`, all in one synchronous step.
 
         Synchronous on purpose: no other task runs between the subscription
         and the reads of `head` and the presence snapshot, so `ready` is
         exact.
         """
-        service = self.service
-        store = service.store
-        config = service.config
+        ctx = self.ctx
+        feed = ctx.feed
+        limits = ctx.limits
         # Join before subscribing: the user's other streams hear `online`, this
         # one has the user in its snapshot (and no redundant event after it).
-        service.presence.join(self.user, self.flows)
+        ctx.presence.join(self.user, self.flows)
         self.present_in = list(self.flows)
-        self._sub = hub.subscribe(self.flows, max_objects=config.buffer_objects,
-                                  max_bytes=config.buffer_bytes)
-        head = store.head
+        self._sub = ctx.hub.subscribe(self.flows, max_objects=limits.buffer_objects,
+                                      max_bytes=limits.buffer_bytes)
+        head = feed.head
         reset = False
         if cursor is None and epoch is None:
             start = head
-        elif cursor is not None and epoch == store.epoch and cursor <= head:
+        elif cursor is not None and epoch == feed.epoch and cursor <= head:
             start = cursor
             self._catching_up = cursor < head
         else:
             start, reset = head, True
         self.last_id = start
         self.ready = {
-            "type": "ready", "protocol": 1, "cursor": start, "epoch": store.epoch,
+            "type": "ready", "protocol": 1, "cursor": start, "epoch": feed.epoch,
             "reset": reset, "flows": self.flows, "client": self.client,
-            "transport": self.transport, "heartbeat": _seconds(config.heartbeat),
-            "poll_timeout": _seconds(config.poll_timeout),
-            "presence": service.presence.snapshot(self.flows),
+            "transport": self.transport, "heartbeat": _seconds(limits.heartbeat),
+            "poll_timeout": _seconds(limits.poll_timeout),
+            "presence": ctx.presence.snapshot(self.flows),
         }
         return self.ready
+
+    def delivered(self, events: Sequence[Event]) -> None:
+        """Note that `events` went out on this session (for the delivery record)."""
+        on_delivery = self.ctx.on_delivery
+        if on_delivery is not None:
+            on_delivery(self, events)
 
     # -- running -----------------------------------------------------------
 
@@ -174,9 +208,10 @@ class StreamSession:
         """
         self._write = write
         if self._sub is not None and not self._sub.detached:
-            self._sub.direct = self._offer
+            self._sub.direct = self
 
-    def _offer(self, events: Sequence[Event]) -> bool:
+    def offer(self, events: Sequence[Event]) -> bool:
+        """The hub's `DirectSink`: hand idle-time events to the write (see above)."""
         if self._catching_up or self._writing or self._end is not None:
             return False
         last = self.last_id
@@ -201,6 +236,17 @@ class StreamSession:
                 self.last_id = event.id
                 break
         return True
+
+    @property
+    def subscription(self) -> Subscriber | None:
+        return self._sub
+
+    def resubscribe(self) -> Subscriber:
+        """A fresh subscription in place of one that overflowed (polling's mailbox)."""
+        limits = self.ctx.limits
+        self._sub = self.ctx.hub.subscribe(self.flows, max_objects=limits.buffer_objects,
+                                           max_bytes=limits.buffer_bytes)
+        return self._sub
 
     def writing(self) -> None:
         """The loop is about to write a batch: hold direct writes back until `written()`."""
@@ -227,7 +273,7 @@ class StreamSession:
             if self._end is not None:
                 raise self._end
             if self._catching_up:
-                page = await self.service.store.read(self.flow_set, self.last_id, CATCH_UP_PAGE)
+                page = await self.ctx.feed.read(self.flow_set, self.last_id, CATCH_UP_PAGE)
                 if len(page) < CATCH_UP_PAGE:
                     self._catching_up = False
                 if self._end is not None:
@@ -259,7 +305,7 @@ class StreamSession:
             if batch:
                 return batch
             if sub.lagging:
-                self.service.metrics.lagging.labels(self.transport).inc()
+                self.ctx.metrics.lagging.labels(self.transport).inc()
                 raise StreamEnd("lagging", retry_ms_for("lagging"))
 
     def end(self, reason: str) -> None:
@@ -273,7 +319,7 @@ class StreamSession:
 
     def _detach(self) -> None:
         if self._sub is not None:
-            self.service.hub.unsubscribe(self._sub)
+            self.ctx.hub.unsubscribe(self._sub)
 
     def finish(self) -> None:
         """Release everything the stream holds. Idempotent; call in `finally`."""
@@ -281,60 +327,12 @@ class StreamSession:
             return
         self._finished = True
         self._detach()
+        ctx = self.ctx
         if self.present_in:
-            self.service.presence.leave(self.user, self.present_in)
+            ctx.presence.leave(self.user, self.present_in)
             self.present_in = []
-        self.service.registry.release(self)
+        if self.counted:
+            self.counted = False
+            ctx.metrics.streams_open.labels(self.transport).dec()
+        ctx.claims.release(self)
         self.done.set()
-
-
-class StreamRegistry:
-    """Live streams by (user, client id), and by user for the stream limit."""
-
-    def __init__(self, write_timeout: float, max_streams: int) -> None:
-        self.write_timeout = write_timeout
-        self.max_streams = max_streams
-        self.by_key: dict[tuple[str, str], StreamSession] = {}
-        self.by_user: dict[str, list[StreamSession]] = {}
-        self.on_takeover: Callable[[StreamSession], None] = lambda old: None
-
-    def __len__(self) -> int:
-        return len(self.by_key)
-
-    def sessions(self) -> list[StreamSession]:
-        return [s for sessions in self.by_user.values() for s in sessions]
-
-    async def claim(self, session: StreamSession) -> None:
-        """Make `session` the claimant of its key; raises StreamEnd('superseded') if it lost.
-
-        Ends the previous claimant and waits for it (at most write_timeout),
-        and evicts the user's oldest stream past `max_streams`.
-        """
-        key = session.key
-        old = self.by_key.get(key)
-        self.by_key[key] = session
-        streams = self.by_user.setdefault(session.user, [])
-        streams.append(session)
-        if old is not None:
-            self.on_takeover(old)
-            old.end("superseded")
-            with trio.move_on_after(self.write_timeout):
-                await old.done.wait()
-        if self.by_key.get(key) is not session:
-            raise StreamEnd("superseded")
-        live = [s for s in streams if s.ended is None]
-        while len(live) > self.max_streams:
-            live.pop(0).end("evicted")
-
-    def release(self, session: StreamSession) -> None:
-        """Forget `session`; the key's entry only if it still points to it."""
-        if self.by_key.get(session.key) is session:
-            del self.by_key[session.key]
-        streams = self.by_user.get(session.user)
-        if streams is not None:
-            try:
-                streams.remove(session)
-            except ValueError:
-                pass
-            if not streams:
-                del self.by_user[session.user]

@@ -1,7 +1,9 @@
-"""`MemoryStore`: the whole log in memory. For `--db :memory:` and as the verified fake.
+"""`MemoryLog` and `MemoryDirectory`: everything in memory, for `--db :memory:` and as
+the verified fakes.
 
-Nothing survives the process. It follows the same contract and passes the
-same conformance suite as `SqliteStore`.
+Nothing survives the process. They follow the contracts of
+rt/store/contracts.py and pass the same conformance checks (`rt.testing`)
+as the SQLite ones.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from rt.core.errors import RtError
 from rt.core.events import Event, Flow, MessageState
 from rt.core.ops import Change, Op, next_state, plan
-from rt.store.base import (
+from rt.store.contracts import (
+    Directory,
+    Log,
     OpResult,
-    Store,
     UserRecord,
     hash_token,
     new_epoch,
@@ -24,30 +27,34 @@ from rt.store.base import (
 from rt.store.window import EventWindow
 
 
-class MemoryStore(Store):
-    def __init__(self, **_: object) -> None:
-        super().__init__()
+class MemoryLog(Log):
+    """The whole log in memory. `directory` answers who owns a flow (for deletes)."""
+
+    def __init__(self, directory: Directory | None = None) -> None:
         self.epoch = new_epoch()
-        self.head = 0
+        self.directory = directory
         self._log = EventWindow(capacity=None)
         self._states: dict[int, MessageState] = {}
         self._by_flow: dict[str, list[int]] = {}
         self._uuids: dict[tuple[str, str], tuple[str, int | None, dict | None]] = {}
-        self._users: dict[str, UserRecord] = {}
-        self._tokens: dict[str, str] = {}  # hash -> user
-        self._flows: dict[str, Flow] = {}
         self._ids = itertools.count(1)
+        self._last = 0
 
-    async def _open(self) -> None:
+    async def open(self) -> None:
         pass
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
         pass
 
-    # -- writer ------------------------------------------------------------
+    async def tail(self, count: int) -> tuple[int, list[Event]]:
+        return self._last, self._log.read_last(count)
 
-    async def _apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
-        return [self._apply(op) for op in ops]
+    async def apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
+        outcomes = [self._apply(op) for op in ops]
+        events = [o.event for o in outcomes if isinstance(o, OpResult) and o.event is not None]
+        if events and self.feed is not None:
+            await self.feed.committed(events)
+        return outcomes
 
     def _apply(self, op: Op) -> OpResult | RtError:
         key = (op.user, op.uuid)
@@ -63,7 +70,7 @@ class MemoryStore(Store):
                 return OpResult(200, event.data, replay=True)
             assert body is not None
             return OpResult(200, body, replay=True)
-        flow = self._flows.get(op.flow)
+        flow = self.directory.flow(op.flow) if self.directory is not None else None
         state = self._states.get(op.message) if op.message is not None else None
         try:
             decision = plan(op, state, flow.owner if flow else None)
@@ -81,20 +88,21 @@ class MemoryStore(Store):
             self._by_flow.setdefault(op.flow, []).append(event_id)
         event = Event(data)
         self._log.append([event])
+        self._last = event_id
         if data["type"] == "delete":
             self._log.blank(new.id)
         self._uuids[key] = (op.fingerprint, event_id, None)
         return OpResult(201 if data["type"] == "message" else 200, event.data, event)
 
-    # -- reads -------------------------------------------------------------
+    async def read(self, flows: Iterable[str], after: int, upto: int,
+                   limit: int) -> list[Event]:
+        return [e for e in self._log.read(frozenset(flows), after, limit)
+                if e.id <= upto]  # type: ignore[operator]
 
-    async def read(self, flows: Iterable[str], after: int, limit: int) -> list[Event]:
-        return self._log.read(frozenset(flows), after, limit)
-
-    async def history(self, flow, *, before, after, limit, tag=None):
+    async def history(self, flow, *, before, after, limit, tag, upto):
         ids = self._by_flow.get(flow, [])
-        states = [self._states[i] for i in ids
-                  if (before is None or i < before) and (after is None or i > after)]
+        states = [self._states[i] for i in ids if i <= upto
+                  and (before is None or i < before) and (after is None or i > after)]
         if tag is not None:
             states = [s for s in states if tag in s.tags]
         return states[:limit] if after is not None else states[-limit:] if limit else []
@@ -104,6 +112,19 @@ class MemoryStore(Store):
 
     async def uuid_used(self, user: str, uuid: str) -> bool:
         return (user, uuid) in self._uuids
+
+
+class MemoryDirectory(Directory):
+    def __init__(self) -> None:
+        self._users: dict[str, UserRecord] = {}
+        self._tokens: dict[str, str] = {}  # hash -> user
+        self._flows: dict[str, Flow] = {}
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
     # -- users -------------------------------------------------------------
 

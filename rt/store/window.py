@@ -69,6 +69,10 @@ class EventWindow:
                     break
         return out
 
+    def read_last(self, count: int) -> list[Event]:
+        """The newest `count` events held, in id order."""
+        return self._events[-count:] if count > 0 else []
+
     def get(self, event_id: int) -> Event | None:
         i = bisect_right(self._ids, event_id) - 1
         if i >= 0 and self._ids[i] == event_id:

@@ -132,7 +132,7 @@ def create_app(service: Service) -> QuartTrio:
         name, token = user()
         body = await body_json()
         client = check_client(body.get("client"))
-        ticket, expires = service.tickets.issue(name, client, token)
+        ticket, expires = await service.tickets.issue(name, client, token)
         return json_response({"ticket": ticket, "expires": expires})
 
     @app.get("/me")
@@ -156,7 +156,7 @@ def create_app(service: Service) -> QuartTrio:
         private = body.get("private", False)
         if not isinstance(private, bool):
             raise bad_request("private must be true or false")
-        flow = await service.store.create_flow(flow_name, private=private, owner=name)
+        flow = await service.directory.create_flow(flow_name, private=private, owner=name)
         return json_response(flow.to_dict(), 201)
 
     @app.post("/flows/<flow>/members")
@@ -259,10 +259,10 @@ def create_app(service: Service) -> QuartTrio:
         args = request.args
         framer = framer.for_request(args.get("callback"))
         last_event_id = request.headers.get("Last-Event-ID") if transport == "sse" else None
-        params = parse_stream_request(service, args, request.headers.get("Authorization"),
-                                      transport, last_event_id)
+        params = await parse_stream_request(service, args, request.headers.get("Authorization"),
+                                            transport, last_event_id)
         if framer.polling:
-            parts = await service.polling.poll(
+            parts = await service.poll(
                 user=params.user, token=params.token, client=params.client,
                 flows=params.flows, transport=transport, cursor=params.cursor,
                 epoch=params.epoch)

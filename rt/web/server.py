@@ -24,10 +24,10 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
+from rt.backend import Backend
 from rt.config import Config
-from rt.hub import MemoryHub
-from rt.service import Service, open_service
-from rt.store import Store
+from rt.hub import Hub
+from rt.service import Hooks, Service, open_service
 from rt.web import hypercorn_guard
 from rt.web.admission import AdmissionLimits, raise_open_file_limit
 from rt.web.app import create_app
@@ -111,11 +111,12 @@ if not any(isinstance(f, _AtMostOncePerSecond) for f in _accept_errors.filters):
 
 @asynccontextmanager
 async def open_server(
-    config: Config, *, store: Store | None = None, hub: MemoryHub | None = None,
+    config: Config, *, backend: Backend | None = None, hub: Hub | None = None,
+    hooks: Hooks | None = None,
 ) -> AsyncIterator[Server]:
     """Serve rt until the block exits (graceful shutdown then) or `shutdown()` is called."""
     hypercorn_guard.install(write_timeout=config.write_timeout)
-    async with open_service(config, store=store, hub=hub) as service:
+    async with open_service(config, backend=backend, hub=hub, hooks=hooks) as service:
         seeded = await service.seed()
         app = create_app(service)
         async with trio.open_nursery() as nursery:

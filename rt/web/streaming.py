@@ -121,13 +121,11 @@ class StreamBody(ResponseBody):
             self._end_with(end)
             return self
         self._queue.append(opening + framer.ready(self.session.ready, self.session.ready["epoch"]))
-        self.service.metrics.streams_open.labels(framer.name).inc()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
         STREAM_PEERS.pop(self.peer, None)
         if self.session is not None:
-            self.service.metrics.streams_open.labels(self.framer.name).dec()
             self.session.finish()
 
     def __aiter__(self) -> StreamBody:
@@ -166,7 +164,7 @@ class StreamBody(ResponseBody):
         self._written += size
         self._last_write = trio.current_time()
         self._delivered.inc(len(events))
-        self.service.record_delivery(session, events)  # type: ignore[arg-type]
+        session.delivered(events)  # type: ignore[union-attr]
         return True
 
     def _wire(self, events: Sequence[Event]) -> bytes:
@@ -222,7 +220,7 @@ class StreamBody(ResponseBody):
             if n < len(batch):
                 # The rest comes from the log when the client resumes.
                 batch, rotate = batch[:n], True
-        self.service.record_delivery(session, batch)
+        session.delivered(batch)
         self._delivered.inc(len(batch))
         chunk = framer.frame(batch, epoch) if batch else b""
         if rotate or self._rotation_due(len(chunk)):
@@ -267,7 +265,7 @@ def _chunk_overhead(chunk: bytes) -> int:
 UNTRUSTED_EPOCH = ""
 
 
-def parse_stream_request(
+async def parse_stream_request(
     service: Service, args: Any, authorization: str | None, transport: str,
     last_event_id: str | None = None,
 ) -> StreamRequest:
@@ -288,7 +286,7 @@ def parse_stream_request(
         # The header wins over the parameters; one that names no cursor of
         # ours resets the stream (an epoch that is no epoch never matches).
         epoch, cursor = parse_last_event_id(last_event_id) or (UNTRUSTED_EPOCH, None)
-    user, token = service.authenticate_stream(authorization, args.get("ticket"), client)
+    user, token = await service.authenticate_stream(authorization, args.get("ticket"), client)
     for name in flows:
         service.require_flow(user, name)
     return StreamRequest(user=user, token=token, client=client, flows=flows,

@@ -63,7 +63,8 @@ async def serve_websocket(service: Service, ws: Any) -> None:
             raise RtError("forbidden", "this page's origin is not allowed to connect; "
                           "add it with --allow-origin")
         service.check_draining()
-        params = parse_stream_request(service, ws.args, ws.headers.get("Authorization"), "ws")
+        params = await parse_stream_request(service, ws.args, ws.headers.get("Authorization"),
+                                            "ws")
     except RtError as error:
         await ws.accept()
         await ws.close(error.close_code, error.code)
@@ -133,7 +134,7 @@ class WsConnection:
             return False
         self.last_write = trio.current_time()
         self._delivered.inc(len(events))
-        self.service.record_delivery(session, events)  # type: ignore[arg-type]
+        session.delivered(events)  # type: ignore[union-attr]
         return True
 
     async def close(self, code: int, reason: str) -> None:
@@ -159,8 +160,6 @@ class WsConnection:
         except RtError as error:
             await self.ws.close(error.close_code, error.code)
             return
-        metrics = service.metrics
-        metrics.streams_open.labels("ws").inc()
         register_peer(self.peer, service, "ws")
         try:
             async with trio.open_nursery() as nursery:
@@ -170,7 +169,6 @@ class WsConnection:
                 nursery.cancel_scope.cancel()
         finally:
             STREAM_PEERS.pop(self.peer, None)
-            metrics.streams_open.labels("ws").dec()
             self.session.finish()
 
     async def _writer(self) -> None:
@@ -209,7 +207,7 @@ class WsConnection:
                 continue
             if not batch:  # nudged: flush the rest of a direct write first
                 continue
-            service.record_delivery(session, batch)
+            session.delivered(batch)
             self._delivered.inc(len(batch))
             session.writing()
             try:

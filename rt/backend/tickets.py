@@ -1,4 +1,4 @@
-"""Stream tickets (PROTOCOL.md section 4, POST /auth/ticket).
+"""`LocalTickets`: stream tickets in this process (PROTOCOL.md section 4, POST /auth/ticket).
 
 A ticket authenticates `/stream/*` for one user and client id, any number
 of times; it lapses `ttl` seconds after its last use (or its issue), so a
@@ -25,19 +25,19 @@ class Ticket:
     lapses_at: float  # trio clock
 
 
-class Tickets:
+class LocalTickets:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._tickets: dict[str, Ticket] = {}
 
-    def issue(self, user: str, client: str, token: str) -> tuple[str, int]:
+    async def issue(self, user: str, client: str, token: str) -> tuple[str, int]:
         """A new ticket and when it lapses if unused (Unix ms)."""
         self._sweep()
         ticket = "tk_" + secrets.token_urlsafe(24)
         self._tickets[ticket] = Ticket(user, client, token, trio.current_time() + self.ttl)
         return ticket, int((time.time() + self.ttl) * 1000)
 
-    def redeem(self, ticket: str, client: str) -> Ticket:
+    async def redeem(self, ticket: str, client: str) -> Ticket:
         """The ticket's record, its life extended; 401 if unknown, lapsed or for another client."""
         record = self._tickets.get(ticket)
         now = trio.current_time()

@@ -3,7 +3,13 @@
 Check order for ops (PROTOCOL.md section 2): the web layer parses and
 validates (400, 413); `Service` authenticates (401), checks the flow (404,
 403), applies the rate limit (429) unless the uuid was already used, and
-hands the op to the store's writer (uuid, 404/409/403, no-op, store).
+hands the op to the node's writer (uuid, 404/409/403, no-op, store).
+
+The service is handed a backend (rt/backend: log, directory, tickets,
+presence, claims, bus) and a hub, and never learns which backend it got. It
+builds the node's own parts around them: the feed (the one publisher of
+committed events), the writer, and the `SessionContext` its streams and
+polling sessions see instead of the service itself.
 """
 
 from __future__ import annotations
@@ -16,21 +22,21 @@ from typing import Any
 
 import trio
 
+from rt.backend import Backend, open_backend
 from rt.config import Config
 from rt.core.errors import RtError
 from rt.core.events import Event, Flow, typing_event
 from rt.core.grammar import check_user
 from rt.core.ops import Op
 from rt.core.ratelimit import TokenBuckets
-from rt.hub import MemoryHub
+from rt.hub import Hub, MemoryHub
 from rt.service.chaos import Chaos
 from rt.service.deliveries import DeliveryRecord
+from rt.service.hooks import Hooks
 from rt.service.metrics import Metrics
 from rt.service.polling import Polling
-from rt.service.presence import Presence
-from rt.service.streams import StreamEnd, StreamRegistry, StreamSession
-from rt.service.tickets import Tickets
-from rt.store import OpResult, Store, open_store_for
+from rt.service.streams import SessionContext, SessionLimits, StreamEnd, StreamSession
+from rt.store import BatchWriter, Feed, OpResult
 
 log = logging.getLogger("rt")
 
@@ -38,35 +44,52 @@ REFRESH_INTERVAL = 0.5  # how often changes by the `rt` CLI are picked up
 
 
 class Service:
-    def __init__(self, config: Config, store: Store, hub: MemoryHub) -> None:
+    def __init__(self, config: Config, backend: Backend, hub: Hub,
+                 hooks: Hooks | None = None) -> None:
+        hooks = hooks or Hooks()
         self.config = config
-        self.store = store
+        self.backend = backend
+        self.directory = backend.directory
         self.hub = hub
+        self.hooks = hooks
         self.metrics = Metrics()
-        self.presence = Presence(config.presence_grace, hub.publish_ephemeral)
-        self.registry = StreamRegistry(config.write_timeout, config.max_streams)
-        self.registry.on_takeover = lambda old: self.metrics.takeovers.labels(
+        self.feed = Feed(backend.log, window=config.window, publish_to=self._publish,
+                         after_commit=hooks.after_commit)
+        self.writer = BatchWriter(backend.log, self.feed)
+        self.presence = backend.presence
+        self.claims = backend.claims
+        self.claims.on_takeover = lambda old: self.metrics.takeovers.labels(
             old.transport).inc()
-        self.tickets = Tickets(config.ticket_ttl)
-        self.polling = Polling(self)
+        self.tickets = backend.tickets
+        self.delivery_record = (DeliveryRecord(config.delivery_record)
+                                if config.delivery_record else None)
+        self.context = SessionContext(
+            feed=self.feed, hub=hub, presence=self.presence, claims=self.claims,
+            metrics=self.metrics, limits=SessionLimits(
+                buffer_objects=config.buffer_objects, buffer_bytes=config.buffer_bytes,
+                heartbeat=config.heartbeat, poll_timeout=config.poll_timeout,
+                poll_linger=config.poll_linger, poll_mailbox=config.poll_mailbox,
+                presence_grace=config.presence_grace),
+            on_delivery=self._on_delivery if (self.delivery_record or hooks.on_delivery)
+            else None)
+        self.polling = Polling(self.context, self.open_session, config.poll_rate)
         self.ops_limit = TokenBuckets(config.ops_rate, config.ops_burst)
         self.guest_limit = TokenBuckets(config.guest_rate / 60.0, max(1.0, config.guest_rate))
         self._typing_seen: dict[tuple[str, str], float] = {}
         self.draining = False
         self.started = time.time()
-        # (user, client) -> [(first write, last write)] when config.extra["record_deliveries"]
-        self.deliveries: dict[tuple[str, str], list[tuple[float, float]]] | None = (
-            {} if config.extra.get("record_deliveries") else None
-        )
-        store.publish = self._publish
-        self.delivery_record = (DeliveryRecord(config.delivery_record)
-                                if config.delivery_record else None)
-        self.chaos = (Chaos(config.chaos, config.chaos_seed, self.registry.sessions)
+        self.chaos = (Chaos(config.chaos, config.chaos_seed, self.claims.claimants)
                       if config.chaos else None)
 
     def _publish(self, events: list[Event]) -> None:
         self.hub.publish(events)
         self.metrics.events_stored.inc(len(events))
+
+    def _on_delivery(self, session: Any, events: Sequence[Event]) -> None:
+        if self.delivery_record is not None:
+            self.delivery_record.record(session, events)
+        if self.hooks.on_delivery is not None:
+            self.hooks.on_delivery(session, events)
 
     # -- authentication ----------------------------------------------------
 
@@ -78,12 +101,12 @@ class Service:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise RtError("unauthorized", "the Authorization header must be Bearer <token>")
-        user = self.store.authenticate(token)
+        user = self.directory.authenticate(token)
         if user is None:
             raise RtError("unauthorized", "the token is unknown or revoked; get a new one")
         return user, token
 
-    def authenticate_stream(
+    async def authenticate_stream(
         self, authorization: str | None, ticket: str | None, client: str
     ) -> tuple[str, str]:
         """(user, token) for a stream: the Authorization header wins over a ticket."""
@@ -92,8 +115,8 @@ class Service:
         if not ticket:
             raise RtError("unauthorized", "a stream needs a ticket (POST /auth/ticket) or an "
                                           "Authorization header")
-        record = self.tickets.redeem(ticket, client)
-        if self.store.authenticate(record.token) != record.user:
+        record = await self.tickets.redeem(ticket, client)
+        if self.directory.authenticate(record.token) != record.user:
             raise RtError("unauthorized", "the token behind this ticket was revoked")
         return record.user, record.token
 
@@ -105,14 +128,14 @@ class Service:
         if wait:
             raise RtError("rate_limited", "too many guest accounts from this address",
                           retry_after=wait)
-        token = await self.store.create_user(name, guest=True)
+        token = await self.directory.create_user(name, guest=True)
         return name, token
 
     # -- flows -------------------------------------------------------------
 
     def require_flow(self, user: str, name: str) -> Flow:
         """The flow, if the user may read and write it; 404 or 403 otherwise."""
-        flow = self.store.flow(name)
+        flow = self.directory.flow(name)
         if flow is None:
             raise RtError("not_found", f"no flow named {name}")
         if not flow.readable_by(user):
@@ -120,22 +143,22 @@ class Service:
         return flow
 
     def visible_flows(self, user: str) -> list[Flow]:
-        return [f for f in self.store.flows() if f.readable_by(user)]
+        return [f for f in self.directory.flows() if f.readable_by(user)]
 
     async def add_member(self, user: str, flow_name: str, member: Any) -> None:
         flow = self.require_flow(user, flow_name)
         member = check_user(member)
         if flow.owner != user:
             raise RtError("forbidden", "only the flow's owner adds members")
-        if not self.store.user_exists(member):
+        if not self.directory.user_exists(member):
             raise RtError("not_found", f"no user named {member}")
-        await self.store.add_member(flow_name, member)
+        await self.directory.add_member(flow_name, member)
 
     async def remove_member(self, user: str, flow_name: str, member: str) -> None:
         flow = self.require_flow(user, flow_name)
         if user not in (flow.owner, member):
             raise RtError("forbidden", "only the owner removes members, or a member leaves")
-        await self.store.remove_member(flow_name, member)
+        await self.directory.remove_member(flow_name, member)
         self.revalidate()
 
     # -- ops ---------------------------------------------------------------
@@ -149,12 +172,12 @@ class Service:
         # store is asked only when the limit bites; a replay that got a token gets
         # it back, so the common path costs no extra store read.
         wait = self.ops_limit.take(op.user, started)
-        if wait and not await self.store.uuid_used(op.user, op.uuid):
+        if wait and not await self.backend.log.uuid_used(op.user, op.uuid):
             raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
         chaos = self.chaos
         if chaos is not None:
             chaos.check_op()
-        result = await self.store.submit(op)
+        result = await self.writer.submit(op)
         if chaos is not None and (delay := chaos.ack_delay()):
             await trio.sleep(delay)
         if result.replay and not wait:
@@ -175,14 +198,14 @@ class Service:
         if len(self._typing_seen) > 10_000:
             self._typing_seen = {k: t for k, t in self._typing_seen.items() if now - t < 1.0}
         self._typing_seen[key] = now
-        self.hub.publish_ephemeral(typing_event(flow, user))
+        self.backend.bus.publish(typing_event(flow, user))
 
     async def history(self, user: str, flow: str, *, before: int | None, after: int | None,
                       limit: int, tag: str | None) -> dict[str, Any]:
         self.require_flow(user, flow)
-        head = self.store.head
-        states = await self.store.history(flow, before=before, after=after, limit=limit, tag=tag)
-        return {"cursor": head, "epoch": self.store.epoch,
+        head = self.feed.head
+        states = await self.feed.history(flow, before=before, after=after, limit=limit, tag=tag)
+        return {"cursor": head, "epoch": self.feed.epoch,
                 "messages": [s.to_dict() for s in states]}
 
     def check_draining(self) -> None:
@@ -207,50 +230,59 @@ class Service:
         self.check_draining()
         for name in flows:
             self.require_flow(user, name)
-        session = StreamSession(self, user=user, client=client, flows=flows,
+        session = StreamSession(self.context, user=user, client=client, flows=flows,
                                 transport=transport, token=token)
+        if not await self.open_session(session, cursor, epoch):
+            raise StreamEnd("superseded")
+        return session
+
+    async def poll(
+        self, *, user: str, token: str, client: str, flows: list[str], transport: str,
+        cursor: int | None, epoch: str | None,
+    ) -> list[bytes]:
+        """Answer one poll of a polling session (encoded objects); RtError for refusals."""
+        self.check_draining()
+        for name in flows:
+            self.require_flow(user, name)
+        return await self.polling.poll(user=user, token=token, client=client, flows=flows,
+                                       transport=transport, cursor=cursor, epoch=epoch)
+
+    async def open_session(self, session: Any, cursor: int | None, epoch: str | None) -> bool:
+        """The one way a stream or polling session opens: claim, start, count.
+
+        False if a newer claimant of the client id won meanwhile (the session
+        is finished then). Raises RtError if access changed while it waited.
+        """
         try:
-            await self.registry.claim(session)
-            if session.ended is not None:
-                raise session.ended
-            for name in flows:  # access may have changed while we waited
-                self.require_flow(user, name)
-            session.start(self.hub, cursor, epoch)
+            if not await self.claims.claim(session) or session.ended is not None:
+                session.finish()
+                return False
+            for name in session.flows:  # access may have changed while we waited
+                self.require_flow(session.user, name)
+            session.start(cursor, epoch)
         except BaseException:
             session.finish()
             raise
         metrics = self.metrics
+        transport = session.transport
         metrics.streams_opened.labels(transport).inc()
+        metrics.streams_open.labels(transport).inc()
+        session.counted = True
         if session.ready["reset"]:
             metrics.resets.labels(transport).inc()
         elif cursor is not None:
             metrics.resumes.labels(transport).inc()
-        return session
-
-    def record_delivery(self, session: StreamSession, events: Sequence[Event]) -> None:
-        """Note a write of events: the `--delivery-record` file, and the takeover tests'
-        intervals (each off unless configured)."""
-        if self.delivery_record is not None:
-            self.delivery_record.record(session, events)
-        if self.deliveries is None:
-            return
-        now = trio.current_time()
-        intervals = self.deliveries.setdefault(session.key, [])
-        if session.delivered_from is None:
-            session.delivered_from = now
-            intervals.append((now, now))
-        else:
-            intervals[-1] = (session.delivered_from, now)
+        return True
 
     def revalidate(self) -> None:
         """End every stream whose token was revoked or that lost access to a flow."""
-        store = self.store
-        for session in self.registry.sessions():
+        directory = self.directory
+        for session in self.claims.claimants():
             if session.ended is not None:
                 continue
             lost = [f for f in session.flows
-                    if (flow := store.flow(f)) is None or not flow.readable_by(session.user)]
-            if store.authenticate(session.token) != session.user:
+                    if (flow := directory.flow(f)) is None or not flow.readable_by(session.user)]
+            if directory.authenticate(session.token) != session.user:
                 lost = session.flows
             if lost:
                 session.end("unauthorized")
@@ -263,7 +295,7 @@ class Service:
         while True:
             await trio.sleep(REFRESH_INTERVAL)
             try:
-                changed = await self.store.refresh()
+                changed = await self.directory.refresh()
             except Exception:  # a locked or busy file: try again next round
                 log.exception("rt: reading changes made by the rt command failed")
                 continue
@@ -273,43 +305,57 @@ class Service:
     def begin_shutdown(self) -> None:
         """Refuse new work (503) and end every stream with `shutdown`."""
         self.draining = True
-        for session in self.registry.sessions():
+        for session in self.claims.claimants():
             session.end("shutdown")
 
     async def seed(self) -> list[tuple[str, str]]:
         """Create the `--user` and `--flow` names that are missing; return (user, token) made."""
         made = []
         for name in self.config.users:
-            if not self.store.user_exists(name):
-                made.append((name, await self.store.create_user(name)))
+            if not self.directory.user_exists(name):
+                made.append((name, await self.directory.create_user(name)))
         for name in self.config.flows:
-            if self.store.flow(name) is None:
-                await self.store.create_flow(name)
+            if self.directory.flow(name) is None:
+                await self.directory.create_flow(name)
         return made
 
 
 @asynccontextmanager
 async def open_service(
-    config: Config, *, store: Store | None = None, hub: MemoryHub | None = None
+    config: Config, *, backend: Backend | None = None, hub: Hub | None = None,
+    hooks: Hooks | None = None,
 ) -> AsyncIterator[Service]:
-    """A running Service: store open, writer, presence and change watcher started."""
-    if store is None:
-        store = open_store_for(config.db, window=config.window, sync=config.sync)
+    """A running Service: the backend open, the feed loaded, the writer and the
+    service's background tasks started; on exit the writer applies what is queued."""
     hub = hub or MemoryHub()
-    async with store:
-        service = Service(config, store, hub)
+    async with _backend_for(config, hub, backend) as backend:
+        service = Service(config, backend, hub, hooks)
+        await service.feed.start()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(service.presence.run)
+            nursery.start_soon(backend.run)
             nursery.start_soon(service.polling.run)
             nursery.start_soon(service.watch_changes)
             if service.chaos is not None:
                 nursery.start_soon(service.chaos.run)
-            try:
-                yield service
-            finally:
-                nursery.cancel_scope.cancel()
-                if service.delivery_record is not None:
-                    service.delivery_record.close()
+            async with trio.open_nursery() as writing:
+                writing.start_soon(service.writer.run)
+                try:
+                    yield service
+                finally:
+                    service.writer.close()  # it drains what is queued, then ends
+            nursery.cancel_scope.cancel()
+        if service.delivery_record is not None:
+            service.delivery_record.close()
+
+
+@asynccontextmanager
+async def _backend_for(config: Config, hub: Hub,
+                       backend: Backend | None) -> AsyncIterator[Backend]:
+    if backend is not None:
+        yield backend
+        return
+    async with open_backend(config, hub) as opened:
+        yield opened
 
 
 __all__ = ["Service", "StreamEnd", "open_service"]

@@ -1,4 +1,5 @@
-"""Presence: who follows which flow, announced once per user and flow, with grace.
+"""`LocalPresence`: who follows which flow in this process, announced once per user and
+flow, with grace.
 
 A user is present in a flow while at least one of their streams (or polling
 sessions) follows it. `join` announces `online` only when the user was not
@@ -17,7 +18,7 @@ import trio
 from rt.core.events import Event, presence_event
 
 
-class Presence:
+class LocalPresence:
     def __init__(self, grace: float, publish: Callable[[Event], None]) -> None:
         self.grace = grace
         self._publish = publish

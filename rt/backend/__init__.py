@@ -1,0 +1,56 @@
+"""A backend: everything a node shares with the others (rt/backend/contracts.py).
+
+`Backend` bundles the log and the directory (rt/store) with tickets,
+presence, claims and the bus; `open_backend(config, hub)` opens the local one
+for `--db` (a SQLite file, or `:memory:`). The service is handed a backend
+and never learns which one it got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from rt.backend.bus import LocalBus
+from rt.backend.claims import LocalClaims
+from rt.backend.contracts import Bus, Claims, Presence, Tickets
+from rt.backend.presence import LocalPresence
+from rt.backend.tickets import LocalTickets
+from rt.config import Config
+from rt.hub.contracts import Hub
+from rt.store import open_storage
+from rt.store.contracts import Directory, Log
+
+
+@dataclass
+class Backend:
+    log: Log
+    directory: Directory
+    tickets: Tickets
+    presence: Presence
+    claims: Claims
+    bus: Bus
+
+    async def run(self) -> None:
+        """The backend's background work, for as long as the node runs."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.log.run)
+            nursery.start_soon(self.bus.run)
+            nursery.start_soon(self.presence.run)
+
+
+@asynccontextmanager
+async def open_backend(config: Config, hub: Hub) -> AsyncIterator[Backend]:
+    """The local backend: storage from `config.db`, the rest in this process."""
+    async with open_storage(config.db, sync=config.sync) as (log, directory):
+        bus = LocalBus(hub)
+        yield Backend(
+            log=log, directory=directory, tickets=LocalTickets(config.ticket_ttl),
+            presence=LocalPresence(config.presence_grace, bus.publish),
+            claims=LocalClaims(config.write_timeout, config.max_streams), bus=bus)
+
+
+__all__ = ["Backend", "open_backend"]
