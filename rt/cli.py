@@ -147,8 +147,6 @@ def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., An
         click.option("--delivery-record", type=click.Path(dir_okay=False), default=None,
                      envvar="RT_DELIVERY_RECORD",
                      help="race lab: append a JSON line per batch each stream delivers"),
-        click.option("--bench-cut-signal", is_flag=True, hidden=True,
-                     help="benchmarks only: SIGUSR1 force-closes every open connection"),
         click.option("--bench-asgi-only", is_flag=True, hidden=True,
                      help="benchmarks only: no fast paths (every byte through hypercorn and Quart)"),
     ]
@@ -180,9 +178,8 @@ def demo(**options: Any) -> None:
 
 
 def _serve_from_options(options: dict[str, Any]) -> None:
-    cut_signal = options.pop("bench_cut_signal", False)
     asgi_only = options.pop("bench_asgi_only", False)
-    _serve(_config(options).replace(fast_paths=not asgi_only), cut_signal=cut_signal)
+    _serve(_config(options).replace(fast_paths=not asgi_only))
 
 
 def _config(options: dict[str, Any]) -> Config:
@@ -203,7 +200,7 @@ def check_or_exit(check: Callable[[str], str], value: str) -> None:
         raise click.BadParameter(error.message) from None
 
 
-def _serve(config: Config, cut_signal: bool = False) -> None:
+def _serve(config: Config) -> None:
     from rt.web.server import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
@@ -215,32 +212,7 @@ def _serve(config: Config, cut_signal: bool = False) -> None:
         click.echo(f"rt serving on {server.url} (store: {config.db})", err=False)
         sys.stdout.flush()
 
-    if cut_signal:
-        trio.run(partial(_run_with_cut_signal, run, config, on_ready))
-    else:
-        trio.run(partial(run, config, on_ready=on_ready))
-
-
-async def _run_with_cut_signal(run: Callable[..., Awaitable[None]], config: Config,
-                               on_ready: Callable[..., Awaitable[None]]) -> None:
-    """`rt serve --bench-cut-signal` (rt bench storm): SIGUSR1 cuts every open connection.
-
-    Only a signal from the same machine reaches it; nothing over HTTP does.
-    """
-    import signal
-
-    from rt.web import hypercorn_guard
-
-    async def cutter() -> None:
-        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-            async for _ in signals:
-                cut = await hypercorn_guard.cut_all()
-                logging.getLogger("rt").info("SIGUSR1: cut %d connections", cut)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(cutter)
-        await run(config, on_ready=on_ready)
-        nursery.cancel_scope.cancel()
+    trio.run(partial(run, config, on_ready=on_ready))
 
 
 # -- optional dependencies ----------------------------------------------------------------

@@ -75,10 +75,14 @@ def test_ingest(tmp_path: Path) -> None:
     assert all(r["acked"] > 0 and r["errors"] == 0 for r in rows)
 
 
-def test_cut_signal_is_hidden_and_off_by_default() -> None:
+def test_the_storm_cut_is_behind_the_chaos_flag() -> None:
+    """SIGUSR1 cuts connections only under `--chaos signal` (issue 12), never by default."""
+    from rt.service.chaos import parse_spec
+
+    assert "signal" in parse_spec("signal") and "signal" not in parse_spec("all")
     help_text = subprocess.run([sys.executable, "-m", "rt", "serve", "--help"], cwd=ROOT,
                                capture_output=True, text=True, timeout=30).stdout
-    assert "bench-cut-signal" not in help_text
+    assert "bench-cut-signal" not in help_text and "--chaos" in help_text
 
 
 def test_cores_stay_disjoint_after_the_load_generator_pins_itself() -> None:

@@ -106,7 +106,7 @@ class Server:
         args = [sys.executable, "-m", "rt", "serve", "--host", HOST, "--port", "0", "--db", db,
                 "--user", "bench", "--flow", "bench", "--flow", "pub", *BENCH_LIMITS, *extra]
         if cut_signal:
-            args.append("--bench-cut-signal")
+            args += ["--chaos", "signal"]
         server_cores, _ = cores()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

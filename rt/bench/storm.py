@@ -1,6 +1,6 @@
 """`rt bench storm`: every client cut at once, all reconnect with resume while a publisher posts.
 
-The server runs with the hidden `--bench-cut-signal` flag: SIGUSR1 makes it
+The server runs with `--chaos signal`: SIGUSR1 makes it
 reset every open TCP connection (rt.web.hypercorn_guard.cut_all); nothing
 over HTTP can. Clients (half WebSocket, half SSE, in several load-generator
 processes) reconnect after a random 0-250 ms with `cursor` (the last stored

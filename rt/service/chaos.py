@@ -14,8 +14,9 @@ server does only rarely, so a client that mishandles it goes unnoticed:
 | `503` | the next op, stream or poll request answers 503 `shutting_down` (draining) |
 | `ack_after_echo` | the next op is acknowledged only well after its echo went out |
 | `slow_ack` | the next op is acknowledged 0.5 to 2 s after its commit |
+| `signal` | not random: SIGUSR1 cuts every open connection at once (`rt bench storm`) |
 
-SPEC is `all`, or comma-separated kinds, each `KIND` or `KIND:every=DURATION`
+SPEC is `all` (every kind but `signal`), or comma-separated kinds, each `KIND` or `KIND:every=DURATION`
 (the mean interval between two of that kind, default 10 s; `500ms`, `3s`,
 `1m`); `all:every=D` sets every kind's interval. The random choices come
 from `--chaos-seed`. Off by default; when on, rt logs a warning at start and
@@ -39,6 +40,7 @@ log = logging.getLogger("rt.chaos")
 
 STREAM_KINDS = ("lagging", "superseded", "shutdown", "rotate")
 REQUEST_KINDS = ("429", "503", "ack_after_echo", "slow_ack")
+SIGNAL = "signal"  # the web layer's: SIGUSR1 cuts every connection (not random)
 KINDS = STREAM_KINDS + REQUEST_KINDS
 DEFAULT_EVERY = 10.0
 ROTATING = frozenset({"xhr", "multipart", "htmlfile"})
@@ -76,11 +78,11 @@ def parse_spec(spec: str) -> dict[str, float]:
             interval = parse_duration(value)
         if name == "all":
             every.update(dict.fromkeys(KINDS, interval))
-        elif name in KINDS:
+        elif name in KINDS or name == SIGNAL:
             every[name] = interval
         else:
             raise ChaosSpecError(f"unknown chaos kind {name!r}; the kinds are all, "
-                                 + ", ".join(KINDS))
+                                 + ", ".join((*KINDS, SIGNAL)))
     if not every:
         raise ChaosSpecError("an empty --chaos SPEC; say all, or some of " + ", ".join(KINDS))
     return every
@@ -119,7 +121,8 @@ class Chaos:
                     "Never run it for real users.", self.describe())
         async with trio.open_nursery() as nursery:
             for kind, every in self.every.items():
-                nursery.start_soon(self._arm_every, kind, every)
+                if kind != SIGNAL:
+                    nursery.start_soon(self._arm_every, kind, every)
 
     async def _arm_every(self, kind: str, every: float) -> None:
         while True:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import resource
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 #: Descriptors kept back from the automatic connection cap: the SQLite files
 #: and their WAL, log files, the listening sockets, the `rt` CLI's checks.
@@ -106,18 +107,21 @@ NO_HTTP2 = http_refusal(
 class Admission:
     """Counts open connections, in total and per client address.
 
-    `admit(address)` either takes a place and returns None, or returns the
-    refusal to write (and takes nothing). Every admitted connection must be
-    given back with `release(address)` exactly once.
+    `admit(address, connection)` either takes a place and returns None, or
+    returns the refusal to write (and takes nothing). Every admitted
+    connection must be given back with `release(address, connection)`
+    exactly once. `connections()` lists the admitted ones (the benchmarks'
+    SIGUSR1 cut closes them all).
     """
 
-    __slots__ = ("limits", "_cap", "_open", "_by_address")
+    __slots__ = ("limits", "_cap", "_open", "_by_address", "_connections")
 
     def __init__(self, limits: AdmissionLimits) -> None:
         self.limits = limits
         self._cap = limits.total_cap()
         self._open = 0
         self._by_address: Counter[str] = Counter()
+        self._connections: set[Any] = set()
 
     @property
     def cap(self) -> int:
@@ -127,7 +131,10 @@ class Admission:
     def open(self) -> int:
         return self._open
 
-    def admit(self, address: str) -> bytes | None:
+    def connections(self) -> list[Any]:
+        return list(self._connections)
+
+    def admit(self, address: str, connection: Any = None) -> bytes | None:
         if self._cap and self._open >= self._cap:
             return OVER_TOTAL
         per_address = self.limits.max_connections_per_address
@@ -135,9 +142,12 @@ class Admission:
             return OVER_ADDRESS
         self._open += 1
         self._by_address[address] += 1
+        if connection is not None:
+            self._connections.add(connection)
         return None
 
-    def release(self, address: str) -> None:
+    def release(self, address: str, connection: Any = None) -> None:
+        self._connections.discard(connection)
         self._open -= 1
         left = self._by_address[address] - 1
         if left:

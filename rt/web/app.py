@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from rt.core.ops import Op, delete_op, edit_op, post_op, tag_op
 from rt.service import Service
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
 from rt.web.http import JSON_TYPE, error_response, json_response, loggable, origin_allowed
-from rt.web.rawws import is_websocket_stream_request, serve_raw
+from rt.web.raw_routes import raw_routes
 from rt.web.streaming import StreamBody, parse_stream_request
 from rt.web.wsconn import serve_websocket
 
@@ -269,7 +268,7 @@ def create_app(service: Service) -> QuartTrio:
             service.metrics.events_delivered.labels(transport).inc(len(parts))
             return Response(framer.answer(parts), status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
-        body = StreamBody(service, framer, params, request.scope.get("client"),
+        body = StreamBody(service, framer, params,
                           body_framing=_body_framing(request.method, request.http_version))
         response = Response(body, status=200, content_type=framer.content_type,
                             headers=STREAM_HEADERS)
@@ -282,10 +281,9 @@ def create_app(service: Service) -> QuartTrio:
 
     if service.config.fast_paths:
         # Upgrades to /stream/ws on a fresh plain-TCP connection skip hypercorn's and
-        # Quart's WebSocket layers (rt/web/rawws.py); the route above serves the rest.
-        app.rt_raw_route = (is_websocket_stream_request,  # type: ignore[attr-defined]
-                            partial(serve_raw, handler=partial(serve_websocket, service),
-                                    max_message=service.config.max_body))
+        # Quart's WebSocket layers (rt/web/raw_routes.py); the route above serves the rest.
+        app.rt_raw_routes = raw_routes(service,  # type: ignore[attr-defined]
+                                       websocket=serve_websocket)
     return app
 
 

@@ -28,8 +28,9 @@ from rt.backend import Backend
 from rt.config import Config
 from rt.hub import Hub
 from rt.service import Hooks, Service, open_service
+from rt.service.chaos import SIGNAL, parse_spec
 from rt.web import hypercorn_guard
-from rt.web.admission import AdmissionLimits, raise_open_file_limit
+from rt.web.admission import Admission, AdmissionLimits, raise_open_file_limit
 from rt.web.app import create_app
 
 log = logging.getLogger("rt")
@@ -41,6 +42,7 @@ class Server:
     service: Service
     host: str
     port: int
+    admission: Admission
     seeded: list[tuple[str, str]] = field(default_factory=list)  # (user, token) made at start
     stopped: trio.Event = field(default_factory=trio.Event)
     _stop: trio.Event = field(default_factory=trio.Event)
@@ -125,16 +127,30 @@ async def open_server(
             async def trigger() -> None:
                 await stop.wait()
 
-            binds = await nursery.start(_serve, app, hyper_config(config), trigger)
+            hc = hyper_config(config)
+            binds = await nursery.start(_serve, app, hc, trigger)
             host, port = _parse_bind(binds[0])
-            server = Server(service, host, port, seeded)
+            server = Server(service, host, port, hc.rt_admission, seeded)
             nursery.start_soon(_drain_then_stop, server, stop, config.drain_seconds)
+            if config.chaos and SIGNAL in parse_spec(config.chaos):
+                nursery.start_soon(_cut_on_sigusr1, server.admission)
             try:
                 yield server
             finally:
                 server.shutdown()
             # the nursery waits for hypercorn to finish its graceful stop
         server.stopped.set()
+
+
+async def _cut_on_sigusr1(admission: Admission) -> None:
+    """`rt serve --chaos signal`: SIGUSR1 cuts every open connection (`rt bench storm`).
+
+    Only a signal from the same machine reaches it; nothing over HTTP does.
+    """
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        async for _ in signals:
+            cut = await hypercorn_guard.cut_all(admission)
+            log.info("SIGUSR1: cut %d connections (--chaos signal)", cut)
 
 
 async def _serve(app, hc, trigger, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -9,11 +9,12 @@ quart-trio's per-request nursery, which is cancelled the moment the client
 disconnects, so `__aexit__` (and `finish`) runs at once.
 
 A write that blocks for `write-timeout` is aborted by rt's hypercorn guard
-(rt/web/hypercorn_guard.py), which ends the response the same way.
+(rt/web/hypercorn_guard.py, rt/web/connection.py), which ends the response
+the same way.
 
 Once the head and `ready` are out, events published while the stream is
 idle are written by `publish` itself as whole HTTP chunks, straight to the
-socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
+socket (`StreamSession.deliver_directly`, `Connection.try_write`),
 on HTTP/1.1 (chunked) and HTTP/1.0 (close-delimited) GET responses. Any
 event that finds the socket busy, and everything else, takes the iteration
 below.
@@ -36,27 +37,14 @@ from rt.service import Service, StreamEnd, StreamSession
 from rt.service.streams import retry_ms_for
 from rt.transports import Framer, http_chunk, rotation_cut
 from rt.transports.sse import parse_last_event_id
-from rt.web import hypercorn_guard
-
-# (host, port) of each open stream's peer -> (metrics, transport): lets the
-# hypercorn guard's stall notice count `rt_write_timeouts` by transport.
-STREAM_PEERS: dict[tuple[Any, ...], tuple[Any, str]] = {}
+from rt.web.connection import Connection, current_connection
 
 
-def _count_write_timeout(peer: tuple[Any, ...]) -> None:
-    entry = STREAM_PEERS.get(peer)
-    if entry is not None:
-        metrics, transport = entry
-        metrics.write_timeouts.labels(transport).inc()
-
-
-hypercorn_guard.stall_listeners.append(_count_write_timeout)
-
-
-def register_peer(peer: Any, service: Service, transport: str) -> tuple[Any, ...]:
-    key = tuple(peer or ())
-    STREAM_PEERS[key] = (service.metrics, transport)
-    return key
+def watch_stalls(connection: Connection | None, service: Service, transport: str) -> None:
+    """Count `rt_write_timeouts` for `transport` if the connection's writes stall."""
+    if connection is not None:
+        counter = service.metrics.write_timeouts.labels(transport)
+        connection.on_stall = counter.inc
 
 
 @dataclass(frozen=True)
@@ -81,16 +69,17 @@ class StreamBody(ResponseBody):
     """One streaming HTTP response: preamble and `ready`, then batches, then `close`."""
 
     def __init__(self, service: Service, framer: Framer, params: StreamRequest,
-                 peer: Any = None, *, body_framing: str | None = None) -> None:
+                 *, body_framing: str | None = None) -> None:
         """`body_framing`: how the server frames this response's body on the wire,
         "chunked" (HTTP/1.1) or "close" (HTTP/1.0: raw bytes until the connection
         closes); direct writes need one of them (None: never write directly)."""
         self.service = service
         self.framer = framer
         self.params = params
-        self.peer = register_peer(peer, service, framer.name)
-        self.direct = (hypercorn_guard.direct_writer(self.peer)
-                       if body_framing in ("chunked", "close") and service.config.fast_paths
+        connection = current_connection.get()
+        watch_stalls(connection, service, framer.name)
+        self.direct = (connection if connection is not None and connection.plain_tcp
+                       and body_framing in ("chunked", "close") and service.config.fast_paths
                        else None)
         self._chunked = body_framing == "chunked"
         self._direct_on = False
@@ -124,7 +113,6 @@ class StreamBody(ResponseBody):
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        STREAM_PEERS.pop(self.peer, None)
         if self.session is not None:
             self.session.finish()
 
@@ -244,7 +232,7 @@ def framed_once(events: Sequence[Event], key: Any,
     return first.framed((key, tuple(e.id for e in events)), make, events)
 
 
-def write_now(direct: hypercorn_guard.DirectWriter, data: bytes,
+def write_now(direct: Connection, data: bytes,
               session: StreamSession | None) -> bool:
     """`direct.try_write(data)`; when the write was cut short, `session`'s loop is nudged
     to flush the rest (it goes out before any other byte of the connection)."""

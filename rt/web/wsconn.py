@@ -3,7 +3,7 @@
 - the writer (the handler's own task): `ready`, then batches, heartbeats
   when idle, and finally `close` and the close code; while the stream is
   idle, events are instead written by `publish` itself, straight to the
-  socket (`StreamSession.deliver_directly`, `hypercorn_guard.DirectWriter`),
+  socket (`StreamSession.deliver_directly`, `Connection.try_write`),
   and so are replies when nothing else is being written. It is also the
   watchdog: it closes with 4408, without a `close` frame, a socket on which
   nothing (data, Ping or Pong) arrived for 2.5 heartbeats;
@@ -33,14 +33,13 @@ from rt.core.grammar import check_flow, check_ref
 from rt.core.ops import delete_op, edit_op, post_op, tag_op
 from rt.service import Service, StreamEnd, StreamSession
 from rt.transports import FRAMERS, text_frame
-from rt.web import hypercorn_guard
+from rt.web.connection import current_connection
 from rt.web.http import origin_allowed
 from rt.web.streaming import (
-    STREAM_PEERS,
     StreamRequest,
     framed_once,
     parse_stream_request,
-    register_peer,
+    watch_stalls,
     write_now,
 )
 
@@ -94,8 +93,9 @@ async def drain_after_close(ws: Any, quiet: float) -> None:
 
 class WsConnection:
     # Slots: one of these lives as long as each connection.
-    __slots__ = ("service", "ws", "params", "user", "last_write", "last_seen", "peer", "failures",
-                 "ops_limiter", "session", "nursery", "closing", "direct", "_delivered")
+    __slots__ = ("service", "ws", "params", "user", "last_write", "last_seen", "connection",
+                 "failures", "ops_limiter", "session", "nursery", "closing", "direct",
+                 "_delivered")
 
     def __init__(self, service: Service, ws: Any, params: StreamRequest) -> None:
         self.service = service
@@ -104,14 +104,15 @@ class WsConnection:
         self.user = params.user
         self.last_write = trio.current_time()
         self.last_seen = trio.current_time()
-        self.peer = tuple(ws.scope.get("client") or ())
+        self.connection = current_connection.get()
         self.failures = 0
         self.ops_limiter: trio.CapacityLimiter | None = None  # made at the first op
         self.session: StreamSession | None = None
         self.nursery: trio.Nursery | None = None
         self.closing = False
-        self.direct = (hypercorn_guard.direct_writer(self.peer)
-                       if service.config.fast_paths else None)
+        connection = self.connection
+        self.direct = (connection if connection is not None and connection.plain_tcp
+                       and service.config.fast_paths else None)
         self._delivered = service.metrics.events_delivered.labels("ws")  # looked up once
 
     async def send(self, data: bytes) -> None:
@@ -160,7 +161,7 @@ class WsConnection:
         except RtError as error:
             await self.ws.close(error.close_code, error.code)
             return
-        register_peer(self.peer, service, "ws")
+        watch_stalls(self.connection, service, "ws")
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -168,7 +169,6 @@ class WsConnection:
                 await self._writer()
                 nursery.cancel_scope.cancel()
         finally:
-            STREAM_PEERS.pop(self.peer, None)
             self.session.finish()
 
     async def _writer(self) -> None:
@@ -223,7 +223,9 @@ class WsConnection:
 
     def _last_heard(self) -> float:
         """When the client last sent anything: a message, or any frame or byte."""
-        return max(self.last_seen, hypercorn_guard.last_receive(self.peer))
+        connection = self.connection
+        return self.last_seen if connection is None else max(self.last_seen,
+                                                              connection.last_receive)
 
     async def _reader(self) -> None:
         while True:

@@ -1,4 +1,9 @@
-"""`/stream/ws` without the ASGI stack: rt's fast path for WebSocket connections.
+"""The raw routes: requests rt serves on the connection itself, without the ASGI stack.
+
+The TCP layer (rt/web/hypercorn_guard.py) reads a new plain-TCP
+connection's first request head and asks `raw_routes(service)` in turn;
+the first route whose `matches(head)` serves the connection. Today there is
+one, `/stream/ws`, rt's fast path for WebSocket connections:
 
 Hypercorn and Quart put five Trio tasks, two memory channels and a Quart
 request context between a WebSocket and rt's handler, and every message
@@ -28,6 +33,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
+import trio
 from wsproto import ConnectionState, ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -41,7 +47,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
-from rt.web.hypercorn_guard import RawConnection
+from rt.web.connection import Connection
 
 # A GET of /stream/ws (with or without a query) that asks for a WebSocket upgrade.
 _REQUEST_LINE = re.compile(rb"GET /stream/ws[? ]")
@@ -86,14 +92,14 @@ class RawWebSocket:
 
     scheme = "ws"  # raw routes are plain TCP only (the guard sends TLS to hypercorn)
 
-    def __init__(self, conn: RawConnection, ws: WSConnection, request: Request,
+    def __init__(self, conn: Connection, ws: WSConnection, request: Request,
                  max_message: int, early: bytes = b"") -> None:
         """`early`: bytes that came after the request head, before the handshake's answer."""
         self._conn = conn
         self._ws = ws
         self._early = early
         self._max_message = max_message
-        self.scope: dict[str, Any] = {"client": conn.peer}
+        self.scope: dict[str, Any] = {"client": tuple(conn.peer.rsplit(":", 1))}
         self.headers = _Headers(request)
         _, _, query = request.target.partition("?")
         # Like Quart's request.args: the first value of a repeated name wins.
@@ -137,7 +143,10 @@ class RawWebSocket:
                 message = await self._handle(event)
                 if message is not None:
                     return message
-            data = await self._conn.receive_some()
+            try:
+                data = await self._conn.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
             if not data:
                 raise Disconnected("the peer closed the connection")
             ws.receive_data(data)
@@ -169,7 +178,7 @@ class RawWebSocket:
         return None
 
 
-async def serve_raw(conn: RawConnection, head: bytes, *, handler: Any,
+async def serve_raw(conn: Connection, head: bytes, *, handler: Any,
                     max_message: int) -> None:
     """Run one raw `/stream/ws` connection: handshake, then `handler(ws)` to the end.
 
@@ -201,3 +210,15 @@ async def serve_raw(conn: RawConnection, head: bytes, *, handler: Any,
         await handler(socket)
     except* Disconnected:
         pass
+
+
+def raw_routes(service: Any, *, websocket: Any) -> list[tuple[Any, Any]]:
+    """The app's raw routes, in the order they are asked: `(matches(head), serve)`.
+
+    `websocket(service, ws)` is the `/stream/ws` handler (rt/web/wsconn.py).
+    """
+    from functools import partial
+
+    return [(is_websocket_stream_request,
+             partial(serve_raw, handler=partial(websocket, service),
+                     max_message=service.config.max_body))]
