@@ -21,7 +21,7 @@ from rt.core.codec import encode
 from rt.core.events import Event, presence_event, typing_event
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
 from rt.transports.sse import SseFramer, parse_last_event_id
-from rt.transports.websocket import WebSocketFramer, split_frame
+from rt.transports.websocket import WebSocketFramer
 
 EPOCH = "Ep0ch_abc-123"
 
@@ -422,7 +422,7 @@ def test_ws_batch_is_one_object_per_line() -> None:
               stored(2, "b"), typing_event("general", "bob")]
     out = WebSocketFramer().frame(events, EPOCH)
     assert out == b"\n".join(e.raw for e in events)
-    lines = split_frame(out.decode("utf-8"))
+    lines = out.decode("utf-8").split("\n")
     assert [json.loads(line) for line in lines] == [e.data for e in events]
 
 
@@ -453,9 +453,6 @@ def test_ws_control_and_ready_are_the_encoded_object(obj: dict[str, Any]) -> Non
     assert framer.ready(obj, EPOCH) == encode(obj)
     assert b"\n" not in framer.control(obj)
 
-
-def test_split_frame_skips_empty_lines() -> None:
-    assert split_frame('{"a":1}\n\n{"b":2}\n') == ['{"a":1}', '{"b":2}']
 
 
 # -- registry and headers ------------------------------------------------------------

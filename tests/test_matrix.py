@@ -12,29 +12,26 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
-from rt.core.ops import post_op
 from rt.transports import ALL_TRANSPORTS, FRAMERS, STREAM_HEADERS
 from rt.transports.multipart import BOUNDARY
-from rt.web.server import Server
+from tests import worlds
 from tests.clients import (
     HEARTBEAT,
     POLLING,
     STORED_TYPES,
     STREAMING,
-    TLS,
     StreamClient,
     open_stream,
     raw_stream,
     refusal,
 )
-from tests.helpers import Api, client_id, new_flow, serve_rt, uuid, wait_for
+from tests.helpers import Api, client_id, uuid, wait_for
+from tests.worlds import FastApi, World
 
 TRANSPORTS = ["ws", "sse", "xhr", "multipart", "htmlfile", "poll", "jsonp"]
 
@@ -100,75 +97,11 @@ def test_the_exemption_table_covers_every_transport_and_gives_reasons():
 # -- the world -----------------------------------------------------------------------------
 
 
-class FastApi(Api):
-    """`Api` with the shared TLS context (see tests/clients.py TLS)."""
-
-    def __init__(self, server: Server, token: str | None = None) -> None:
-        self.server = server
-        self.token = token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10,
-                                      verify=TLS)
-
-
-@dataclass
-class World:
-    server: Server
-    alice: FastApi
-    bob: FastApi
-
-    @property
-    def service(self) -> Any:
-        return self.server.service
-
-    def counts(self) -> tuple[int, int]:
-        """(registry entries, hub subscribers)."""
-        return len(self.service.claims), self.service.hub.count()
-
-    async def wait_counts(self, expected: tuple[int, int], deadline: float = 3.0) -> None:
-        with trio.fail_after(deadline):
-            await wait_for(lambda: self.counts() == expected)
-
-    def sample(self, name: str, transport: str) -> float:
-        value = self.service.metrics.registry.get_sample_value(name, {"transport": transport})
-        return value or 0.0
-
-    async def post(self, api: Api, flow: str = "general", content: str | None = None
-                   ) -> dict[str, Any]:
-        r = await api.post(flow, content or f"m-{uuid()}")
-        assert r.status_code == 201, r.text
-        return r.json()
-
-    async def burst(self, user: str, count: int, content: str) -> list[int]:
-        """`count` posts queued in one scheduler batch (stored in one writer batch)."""
-        ids: list[int] = []
-
-        async def one() -> None:
-            result = await self.service.apply(
-                post_op(user, "general", {"content": content, "uuid": uuid()}))
-            ids.append(result.body["id"])
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(count):
-                nursery.start_soon(one)
-        return sorted(ids)
-
-
 @asynccontextmanager
 async def world(**overrides: Any) -> AsyncIterator[World]:
-    """A server with open flows `general`, `other`, private `secret` (bob's), alice and bob."""
-    async with serve_rt(**{**FAST, **overrides}) as server:
-        directory = server.service.directory
-        alice = FastApi(server, await directory.create_user("alice"))
-        bob = FastApi(server, await directory.create_user("bob"))
-        await new_flow(server, "general")
-        await new_flow(server, "other")
-        await new_flow(server, "secret", private=True, owner="bob", members=("bob",))
-        try:
-            yield World(server, alice, bob)
-        finally:
-            await alice.aclose()
-            await bob.aclose()
+    """`tests.worlds.world` with generous limits and bob's private flow `secret`."""
+    async with worlds.world(secret=True, **{**FAST, **overrides}) as w:
+        yield w
 
 
 async def expect_ready(s: StreamClient, **expected: Any) -> dict[str, Any]:
@@ -525,7 +458,7 @@ async def test_slow_reader_gets_lagging_or_is_dropped(transport):
                     started = trio.current_time()
                     flooded = 0
                     while ("alice", cid) in registry.by_key and flooded < 400:
-                        flooded += len(await w.burst("bob", 5, "s" * 16000))
+                        flooded += len(await w.burst("bob", 5, content="s" * 16000))
                     flood_end = trio.current_time()
                     with trio.fail_after(write_timeout + 1):
                         await wait_for(lambda: ("alice", cid) not in registry.by_key
@@ -555,7 +488,7 @@ async def test_stopped_reader_is_dropped_within_write_timeout(transport):
             try:
                 assert w.counts() == (1, 1)
                 started = trio.current_time()
-                await w.burst("bob", 400, "x" * 16000)  # far more than socket buffers hold
+                await w.burst("bob", 400, content="x" * 16000)  # far more than socket buffers hold
                 flood_end = trio.current_time()
                 with trio.fail_after(write_timeout + 1):
                     await wait_for(lambda: w.counts() == (0, 0))

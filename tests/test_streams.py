@@ -12,12 +12,10 @@ import itertools
 import json
 import logging
 import re
-import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -31,14 +29,15 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 from rt.core.codec import encode
 from rt.core.ops import post_op
 from rt.web.server import Server
-from tests.helpers import Api, client_id, new_flow, serve_rt, stream_query, uuid, wait_for
+from tests import worlds
+from tests.helpers import Api, client_id, new_flow, stream_query, uuid, wait_for
+from tests.worlds import World, http_client
 
 TRANSPORTS = ["ws", "sse"]
 STORED_TYPES = {"message", "edit", "tag", "delete"}
 EPHEMERAL_TYPES = {"presence", "typing"}
 # httpx builds a TLS context (loading the CA bundle, ~50 ms) for every client; these
 # clients speak plain HTTP to loopback, so they share one made once.
-_TLS = ssl.create_default_context()
 
 READY_FIELDS = {"type", "protocol", "cursor", "epoch", "reset", "flows", "client", "transport",
                 "heartbeat", "poll_timeout", "presence"}
@@ -382,73 +381,7 @@ class RawWs:
         await self.stream.aclose()
 
 
-def http_client(server: Server, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=10, verify=_TLS)
-
-
-class FastApi(Api):
-    """`Api` with a shared TLS context (see `_TLS`)."""
-
-    def __init__(self, server: Server, token: str | None = None) -> None:
-        self.server = server
-        self.token = token
-        self.http = http_client(server, {"Authorization": f"Bearer {token}"} if token else {})
-
-
-# -- worlds ----------------------------------------------------------------------------
-
-
-@dataclass
-class World:
-    server: Server
-    alice: Api
-    bob: Api
-
-    @property
-    def service(self) -> Any:
-        return self.server.service
-
-    def counts(self) -> tuple[int, int]:
-        """(registry entries, hub subscribers): both 0 with no stream open."""
-        return len(self.service.claims), self.service.hub.count()
-
-    async def wait_counts(self, expected: tuple[int, int], deadline: float = 2.0) -> None:
-        with trio.fail_after(deadline):
-            await wait_for(lambda: self.counts() == expected)
-
-    async def post(self, api: Api, flow: str = "general", content: str | None = None,
-                   uid: str | None = None) -> dict[str, Any]:
-        r = await api.post(flow, content or f"m-{uuid()}", uid)
-        assert r.status_code == 201, r.text
-        return r.json()
-
-    async def one_by_one(self, user: str, count: int, content: str) -> list[int]:
-        """`count` posts, each stored (and published) before the next: each is its own
-        writer batch, so an idle stream gets each as its own direct write."""
-        ids = []
-        for _ in range(count):
-            result = await self.service.apply(
-                post_op(user, "general", {"content": content, "uuid": uuid()}))
-            ids.append(result.body["id"])
-        return ids
-
-    async def burst(self, user: str, count: int, flow: str = "general",
-                    content: str | None = None) -> list[int]:
-        """`count` posts queued in one scheduler batch, so the writer stores them in one batch."""
-        ids: list[int] = []
-
-        async def one(i: int) -> None:
-            result = await self.service.apply(
-                post_op(user, flow, {"content": content or f"burst {i}", "uuid": uuid()}))
-            ids.append(result.body["id"])
-
-        async with trio.open_nursery() as nursery:
-            for i in range(count):
-                nursery.start_soon(one, i)
-        return sorted(ids)
-
-
-# Whether `world()` serves with the fast paths (rt/web/rawws.py, direct writes); the
+# Whether `world()` serves with the fast paths (rt/web/raw_routes.py, direct writes); the
 # `ws_path` fixture runs a WebSocket test both ways, so the ASGI path stays tested
 # (it still serves TLS and upgrades on reused connections).
 _FAST_PATHS = True
@@ -466,18 +399,10 @@ def ws_path(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @asynccontextmanager
 async def world(**overrides: Any) -> AsyncIterator[World]:
-    """A server with flows `general` and `other` and users alice and bob."""
+    """`tests.worlds.world` on the fast paths or not, as the `ws_path` fixture says."""
     overrides.setdefault("fast_paths", _FAST_PATHS)
-    async with serve_rt(**overrides) as server:
-        await new_flow(server, "general")
-        await new_flow(server, "other")
-        alice = FastApi(server, await server.service.directory.create_user("alice"))
-        bob = FastApi(server, await server.service.directory.create_user("bob"))
-        try:
-            yield World(server, alice, bob)
-        finally:
-            await alice.aclose()
-            await bob.aclose()
+    async with worlds.world(**overrides) as w:
+        yield w
 
 
 async def expect_end(s: StreamConn, ws_code: int, reason: str) -> None:

@@ -60,8 +60,9 @@ class LocalClaims:
 
     def release(self, session: Any) -> None:
         """Forget `session`; the key's entry only if it still points to it."""
-        if self.by_key.get(session.key) is session:
-            del self.by_key[session.key]
+        key = session.key
+        if self.by_key.get(key) is session:
+            del self.by_key[key]
         streams = self.by_user.get(session.user)
         if streams is not None:
             try:

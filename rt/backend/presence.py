@@ -50,8 +50,9 @@ class LocalPresence:
         """Announce `offline` at once (access revoked), whatever else is open."""
         for flow in flows:
             key = (flow, user)
-            was_present = self._counts.pop(key, 0) > 0 or self._offline_at.pop(key, None)
-            if was_present:
+            counted = self._counts.pop(key, 0) > 0
+            leaving = self._offline_at.pop(key, None) is not None
+            if counted or leaving:
                 self._publish(presence_event(flow, user, "offline"))
 
     def online(self, flow: str) -> list[str]:

@@ -210,6 +210,13 @@ class Http:
         self.token = token
         self.stream: trio.SocketStream | None = None
         self.buf = bytearray()
+        self.last = b""  # the last body read by a poll
+
+    @property
+    def conn(self) -> trio.SocketStream:
+        """The open stream (after `connect`)."""
+        assert self.stream is not None, "connect() first"
+        return self.stream
 
     async def connect(self) -> None:
         self.stream = await trio.open_tcp_stream(HOST, self.port)

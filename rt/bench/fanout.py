@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 import trio
@@ -42,7 +43,7 @@ def subscriber_worker(port: int, token: str, transport: str, n: int, conn) -> No
 
 
 async def _subscriber_main(port, token, transport, n, conn) -> None:
-    state = {"count": 0, "lat": [], "on": False, "errors": 0}
+    state: dict[str, Any] = {"count": 0, "lat": [], "on": False, "errors": 0}
     limit = trio.Semaphore(64)
     ready = [0]
 
@@ -197,6 +198,7 @@ def _trivial_fanout(transport: str, n: int, seconds: float, batch: int) -> tuple
                             preexec_fn=common.raise_nofile)
     if server_cores:
         os.sched_setaffinity(proc.pid, server_cores)
+    assert proc.stdin is not None and proc.stdout is not None
     try:
         port = int(proc.stdout.readline())
         pool = Pool(port, "", transport, n)

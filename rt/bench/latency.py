@@ -55,6 +55,7 @@ async def tcp_floor(rounds: int, tick) -> list[float]:
         import os
         os.sched_setaffinity(proc.pid, server_cores)
     try:
+        assert proc.stdout is not None
         port = int(proc.stdout.readline())
         stream = await trio.open_tcp_stream(HOST, port)
         payload = b'{"op":"ping","ref":"0123456789"}\n'
@@ -125,7 +126,7 @@ async def streaming_round_trips(server: Server, transport: str, rounds: int, tic
                     if poster.stream is None:
                         await poster.connect()
                     body = json.dumps({"content": "x", "uuid": uid}).encode()
-                    await poster.stream.send_all(
+                    await poster.conn.send_all(
                         (f"POST /flows/bench/messages HTTP/1.1\r\nHost: {HOST}\r\n"
                          f"Authorization: Bearer {server.token}\r\n"
                          f"Content-Type: application/json\r\n"
@@ -172,19 +173,27 @@ async def streaming_round_trips(server: Server, transport: str, rounds: int, tic
 
 
 async def _read_response(http: Http) -> None:
-    head = await common.read_head(http.stream, http.buf)
+    head = await common.read_head(http.conn, http.buf)
     status = int(head[9:12])
     if status not in (200, 201):
         raise RuntimeError(f"post answered {head[:100]!r}")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+    length = int(_match(rb"(?i)content-length: *(\d+)", head)[1])
     while len(http.buf) < length:
-        http.buf += await http.stream.receive_some(65536)
+        http.buf += await http.conn.receive_some(65536)
     del http.buf[:length]
+
+
+def _match(pattern: bytes, data: bytes) -> re.Match[bytes]:
+    m = re.search(pattern, data)
+    if m is None:
+        raise RuntimeError(f"no {pattern!r} in {data[:100]!r}")
+    return m
 
 
 def _poll_answer(transport: str, body: bytes) -> list[dict]:
     if transport == "jsonp":
         m = re.fullmatch(rb"/\*\*/rtcb\((\[.*\])\);", body, re.DOTALL)
+        assert m is not None, body[:100]
         body = m[1]
     return json.loads(body)
 
@@ -205,18 +214,18 @@ async def polling_round_trips(server: Server, transport: str, rounds: int, tick,
         for i in range(rounds + WARMUP):
             uid = common.uuid()
             started = time.perf_counter()
-            await poller.stream.send_all(
+            await poller.conn.send_all(
                 f"GET {target}&cursor={cursor}&epoch={epoch} HTTP/1.1\r\nHost: {HOST}\r\n"
                 f"Authorization: Bearer {server.token}\r\n\r\n".encode())
             body = json.dumps({"content": "x", "uuid": uid}).encode()
-            await poster.stream.send_all(
+            await poster.conn.send_all(
                 (f"POST /flows/bench/messages HTTP/1.1\r\nHost: {HOST}\r\n"
                  f"Authorization: Bearer {server.token}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
             first = True
             for _poll in range(50):  # bounded: each poll answers within --poll-timeout
                 if not first:
-                    await poller.stream.send_all(
+                    await poller.conn.send_all(
                         f"GET {target}&cursor={cursor}&epoch={epoch} HTTP/1.1\r\nHost: {HOST}\r\n"
                         f"Authorization: Bearer {server.token}\r\n\r\n".encode())
                 first = False
@@ -244,12 +253,12 @@ async def polling_round_trips(server: Server, transport: str, rounds: int, tick,
 
 
 async def _read_poll(http: Http) -> None:
-    head = await common.read_head(http.stream, http.buf, 60)
+    head = await common.read_head(http.conn, http.buf, 60)
     if int(head[9:12]) != 200:
         raise RuntimeError(f"poll answered {head[:100]!r}")
-    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+    length = int(_match(rb"(?i)content-length: *(\d+)", head)[1])
     while len(http.buf) < length:
-        http.buf += await http.stream.receive_some(65536)
+        http.buf += await http.conn.receive_some(65536)
     http.last = bytes(http.buf[:length])
     del http.buf[:length]
 

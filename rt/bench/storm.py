@@ -24,6 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from typing import Any
+
 import trio
 
 from rt.bench import common
@@ -53,7 +55,7 @@ class Client:
 
 async def _clients(port, token, n, conn) -> None:
     clients = [Client("ws" if i % 2 == 0 else "sse") for i in range(n)]
-    state = {"cut_at": None, "ready": 0}
+    state: dict[str, Any] = {"cut_at": None, "ready": 0}
     limit = trio.Semaphore(64)
 
     async def run(c: Client, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -42,9 +42,11 @@ class Event:
         wire = self._wire
         if wire is None:
             wire = self._wire = {}
-        data = wire.get(key)
+        data: bytes | None = wire.get(key)
         if data is None:
-            data = wire[key] = make(arg)
+            data = make(arg)
+            if data is not None:
+                wire[key] = data
         return data
 
     def __repr__(self) -> str:
@@ -83,19 +85,6 @@ class MessageState:
             "edited": self.edited,
             "deleted": self.deleted,
         }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MessageState:
-        return cls(
-            id=d["id"],
-            flow=d["flow"],
-            user=d["user"],
-            sent=d["sent"],
-            content=d["content"],
-            tags=tuple(d["tags"]),
-            edited=d["edited"],
-            deleted=d["deleted"],
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,10 +70,6 @@ def check_uuid(value: Any, field: str = "uuid") -> str:
     return _matching(value, field, UUID_RE, "8 to 64 of A-Z a-z 0-9 _ -")
 
 
-def check_epoch(value: Any, field: str = "epoch") -> str:
-    return _matching(value, field, EPOCH_RE, "8 to 32 of A-Z a-z 0-9 _ -")
-
-
 def check_callback(value: Any, field: str = "callback") -> str:
     text = _string(value, field)
     if len(text) > MAX_CALLBACK or not CALLBACK_RE.fullmatch(text):

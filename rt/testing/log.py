@@ -103,7 +103,13 @@ async def all_events(store: Storage, flows=("lobby", "side")) -> list[Event]:
         if not page:
             return out
         out += page
-        after = page[-1].id
+        after = stored_id(page[-1])
+
+
+def stored_id(event: Event) -> int:
+    """The id of a stored event (ephemeral events have none)."""
+    assert event.id is not None, event
+    return event.id
 
 
 class LogChecks:
@@ -143,7 +149,7 @@ class LogChecks:
             published: list[int] = []
 
             def publish(events: list[Event]) -> None:
-                ids = [e.id for e in events]
+                ids = [stored_id(e) for e in events]
                 assert ids == sorted(ids)
                 assert chat.head < ids[0]  # head moves in the same step, after publishing
                 published.extend(ids)

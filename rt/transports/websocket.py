@@ -42,7 +42,3 @@ def text_frame(payload: bytes) -> bytes:
         return b"\x81\x7e" + size.to_bytes(2, "big") + payload
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
-
-def split_frame(text: str) -> list[str]:
-    """The objects of one server text frame (the client side of `frame`)."""
-    return [line for line in text.split("\n") if line]

@@ -47,7 +47,6 @@ def create_app(service: Service) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body
     app.config["RESPONSE_TIMEOUT"] = None  # streams end on their own terms, never Quart's
     app.config["BODY_TIMEOUT"] = 30
-    app.rt_service = service  # type: ignore[attr-defined]
 
     async def body_json() -> dict[str, Any]:
         data = await request.get_data(cache=False)
@@ -277,7 +276,8 @@ def create_app(service: Service) -> QuartTrio:
 
     @app.websocket("/stream/ws")
     async def stream_ws() -> None:
-        await serve_websocket(service, websocket._get_current_object())
+        # The object behind Quart's context-local proxy: it outlives the proxy's context.
+        await serve_websocket(service, websocket._get_current_object())  # type: ignore[attr-defined]
 
     if service.config.fast_paths:
         # Upgrades to /stream/ws on a fresh plain-TCP connection skip hypercorn's and

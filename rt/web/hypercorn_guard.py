@@ -318,15 +318,13 @@ def install(write_timeout: float = DEFAULT_WRITE_TIMEOUT) -> None:
     _hypercorn_protocol.H11Protocol = _Http1OnlyProtocol  # type: ignore[misc]
 
 
-def admit_with(config: Any, limits: AdmissionLimits) -> Admission:
+def admit_with(config: Any, admission: Admission) -> None:
     """Bound the connections of the server run with hypercorn config `config`.
 
     The :class:`Admission` lives on that config, so each server counts its
     own connections (tests run several in one process).
     """
-    admission = Admission(limits)
     config.rt_admission = admission
-    return admission
 
 
 def uninstall() -> None:

@@ -79,7 +79,7 @@ class _Headers(dict):
                 self.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         self["host"] = request.host
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return dict.get(self, name.lower(), default)
 
 
@@ -160,7 +160,7 @@ class RawWebSocket:
             if isinstance(event, TextMessage):
                 self._text.append(event.data)
             else:
-                self._bytes.append(event.data)
+                self._bytes.append(bytes(event.data))
             if not event.message_finished:
                 return None
             self._size = 0

@@ -63,7 +63,7 @@ class Server:
         self._stop.set()
 
 
-def hyper_config(config: Config) -> HyperConfig:
+def hyper_config(config: Config, admission: Admission) -> HyperConfig:
     hc = HyperConfig()
     hc.bind = [f"{config.host}:{config.port}"]
     hc.accesslog = None  # rt logs requests itself, without query strings (tickets)
@@ -73,11 +73,15 @@ def hyper_config(config: Config) -> HyperConfig:
     hc.keep_alive_timeout = config.keep_alive_timeout
     hc.h11_max_incomplete_size = config.max_head
     hc.read_timeout = None
-    hypercorn_guard.admit_with(hc, AdmissionLimits(
+    hypercorn_guard.admit_with(hc, admission)
+    return hc
+
+
+def admission_for(config: Config) -> Admission:
+    return Admission(AdmissionLimits(
         max_connections=config.max_connections,
         max_connections_per_address=config.max_connections_per_address,
         head_timeout=config.head_timeout, max_head=config.max_head))
-    return hc
 
 
 class _AtMostOncePerSecond(logging.Filter):
@@ -127,10 +131,10 @@ async def open_server(
             async def trigger() -> None:
                 await stop.wait()
 
-            hc = hyper_config(config)
-            binds = await nursery.start(_serve, app, hc, trigger)
+            admission = admission_for(config)
+            binds = await nursery.start(_serve, app, hyper_config(config, admission), trigger)
             host, port = _parse_bind(binds[0])
-            server = Server(service, host, port, hc.rt_admission, seeded)
+            server = Server(service, host, port, admission, seeded)
             nursery.start_soon(_drain_then_stop, server, stop, config.drain_seconds)
             if config.chaos and SIGNAL in parse_spec(config.chaos):
                 nursery.start_soon(_cut_on_sigusr1, server.admission)

@@ -104,10 +104,10 @@ class StreamBody(ResponseBody):
             return self
         except RtError as error:  # access changed between the checks and the claim
             reason = "shutdown" if error.code == "shutting_down" else "unauthorized"
-            end = StreamEnd(reason, retry_ms_for(reason))  # shutdown: 1000..5000 ms
+            refused = StreamEnd(reason, retry_ms_for(reason))  # shutdown: 1000..5000 ms
             if opening:
                 self._queue.append(opening)
-            self._end_with(end)
+            self._end_with(refused)
             return self
         self._queue.append(opening + framer.ready(self.session.ready, self.session.ready["epoch"]))
         return self
