@@ -71,7 +71,8 @@ HEARTBEAT = {"type": "heartbeat"}
 STORED_TYPES = frozenset({"message", "edit", "tag", "delete"})
 EPHEMERAL_TYPES = frozenset({"presence", "typing"})
 # How rt/web/wsconn.py refuses an upgrade, as the HTTP status the other transports send.
-WS_REFUSALS = {4001: 401, 4003: 403, 4004: 404, 4400: 400, 4029: 429, 1001: 503}
+# The same table as rt.js's (rt/static/rt/transports/index.js; tests/test_static.py checks).
+WS_REFUSALS = {4001: 401, 4003: 403, 4004: 404, 4400: 400, 1009: 413, 4029: 429, 1001: 503}
 # httpx builds a TLS context for every client (tens of ms); these speak plain HTTP.
 TLS = ssl.create_default_context()
 
