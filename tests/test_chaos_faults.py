@@ -11,10 +11,13 @@ from rt.chaos.faults import (
     DEFAULTS,
     FAULT_NAMES,
     FaultSpecError,
+    choose_targets,
     draw_schedule,
     format_duration,
     parse_fault,
     parse_faults,
+    takes_new,
+    window_now,
 )
 
 # -- parsing: good specs -------------------------------------------------------------------
@@ -36,7 +39,9 @@ GOOD = [
     ("bandwidth:rate=5000", "bandwidth", {"rate": 5000}),
     ("slice", "slice", {"bytes": 1, "duration": 5.0}),
     ("slice:bytes=7:dir=down", "slice", {"bytes": 7, "dir": "down"}),
-    ("limit", "limit", {"bytes": 2048, "mode": "fin", "scope": "one"}),
+    ("limit", "limit", {"bytes": (1024, 3072), "mode": "fin", "scope": "one"}),
+    ("limit:bytes=100..200", "limit", {"bytes": (100, 200)}),
+    ("limit:bytes=2k..2k", "limit", {"bytes": 2048}),
     ("limit:bytes=100:mode=rst", "limit", {"bytes": 100, "mode": "rst"}),
     ("slow_close:for=4s", "slow_close", {"duration": 4.0}),
     ("refuse", "refuse", {"duration": 2.0, "p": 1.0, "scope": None, "dir": None}),
@@ -76,6 +81,8 @@ def test_kinds_and_params() -> None:
         "kill": "process", "pause": "process", "server": "process"}
     assert parse_fault("latency").params == {"delay": 0.1, "jitter": 0.02}
     assert parse_fault("limit:bytes=9").params == {"bytes": 9, "mode": "fin"}
+    assert parse_fault("limit").lasting and parse_fault("pause").lasting
+    assert not any(parse_fault(n).lasting for n in ("cut", "kill", "server"))
     assert parse_fault("stall").params == {}
 
 
@@ -114,6 +121,8 @@ BAD = [
     ("bandwidth:rate=0", ["rate=0", "bytes a second", "64k"]),
     ("bandwidth:rate=fast", ["rate=fast", "64k"]),
     ("limit:bytes=-1", ["bytes=-1", "a size in bytes"]),
+    ("limit:bytes=3k..1k", ["bytes=3k..1k", "a range goes up"]),
+    ("limit:bytes=1k..x", ["bytes=x", "a size in bytes"]),
     ("cut:mode=fin:mode=rst", ["'mode' given twice"]),
     ("cut,", ["empty fault", "single commas"]),
     (",cut", ["empty fault"]),
@@ -215,3 +224,61 @@ def test_every_window_is_json_with_its_kind_and_a_seed() -> None:
 
 def test_a_run_shorter_than_the_start_delay_has_no_faults() -> None:
     assert draw_schedule(parse_faults(SPEC), seed=1, duration=1.5, start_delay=2) == []
+
+
+def test_a_bytes_range_is_drawn_per_window_from_its_seed() -> None:
+    windows = draw_schedule(parse_faults("limit:every=1s:for=100ms"), seed=5, duration=60)
+    sizes = [w.bytes for w in windows]
+    assert all(1024 <= n <= 3072 for n in sizes) and len(set(sizes)) > 10
+    assert [w.params["bytes"] for w in windows] == sizes
+    assert sizes == [w.bytes for w in draw_schedule(parse_faults("limit:every=1s:for=100ms"), seed=5,
+                                                     duration=60)]
+    # A fixed size is the size; faults without bytes have none.
+    assert {w.bytes for w in draw_schedule(parse_faults("limit:bytes=7:every=1s"), 1, 20)} == {7}
+    assert {w.bytes for w in draw_schedule(parse_faults("stall:every=1s"), 1, 20)} == {None}
+    assert parse_fault(parse_fault("limit").text) == parse_fault("limit")
+
+
+def test_window_now_lasts_for_and_covers_its_directions() -> None:
+    window = window_now(parse_fault("stall:for=2s:dir=up"), seed=1, id="manual#1", start=5.0)
+    assert (window.id, window.start, window.end, window.duration) == ("manual#1", 5.0, 7.0, 2.0)
+    assert window.covers("up") and not window.covers("down") and window.lasting
+    both = window_now(parse_fault("latency"), seed=1, id="x")
+    assert both.covers("up") and both.covers("down")
+    assert not window_now(parse_fault("cut"), seed=1, id="y").lasting
+
+
+def _stall(seed: int, **keys: str):
+    text = ":".join(["stall"] + [f"{k}={v}" for k, v in keys.items()])
+    return window_now(parse_fault(text), seed=seed, id="t")
+
+
+def test_p_keeps_about_its_share_and_the_same_ones_for_the_same_seed() -> None:
+    ids = range(1, 401)
+    half = choose_targets(_stall(9, scope="all", p="0.5"), ids)
+    assert 160 <= len(half) <= 240
+    assert half == choose_targets(_stall(9, scope="all", p="0.5"), ids)
+    assert half != choose_targets(_stall(10, scope="all", p="0.5"), ids)
+    # Kept or not depends on the connection alone, not on who else is open.
+    assert choose_targets(_stall(9, scope="all", p="0.5"), ids[:100]) == [
+        i for i in half if i <= 100]
+    assert choose_targets(_stall(9, scope="all", p="0"), ids) == []
+    assert choose_targets(_stall(9, scope="all"), ids) == list(ids)
+
+
+def test_scope_one_takes_one_open_connection_and_no_new_ones() -> None:
+    one = _stall(4, scope="one")
+    chosen = choose_targets(one, [3, 8, 12])
+    assert len(chosen) == 1 and chosen[0] in (3, 8, 12)
+    assert chosen == choose_targets(one, [12, 3, 8])
+    assert choose_targets(one, []) == []
+    assert not takes_new(one, 99)
+    assert takes_new(_stall(4, scope="all"), 99)
+    assert not takes_new(window_now(parse_fault("cut:scope=all"), 1, "c"), 99)
+
+
+def test_refuse_hits_new_connections_only() -> None:
+    refuse = window_now(parse_fault("refuse:p=0.5"), seed=2, id="r")
+    assert choose_targets(refuse, [1, 2, 3]) == []
+    hits = [i for i in range(1, 201) if takes_new(refuse, i)]
+    assert 70 <= len(hits) <= 130

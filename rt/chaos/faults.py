@@ -13,7 +13,8 @@ start of the run.
 Values: durations are `500ms`, `10s`, `2m`, `1h` (or a bare `0`); `every` is a
 mean interval (a single value `X` draws each gap uniformly from `X/2..3X/2`)
 or a range `2s..8s` (drawn uniformly from it); sizes and rates are bytes,
-`2k` = 2048, `1m` = 1048576; `p` is a share in `0..1`.
+`2k` = 2048, `1m` = 1048576, and `bytes` may be a range `1k..3k` (each window
+draws its own size from it); `p` is a share in `0..1`.
 
 Keys each fault takes, with its defaults (a key not in a fault's row is an
 error for that fault: it would be silently meaningless):
@@ -25,7 +26,7 @@ error for that fault: it would be silently meaningless):
 | `latency`    | 30s      | 10s  | delay=100ms jitter=20ms    | all   | both | 1 |
 | `bandwidth`  | 30s      | 10s  | rate=16k                   | all   | both | 1 |
 | `slice`      | 30s      | 5s   | bytes=1                    | all   | both | 1 |
-| `limit`      | 30s      | 10s  | bytes=2k mode=fin          | one   | both | 1 |
+| `limit`      | 30s      | 10s  | bytes=1k..3k mode=fin      | one   | both | 1 |
 | `slow_close` | 30s      | 5s   |                            | all   | both | 1 |
 | `refuse`     | 30s      | 2s   |                            | -     | -    | 1 |
 | `kill`       | 30s      | -    |                            | -     | -    | - |
@@ -35,8 +36,11 @@ error for that fault: it would be silently meaningless):
 What the keys mean for each fault (the proxy, rt/chaos/proxy.py, applies them):
 `for` is how long the window lasts (`slow_close`: also how long each close
 is held); `limit`'s `bytes` are counted from when the fault takes hold of a
-connection, over the directions of `dir` together; `dir=up` is client to
-server. `refuse` hits new connections only, so it has no scope. `kill`,
+connection, over the directions of `dir` together; `slice`'s `bytes` is the
+piece size; `dir=up` is client to server. `scope=one` takes one open
+connection when the window starts; `scope=all` takes every open one and,
+for a lasting fault, each one that opens while it lasts; `p` first keeps
+each connection with that probability (`choose_targets`, `takes_new`). `refuse` hits new connections only, so it has no scope. `kill`,
 `pause` and `server` are process faults (`kind == "process"`): the lab
 runner applies them to the server, the proxy never does.
 
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,7 +77,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
                   "p": "1"},
     "slice": {"every": "30s", "for": "5s", "bytes": "1", "scope": "all", "dir": "both",
               "p": "1"},
-    "limit": {"every": "30s", "for": "10s", "bytes": "2k", "mode": "fin", "scope": "one",
+    "limit": {"every": "30s", "for": "10s", "bytes": "1k..3k", "mode": "fin", "scope": "one",
               "dir": "both", "p": "1"},
     "slow_close": {"every": "30s", "for": "5s", "scope": "all", "dir": "both", "p": "1"},
     "refuse": {"every": "30s", "for": "2s", "p": "1"},
@@ -101,6 +106,9 @@ class FaultSpecError(ValueError):
 class FaultSpec:
     """One fault of a SPEC, every key resolved (a key the fault does not take is None).
 
+    `bytes` is a (low, high) pair when given as a range: each window draws
+    its own size from it (`FaultWindow.bytes`).
+
     `key` names the spec uniquely within its list ("cut", then "cut2" for a
     second cut...): it keys the spec's random stream and its windows' ids.
     `duration` is the `for` key (0 for a fault that is an instant, like `cut`).
@@ -112,7 +120,7 @@ class FaultSpec:
     delay: float | None = None
     jitter: float | None = None
     rate: int | None = None
-    bytes: int | None = None
+    bytes: int | tuple[int, int] | None = None
     mode: str | None = None
     scope: str | None = None
     dir: str | None = None
@@ -126,8 +134,13 @@ class FaultSpec:
 
     @property
     def params(self) -> dict[str, Any]:
-        """The fault's own resolved keys (delay, jitter, rate, bytes, mode) that apply to it."""
+        """The fault's own keys (delay, jitter, rate, bytes, mode) that apply to it."""
         return {k: getattr(self, k) for k in _OWN_KEYS if getattr(self, k) is not None}
+
+    @property
+    def lasting(self) -> bool:
+        """Whether a window of it lasts (everything but `cut`, `kill` and `server`)."""
+        return self.name in _LASTING
 
     @property
     def text(self) -> str:
@@ -150,6 +163,7 @@ class FaultWindow:
     `seed` seeds the choice of its targets (which connection `scope=one`
     picks, which connections `p` selects), so a replay hits the same ones.
     `id` is stable: "stall#3" is the third window of the spec keyed "stall".
+    `bytes` is the spec's `bytes` with a range drawn (from `seed`).
     """
 
     id: str
@@ -158,6 +172,7 @@ class FaultWindow:
     spec: FaultSpec
     seed: int
     spec_index: int = field(default=0, compare=False)
+    bytes: int | None = None
 
     @property
     def name(self) -> str:
@@ -170,7 +185,24 @@ class FaultWindow:
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.spec.params
+        """The fault's own keys as this window applies them (`bytes` drawn)."""
+        params = self.spec.params
+        if self.bytes is not None:
+            params["bytes"] = self.bytes
+        return params
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def lasting(self) -> bool:
+        """A window with a stop (stall...), not an instant (cut, kill, server)."""
+        return self.spec.lasting
+
+    def covers(self, direction: str) -> bool:
+        """Whether the window acts on `direction`, "up" (client to server) or "down"."""
+        return self.spec.dir in ("both", direction)
 
     @property
     def scope(self) -> str | None:
@@ -275,6 +307,12 @@ def _parse_value(name: str, key: str, value: str, item: str) -> Any:
         return (mean / 2, mean * 3 / 2)
     if key in ("for", "delay", "jitter"):
         return _duration(value, where)
+    if key == "bytes" and ".." in value:
+        low, _, high = value.partition("..")
+        lo, hi = _parse_value(name, key, low, item), _parse_value(name, key, high, item)
+        if hi < lo:
+            raise FaultSpecError(f"{where}: a range goes up, such as 1k..3k")
+        return (lo, hi) if hi > lo else lo
     if key in ("rate", "bytes"):
         match = _SIZE.match(value)
         size = int(float(match[1]) * _SIZE_FACTOR[match[2].lower()]) if match else 0
@@ -312,6 +350,8 @@ def _format_value(key: str, value: Any) -> str:
     if key == "every":
         lo, hi = value
         return f"{format_duration(lo)}..{format_duration(hi)}"
+    if key == "bytes" and isinstance(value, tuple):
+        return f"{value[0]}..{value[1]}"
     if key in ("for", "delay", "jitter"):
         return format_duration(value)
     if key == "p":
@@ -353,8 +393,59 @@ def draw_schedule(specs: list[FaultSpec], seed: int, duration: float,
             number += 1
             begin = round(start, 3)
             end = round(min(begin + spec.duration, duration), 3)
-            windows.append(FaultWindow(id=f"{key}#{number}", start=begin, end=end, spec=spec,
-                                       seed=rng.getrandbits(32), spec_index=index))
+            windows.append(_window(f"{key}#{number}", begin, end, spec, rng.getrandbits(32),
+                                   index))
             start = max(start + rng.uniform(lo, hi), start + spec.duration)
     windows.sort(key=lambda w: (w.start, w.spec_index))
     return windows
+
+
+def _window(id: str, start: float, end: float, spec: FaultSpec, seed: int,
+            spec_index: int = 0) -> FaultWindow:
+    # A `bytes` range is drawn from the window's own seed, not the spec's
+    # stream: the spec's other windows stay the same whatever it draws.
+    size = spec.bytes
+    if isinstance(size, tuple):
+        size = random.Random(f"rt-chaos-bytes:{seed}").randint(*size)
+    return FaultWindow(id=id, start=start, end=end, spec=spec, seed=seed,
+                       spec_index=spec_index, bytes=size)
+
+
+def window_now(spec: FaultSpec, seed: int, id: str, start: float = 0.0) -> FaultWindow:
+    """A window of `spec` from `start` for the spec's `for`, outside any
+    schedule: a fault started by hand (the control API)."""
+    return _window(id, start, start + spec.duration, spec, seed)
+
+
+# -- targets -------------------------------------------------------------------------------
+
+def _kept_by_p(window: FaultWindow, conn_id: int) -> bool:
+    p = 1.0 if window.p is None else window.p
+    if p >= 1.0:
+        return True
+    # Seeded by the window and the connection alone: which connections a
+    # window keeps does not depend on which others happen to be open.
+    return random.Random(f"rt-chaos-p:{window.seed}:{conn_id}").random() < p
+
+
+def choose_targets(window: FaultWindow, open_ids: Iterable[int]) -> list[int]:
+    """The connections (ids) a network window takes when it starts, in id order.
+
+    `p` keeps each connection with that probability; then `scope=one` keeps
+    one of those (chosen by the window's seed) and `scope=all` all of them.
+    `refuse` takes none at its start: it hits connections as they open.
+    """
+    if window.name == "refuse":
+        return []
+    kept = sorted(i for i in open_ids if _kept_by_p(window, i))
+    if window.scope == "one" and kept:
+        return [random.Random(f"rt-chaos-one:{window.seed}").choice(kept)]
+    return kept
+
+
+def takes_new(window: FaultWindow, conn_id: int) -> bool:
+    """Whether a lasting window takes a connection that opens while it lasts:
+    with `scope=all` (and `refuse`, which hits only new ones), as `p` says."""
+    if not window.lasting or window.scope == "one":
+        return False
+    return _kept_by_p(window, conn_id)
