@@ -25,7 +25,7 @@ error for that fault: it would be silently meaningless):
 | `stall`      | 20s      | 3s   |                            | one   | both | 1 |
 | `latency`    | 30s      | 10s  | delay=100ms jitter=20ms    | all   | both | 1 |
 | `bandwidth`  | 30s      | 10s  | rate=16k                   | all   | both | 1 |
-| `slice`      | 30s      | 5s   | bytes=1                    | all   | both | 1 |
+| `slice`      | 30s      | 5s   | bytes=1 delay=2ms          | all   | both | 1 |
 | `limit`      | 30s      | 10s  | bytes=1k..3k mode=fin      | one   | both | 1 |
 | `slow_close` | 30s      | 5s   |                            | all   | both | 1 |
 | `refuse`     | 30s      | 2s   |                            | -     | -    | 1 |
@@ -34,15 +34,22 @@ error for that fault: it would be silently meaningless):
 | `server`     | 5s       | 0s   |                            | -     | -    | - |
 
 What the keys mean for each fault (the proxy, rt/chaos/proxy.py, applies them):
-`for` is how long the window lasts (`slow_close`: also how long each close
-is held); `limit`'s `bytes` are counted from when the fault takes hold of a
-connection, over the directions of `dir` together; `slice`'s `bytes` is the
-piece size; `dir=up` is client to server. `scope=one` takes one open
-connection when the window starts; `scope=all` takes every open one and,
-for a lasting fault, each one that opens while it lasts; `p` first keeps
-each connection with that probability (`choose_targets`, `takes_new`). `refuse` hits new connections only, so it has no scope. `kill`,
-`pause` and `server` are process faults (`kind == "process"`): the lab
-runner applies them to the server, the proxy never does.
+
+- `for` is how long the window lasts;
+- `slow_close`: a close (FIN) on a connection it holds is held `for` before
+  it goes through (a hold begun runs its course after the window ends);
+- `limit`: `bytes` are counted from when the fault takes hold of a
+  connection, over the directions of `dir` together, then it closes;
+- `slice`: `bytes` is the piece size, `delay` the pause after each piece
+  (so each is its own TCP segment and the far end reads it alone);
+- `dir=up` is client to server, `down` server to client;
+- `scope=one` takes one open connection when the window starts;
+  `scope=all` takes every open one and, for a lasting fault, each one that
+  opens while it lasts; `p` first keeps each connection with that
+  probability (`choose_targets`, `takes_new`);
+- `refuse` hits new connections only, so it has no scope;
+- `kill`, `pause` and `server` are process faults (`kind == "process"`):
+  the lab runner applies them to the server, the proxy never does.
 
 Schedule: each spec recurs from `start_delay` to `duration`, start to start
 `every` apart (never overlapping itself); the first start is a random phase
@@ -75,8 +82,8 @@ DEFAULTS: dict[str, dict[str, str]] = {
                 "scope": "all", "dir": "both", "p": "1"},
     "bandwidth": {"every": "30s", "for": "10s", "rate": "16k", "scope": "all", "dir": "both",
                   "p": "1"},
-    "slice": {"every": "30s", "for": "5s", "bytes": "1", "scope": "all", "dir": "both",
-              "p": "1"},
+    "slice": {"every": "30s", "for": "5s", "bytes": "1", "delay": "2ms", "scope": "all",
+              "dir": "both", "p": "1"},
     "limit": {"every": "30s", "for": "10s", "bytes": "1k..3k", "mode": "fin", "scope": "one",
               "dir": "both", "p": "1"},
     "slow_close": {"every": "30s", "for": "5s", "scope": "all", "dir": "both", "p": "1"},
