@@ -1,0 +1,481 @@
+"""The race lab's fault proxy (rt/chaos/proxy.py, connection.py, control.py):
+byte-level behaviour of every network fault on real loopback sockets.
+
+Each test has an upstream written here: `Upstream` hands the test the
+server side of every connection the proxy makes (so the test plays the
+server), or echoes. Waiting is for conditions, under `trio.fail_after`;
+the only timed waits check that nothing happens while a fault lasts.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
+
+import pytest
+import trio
+
+from rt.chaos.connection import Connection
+from rt.chaos.faults import FaultWindow, parse_fault, window_now
+from rt.chaos.proxy import FaultProxy, open_proxy, run_schedule
+
+# -- the test's own upstream --------------------------------------------------------------
+
+
+class Upstream:
+    """A TCP server on 127.0.0.1: echoes, or hands each accepted stream to
+    the test (`await accept()`), keeping it open until the test closes it."""
+
+    def __init__(self, echo: bool) -> None:
+        self.echo = echo
+        self.address: tuple[str, int] = ("", 0)
+        self._send, self._receive = trio.open_memory_channel[trio.SocketStream](1000)
+        self.count = 0
+
+    async def handler(self, stream: trio.SocketStream) -> None:
+        self.count += 1
+        if self.echo:
+            try:
+                while data := await stream.receive_some(65536):
+                    await stream.send_all(data)
+            except trio.BrokenResourceError:
+                pass
+            return
+        self._send.send_nowait(stream)
+        await trio.sleep_forever()  # the test owns the stream; trio closes it at the end
+
+    async def accept(self) -> trio.SocketStream:
+        return await self._receive.receive()
+
+
+@asynccontextmanager
+async def open_upstream(echo: bool = False) -> AsyncIterator[Upstream]:
+    upstream = Upstream(echo)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, upstream.handler, 0,
+                                                host="127.0.0.1"))
+        upstream.address = listeners[0].socket.getsockname()[:2]
+        try:
+            yield upstream
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def lab(echo: bool = False, labels: tuple[str, ...] = ("a",),
+              **kwargs) -> AsyncIterator[tuple[FaultProxy, Upstream]]:
+    async with open_upstream(echo) as upstream:
+        async with open_proxy(upstream.address, [(label, "127.0.0.1", 0) for label in labels],
+                              **kwargs) as proxy:
+            yield proxy, upstream
+
+
+async def wait_for(condition: Callable[[], object]) -> None:
+    """Poll `condition` until true; the caller's fail_after is the deadline."""
+    while not condition():
+        await trio.sleep(0.002)
+
+
+async def connect(proxy: FaultProxy, label: str = "a") -> trio.SocketStream:
+    return await trio.open_tcp_stream(*proxy.addresses[label])
+
+
+async def pair(proxy: FaultProxy, upstream: Upstream,
+               label: str = "a") -> tuple[trio.SocketStream, trio.SocketStream, Connection]:
+    """A client through the proxy, the server side of it, and the proxy's
+    record of it once it forwards."""
+    before = {c.id for c in proxy.connections()}
+    client = await connect(proxy, label)
+    server = await upstream.accept()
+    await wait_for(lambda: [c for c in proxy.connections()
+                            if c.id not in before and c.state == "open"])
+    conn = next(c for c in proxy.connections() if c.id not in before)
+    return client, server, conn
+
+
+async def receive_exactly(stream: trio.SocketStream, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = await stream.receive_some(n - len(data))
+        assert more, f"EOF after {len(data)} of {n} bytes"
+        data += more
+    return data
+
+
+async def receive_to_eof(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while more := await stream.receive_some(65536):
+        data += more
+    return data
+
+
+async def nothing_arrives(stream: trio.SocketStream, seconds: float) -> None:
+    with trio.move_on_after(seconds):
+        data = await stream.receive_some(65536)
+        raise AssertionError(f"{len(data)} bytes moved during the fault: {data[:40]!r}")
+
+
+def fault(text: str, seed: int = 1, id: str = "t") -> FaultWindow:
+    return window_now(parse_fault(text), seed=seed, id=id)
+
+
+PAYLOAD = bytes(range(256)) * 64  # 16 KiB, every byte value, order visible
+
+
+# -- clean forwarding -----------------------------------------------------------------------
+
+
+async def test_forwards_bytes_intact_both_ways_and_records_each_connection() -> None:
+    records: list[dict] = []
+    with trio.fail_after(10):
+        async with lab(labels=("alice", "bob"), on_connection=records.append) as (proxy,
+                                                                                  upstream):
+            assert set(proxy.addresses) == {"alice", "bob"}
+            assert proxy.addresses["alice"] != proxy.addresses["bob"]
+            client, server, conn = await pair(proxy, upstream, "bob")
+            assert (conn.id, conn.label) == (1, "bob")
+            big = PAYLOAD * 64  # 1 MiB
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_all, big)
+                assert await receive_exactly(server, len(big)) == big
+            await server.send_all(PAYLOAD)
+            assert await receive_exactly(client, len(PAYLOAD)) == PAYLOAD
+            # The proxy counts a write once it returns, maybe after the peer read it.
+            await wait_for(lambda: (conn.bytes_up, conn.bytes_down) == (len(big), len(PAYLOAD)))
+            # Half-close goes through: the client's EOF reaches the server,
+            # which can still answer.
+            await client.send_eof()
+            assert await server.receive_some(10) == b""
+            await server.send_all(b"last words")
+            await server.aclose()
+            assert await receive_to_eof(client) == b"last words"
+            await wait_for(lambda: not proxy.connections())
+            second, second_server, conn2 = await pair(proxy, upstream, "alice")
+            assert (conn2.id, conn2.label) == (2, "alice")
+            await second.aclose()
+            assert await second_server.receive_some(10) == b""
+            await second_server.aclose()
+            await wait_for(lambda: len(records) == 4)
+    assert [(r["conn"], r["label"], r["event"]) for r in records] == [
+        (1, "bob", "open"), (1, "bob", "close"), (2, "alice", "open"), (2, "alice", "close")]
+    assert all(set(r) == {"t", "conn", "label", "event"} for r in records)
+    assert records[0]["t"] <= records[1]["t"] <= records[3]["t"]
+    json.dumps(records)
+
+
+async def test_an_upstream_that_is_down_resets_the_client() -> None:
+    records: list[dict] = []
+    with trio.fail_after(5):
+        async with open_proxy(("127.0.0.1", 1), [("a", "127.0.0.1", 0)],
+                              on_connection=records.append) as proxy:
+            client = await connect(proxy)
+            with pytest.raises(trio.BrokenResourceError):
+                await receive_to_eof(client)
+            await wait_for(lambda: len(records) == 2)
+    assert [r["event"] for r in records] == ["open", "close"]
+
+
+async def test_closing_the_proxy_closes_every_connection_at_once() -> None:
+    with trio.fail_after(5):
+        async with open_upstream() as upstream:
+            async with open_proxy(upstream.address, [("a", "127.0.0.1", 0)]) as proxy:
+                clients = []
+                for _ in range(3):
+                    client, _, _ = await pair(proxy, upstream)
+                    clients.append(client)
+                proxy.start(fault("stall:scope=all"))
+                await clients[0].send_all(b"stuck in the proxy")
+            # Left the block with a stall on and bytes in flight: all gone.
+            for client in clients:
+                try:
+                    assert await receive_to_eof(client) == b""
+                except trio.BrokenResourceError:
+                    pass
+
+
+# -- stall ----------------------------------------------------------------------------------
+
+
+async def test_stall_keeps_both_sockets_open_moves_nothing_then_resumes_intact() -> None:
+    faults: list[dict] = []
+    with trio.fail_after(10):
+        async with lab(on_fault=faults.append) as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            started = trio.current_time()
+            stall = proxy.start_spec("stall:for=500ms:scope=all", seed=1)
+            assert stall.conns == [conn.id] and conn.faults == {stall.id: stall.window}
+            await client.send_all(PAYLOAD)
+            await server.send_all(PAYLOAD[::-1])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(nothing_arrives, server, 0.4)
+                nursery.start_soon(nothing_arrives, client, 0.4)
+            assert conn.state == "open" and (conn.bytes_up, conn.bytes_down) == (0, 0)
+            # It stops by itself after `for`; then every byte, in order.
+            assert await receive_exactly(server, len(PAYLOAD)) == PAYLOAD
+            assert await receive_exactly(client, len(PAYLOAD)) == PAYLOAD[::-1]
+            assert trio.current_time() - started >= 0.49
+            assert not stall.active and proxy.faults() == [] and conn.faults == {}
+            await client.send_all(b"after")
+            assert await receive_exactly(server, 5) == b"after"
+    assert [(f["fault"], f["action"], f["conns"]) for f in faults] == [
+        ("stall", "start", [1]), ("stall", "stop", [1])]
+    assert set(faults[0]) == {"t", "fault", "action", "conns", "id", "window"}
+
+
+async def test_stall_up_moves_downstream_bytes_but_not_upstream_ones() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            stall = proxy.start(fault("stall:scope=all:dir=up"))
+            await client.send_all(b"up and stuck")
+            await server.send_all(b"down and through")
+            assert await receive_exactly(client, 16) == b"down and through"
+            await nothing_arrives(server, 0.3)
+            proxy.stop(stall.id)
+            assert await receive_exactly(server, 12) == b"up and stuck"
+
+
+# -- slice, latency, bandwidth --------------------------------------------------------------
+
+
+async def test_slice_delivers_one_byte_segments() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            proxy.start(fault("slice:bytes=1:delay=10ms:scope=all:dir=up"))
+            message = b"a frame split anywhere"
+            await client.send_all(message)
+            pieces = [await server.receive_some(100) for _ in message]
+            assert pieces == [bytes([b]) for b in message]
+
+
+async def test_slice_of_three_bytes() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            proxy.start(fault("slice:bytes=3:delay=10ms:scope=all"))
+            await server.send_all(b"abcdefgh")
+            pieces = [await client.receive_some(100) for _ in range(3)]
+            assert pieces == [b"abc", b"def", b"gh"]
+
+
+async def test_latency_holds_each_byte_for_delay_plus_or_minus_jitter_in_order() -> None:
+    delay, jitter = 0.1, 0.02
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            proxy.start(fault("latency:delay=100ms:jitter=20ms:scope=all:dir=up"))
+            for i in range(5):
+                sent = trio.current_time()
+                await client.send_all(b"%d" % i)
+                assert await server.receive_some(10) == b"%d" % i
+                took = trio.current_time() - sent
+                assert delay - jitter - 0.005 <= took <= delay + jitter + 0.05, took
+            # A burst keeps its order, and takes about one delay, not five.
+            sent = trio.current_time()
+            for i in range(5):
+                await client.send_all(PAYLOAD[i * 100:(i + 1) * 100])
+            assert await receive_exactly(server, 500) == PAYLOAD[:500]
+            assert trio.current_time() - sent <= delay + jitter + 0.05
+            # Downstream was not asked for: no delay.
+            sent = trio.current_time()
+            await server.send_all(b"quick")
+            assert await receive_exactly(client, 5) == b"quick"
+            assert trio.current_time() - sent < delay - jitter
+
+
+async def test_bandwidth_holds_its_rate_within_thirty_percent() -> None:
+    rate, size = 40 * 1024, 40 * 1024
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            proxy.start(fault("bandwidth:rate=40k:scope=all"))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.send_all, PAYLOAD * 3)
+                first = await client.receive_some(65536)
+                began = trio.current_time()
+                rest = await receive_exactly(client, size - len(first))
+                took = trio.current_time() - began
+            assert first + rest == (PAYLOAD * 3)[:size]
+            expected = (size - len(first)) / rate
+            assert 0.7 * expected <= took <= 1.3 * expected, (took, expected)
+
+
+# -- closing faults -------------------------------------------------------------------------
+
+
+async def test_limit_forwards_exactly_n_bytes_then_closes() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            await client.send_all(b"before")  # not counted: the limit starts now
+            assert await receive_exactly(server, 6) == b"before"
+            proxy.start(fault("limit:bytes=1000:dir=up:scope=all"))
+            await client.send_all(PAYLOAD)
+            assert await receive_to_eof(server) == PAYLOAD[:1000]
+            assert await receive_to_eof(client) == b""
+            assert conn.close_mode == "fin"
+
+
+async def test_limit_both_ways_counts_both_directions_together() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            proxy.start(fault("limit:bytes=300:scope=all"))
+            await client.send_all(b"x" * 200)
+            assert await receive_exactly(server, 200) == b"x" * 200
+            await server.send_all(b"y" * 500)
+            assert await receive_to_eof(client) == b"y" * 100
+            assert await receive_to_eof(server) == b""
+
+
+@pytest.mark.parametrize("mode", ["fin", "rst"])
+async def test_cut_closes_with_fin_or_rst(mode: str) -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            _, other_server, other = await pair(proxy, upstream)
+            cut = proxy.start(fault(f"cut:mode={mode}:scope=one", seed=3))
+            assert not cut.active and len(cut.conns) == 1
+            hit_server = server if cut.conns == [conn.id] else other_server
+            if mode == "fin":
+                assert await receive_to_eof(hit_server) == b""
+            else:
+                with pytest.raises(trio.BrokenResourceError) as caught:
+                    await receive_to_eof(hit_server)
+                assert isinstance(caught.value.__cause__, ConnectionResetError)
+                assert caught.value.__cause__.errno == errno.ECONNRESET
+            survivor = other if cut.conns == [conn.id] else conn
+            assert survivor.state == "open"
+
+
+async def test_cut_all_closes_every_open_connection() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            pairs = [await pair(proxy, upstream) for _ in range(3)]
+            cut = proxy.start(fault("cut:scope=all"))
+            assert cut.conns == [c.id for _, _, c in pairs]
+            for client, server, _ in pairs:
+                assert await receive_to_eof(server) == b""
+                assert await receive_to_eof(client) == b""
+
+
+async def test_refuse_resets_new_connections_while_it_lasts() -> None:
+    faults: list[dict] = []
+    with trio.fail_after(10):
+        async with lab(on_fault=faults.append) as (proxy, upstream):
+            old_client, old_server, _ = await pair(proxy, upstream)
+            refuse = proxy.start(fault("refuse"))
+            assert refuse.conns == []  # open connections are left alone
+            client = await connect(proxy)
+            with pytest.raises(trio.BrokenResourceError):
+                await receive_to_eof(client)
+            assert upstream.count == 1  # never reached the server
+            await old_client.send_all(b"still here")
+            assert await receive_exactly(old_server, 10) == b"still here"
+            proxy.stop(refuse.id)
+            client, server, _ = await pair(proxy, upstream)
+            await client.send_all(b"welcome back")
+            assert await receive_exactly(server, 12) == b"welcome back"
+    assert [(f["action"], f["conns"]) for f in faults] == [
+        ("start", []), ("hit", [2]), ("stop", [])]
+
+
+async def test_slow_close_holds_the_close_for_its_duration() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, _ = await pair(proxy, upstream)
+            proxy.start(fault("slow_close:for=500ms:scope=all:dir=up"))
+            await client.send_all(b"bye")
+            closed = trio.current_time()
+            await client.aclose()
+            assert await receive_exactly(server, 3) == b"bye"  # data is not held
+            assert await server.receive_some(10) == b""
+            assert trio.current_time() - closed >= 0.49
+            # The other way is not held.
+            client, server, _ = await pair(proxy, upstream)
+            closed = trio.current_time()
+            await server.aclose()
+            assert await client.receive_some(10) == b""
+            assert trio.current_time() - closed < 0.3
+
+
+# -- who gets hit ---------------------------------------------------------------------------
+
+
+async def test_p_hits_about_its_share_and_the_same_ones_for_the_same_seed() -> None:
+    async def hit_ids(seed: int) -> list[int]:
+        async with lab(echo=True) as (proxy, _):
+            clients = [await connect(proxy) for _ in range(40)]
+            await wait_for(lambda: len([c for c in proxy.connections()
+                                        if c.state == "open"]) == 40)
+            stall = proxy.start(fault("stall:scope=all:p=0.5", seed=seed))
+            for client in clients:
+                await client.aclose()
+            return stall.conns
+
+    with trio.fail_after(15):
+        first = await hit_ids(42)
+        assert 10 <= len(first) <= 30
+        assert await hit_ids(42) == first
+        assert await hit_ids(43) != first
+
+
+async def test_a_lasting_fault_for_all_takes_new_connections_and_one_does_not() -> None:
+    faults: list[dict] = []
+    with trio.fail_after(10):
+        async with lab(on_fault=faults.append) as (proxy, upstream):
+            _, _, first = await pair(proxy, upstream)
+            everyone = proxy.start(fault("latency:scope=all"))
+            just_one = proxy.start(fault("stall:scope=one:dir=up"))
+            _, _, late = await pair(proxy, upstream)
+            assert everyone.conns == [first.id, late.id] and just_one.conns == [first.id]
+            assert sorted(late.faults) == [everyone.id]
+            proxy.stop_all()
+            assert proxy.faults() == [] and first.faults == {} and late.faults == {}
+    assert [(f["fault"], f["action"], f["conns"]) for f in faults] == [
+        ("latency", "start", [1]), ("stall", "start", [1]), ("latency", "hit", [2]),
+        ("latency", "stop", [1, 2]), ("stall", "stop", [1])]
+
+
+# -- the schedule runner --------------------------------------------------------------------
+
+
+async def test_run_schedule_applies_and_ends_windows_on_time() -> None:
+    faults: list[dict] = []
+    process: list[tuple[str, str, float]] = []
+
+    async def on_process_fault(window: FaultWindow, action: str) -> None:
+        process.append((window.name, action, trio.current_time() - t0))
+
+    def at(text: str, start: float, end: float, id: str) -> FaultWindow:
+        return replace(fault(text, id=id), start=start, end=end)
+
+    windows = [at("stall:scope=all", 0.1, 0.3, "stall#1"), at("pause", 0.15, 0.25, "pause#1"),
+               at("cut:scope=all", 0.4, 0.4, "cut#1")]
+    with trio.fail_after(10):
+        async with lab(on_fault=faults.append) as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            t0 = trio.current_time()
+            await run_schedule(proxy, windows, t0, on_process_fault=on_process_fault)
+            took = trio.current_time() - t0
+            assert await receive_to_eof(server) == b""
+    assert 0.4 <= took < 0.6
+    assert [(f["window"], f["action"], f["conns"]) for f in faults] == [
+        ("stall#1", "start", [1]), ("pause#1", "start", []), ("pause#1", "stop", []),
+        ("stall#1", "stop", [1]), ("cut#1", "start", [1])]
+    assert [(n, a) for n, a, _ in process] == [("pause", "start"), ("pause", "stop")]
+    assert 0.15 <= process[0][2] < 0.2 and 0.25 <= process[1][2] < 0.3
+
+
+async def test_run_schedule_wants_a_callback_for_process_faults() -> None:
+    with trio.fail_after(5):
+        async with lab() as (proxy, _):
+            with pytest.raises(ValueError, match="kill"):
+                await run_schedule(proxy, [fault("kill")], trio.current_time())
+            with pytest.raises(ValueError, match="process fault"):
+                proxy.start(fault("pause"))
