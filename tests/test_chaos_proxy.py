@@ -239,6 +239,93 @@ async def test_stall_up_moves_downstream_bytes_but_not_upstream_ones() -> None:
             assert await receive_exactly(server, 12) == b"up and stuck"
 
 
+async def expect_reset(stream: trio.SocketStream) -> None:
+    """The next read on `stream` fails with ECONNRESET: the peer sent RST."""
+    with pytest.raises(trio.BrokenResourceError) as caught:
+        await receive_to_eof(stream)
+    assert isinstance(caught.value.__cause__, ConnectionResetError), caught.value.__cause__
+    assert caught.value.__cause__.errno == errno.ECONNRESET
+
+
+async def test_an_upstream_that_closes_during_a_stall_leaves_the_client_open_and_silent() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            stall = proxy.start(fault("stall:scope=all"))
+            await server.send_all(b"said before dying")
+            await server.aclose()
+            await wait_for(lambda: conn.down is not None and conn.down.end == "eof")
+            await nothing_arrives(client, 0.2)  # neither the bytes nor the FIN
+            proxy.stop(stall.id)
+            # After the stall: still no FIN, no bytes (they died with the
+            # server), the client's socket open: what a dead NAT leaves.
+            await wait_for(lambda: conn.state == "silent")
+            await nothing_arrives(client, 0.2)
+            assert conn in proxy.connections()
+            # The client speaks: the far end answers with RST.
+            await client.send_all(b"anyone there?")
+            await expect_reset(client)
+            await wait_for(lambda: conn not in proxy.connections())
+            assert conn.close_mode == "silent"
+
+
+async def test_a_client_that_closes_during_a_stall_is_not_seen_to_close() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            stall = proxy.start(fault("stall:scope=all"))
+            await client.send_all(b"lost")
+            await client.aclose()
+            await wait_for(lambda: conn.up is not None and conn.up.end == "eof")
+            await nothing_arrives(server, 0.2)
+            proxy.stop(stall.id)
+            await wait_for(lambda: conn.state == "silent")
+            await nothing_arrives(server, 0.2)  # the server never hears of it
+            await server.send_all(b"ping")
+            await expect_reset(server)
+
+
+async def test_a_stall_holds_about_a_mebibyte_then_the_server_blocks() -> None:
+    """The proxy stops reading at HOLD_LIMIT, so the server's writes block as
+    on a stalled network; when the stall ends every byte arrives, in order."""
+    from rt.chaos.connection import CHUNK, HOLD_LIMIT
+
+    piece = 65536
+    sent = [0]
+    stop_sending = trio.Event()
+
+    async def send_until_told(server: trio.SocketStream) -> None:
+        n = 0
+        while not stop_sending.is_set():
+            await server.send_all(bytes([n % 251]) * piece)
+            n += 1
+            sent[0] += piece
+        await server.aclose()
+
+    with trio.fail_after(20):
+        async with lab() as (proxy, upstream):
+            client, server, conn = await pair(proxy, upstream)
+            stall = proxy.start(fault("stall:scope=all"))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_until_told, server)
+                await wait_for(lambda: conn.down is not None and conn.down.held >= HOLD_LIMIT)
+                # Wait until the server's writes stop going through (the
+                # kernel's buffers full too): no progress for 200 ms.
+                while True:
+                    before = sent[0]
+                    await trio.sleep(0.2)
+                    if sent[0] == before:
+                        break
+                assert HOLD_LIMIT <= conn.down.held <= HOLD_LIMIT + CHUNK
+                assert conn.bytes_down == 0
+                stop_sending.set()  # the send blocked now completes, then the server closes
+                proxy.stop(stall.id)
+                data = await receive_to_eof(client)
+            total = sent[0]
+            assert data == b"".join(bytes([n % 251]) * piece for n in range(total // piece))
+            assert conn.bytes_down == total
+
+
 # -- slice, latency, bandwidth --------------------------------------------------------------
 
 
@@ -263,12 +350,14 @@ async def test_slice_of_three_bytes() -> None:
             assert pieces == [b"abc", b"def", b"gh"]
 
 
-async def test_latency_holds_each_byte_for_delay_plus_or_minus_jitter_in_order() -> None:
-    delay, jitter = 0.1, 0.02
+@pytest.mark.parametrize("jitter", [0.0, 0.02])
+async def test_latency_holds_each_byte_for_delay_plus_or_minus_jitter_in_order(jitter) -> None:
+    delay = 0.1
     with trio.fail_after(10):
         async with lab() as (proxy, upstream):
             client, server, _ = await pair(proxy, upstream)
-            proxy.start(fault("latency:delay=100ms:jitter=20ms:scope=all:dir=up"))
+            proxy.start(fault(f"latency:delay=100ms:jitter={int(jitter * 1000)}ms"
+                              f":scope=all:dir=up"))
             for i in range(5):
                 sent = trio.current_time()
                 await client.send_all(b"%d" % i)
@@ -338,17 +427,16 @@ async def test_cut_closes_with_fin_or_rst(mode: str) -> None:
     with trio.fail_after(10):
         async with lab() as (proxy, upstream):
             client, server, conn = await pair(proxy, upstream)
-            _, other_server, other = await pair(proxy, upstream)
+            other_client, other_server, other = await pair(proxy, upstream)
             cut = proxy.start(fault(f"cut:mode={mode}:scope=one", seed=3))
             assert not cut.active and len(cut.conns) == 1
             hit_server = server if cut.conns == [conn.id] else other_server
-            if mode == "fin":
-                assert await receive_to_eof(hit_server) == b""
-            else:
-                with pytest.raises(trio.BrokenResourceError) as caught:
-                    await receive_to_eof(hit_server)
-                assert isinstance(caught.value.__cause__, ConnectionResetError)
-                assert caught.value.__cause__.errno == errno.ECONNRESET
+            hit_client = client if cut.conns == [conn.id] else other_client
+            for stream in (hit_server, hit_client):
+                if mode == "fin":
+                    assert await receive_to_eof(stream) == b""
+                else:
+                    await expect_reset(stream)
             survivor = other if cut.conns == [conn.id] else conn
             assert survivor.state == "open"
 
@@ -402,6 +490,29 @@ async def test_slow_close_holds_the_close_for_its_duration() -> None:
             await server.aclose()
             assert await client.receive_some(10) == b""
             assert trio.current_time() - closed < 0.3
+
+
+async def test_two_hundred_clients_through_one_proxy() -> None:
+    labels = tuple(f"client{i}" for i in range(8))
+    with trio.fail_after(20):
+        async with lab(echo=True, labels=labels) as (proxy, _):
+            clients = [await connect(proxy, labels[i % 8]) for i in range(200)]
+            await wait_for(lambda: len([c for c in proxy.connections()
+                                        if c.state == "open"]) == 200)
+            assert {c.label for c in proxy.connections()} == set(labels)
+            proxy.start(fault("latency:delay=20ms:jitter=0:scope=all"))
+
+            async def talk(i: int, client: trio.SocketStream) -> None:
+                message = b"client %03d says hello" % i
+                await client.send_all(message)
+                assert await receive_exactly(client, len(message)) == message
+
+            async with trio.open_nursery() as nursery:
+                for i, client in enumerate(clients):
+                    nursery.start_soon(talk, i, client)
+            for client in clients:
+                await client.aclose()
+            await wait_for(lambda: not proxy.connections())
 
 
 # -- who gets hit ---------------------------------------------------------------------------
