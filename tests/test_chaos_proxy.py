@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
 
+import h11
 import pytest
 import trio
 
 from rt.chaos.connection import Connection
-from rt.chaos.faults import FaultWindow, parse_fault, window_now
+from rt.chaos.control import open_control
+from rt.chaos.faults import (
+    FaultSpecError,
+    FaultWindow,
+    draw_schedule,
+    parse_fault,
+    parse_faults,
+    window_now,
+)
 from rt.chaos.proxy import FaultProxy, open_proxy, run_schedule
+from rt.chaos.proxy_command import HostPortError, parse_hostport, serve_proxy
 
 # -- the test's own upstream --------------------------------------------------------------
 
@@ -223,7 +234,8 @@ async def test_stall_keeps_both_sockets_open_moves_nothing_then_resumes_intact()
             assert await receive_exactly(server, 5) == b"after"
     assert [(f["fault"], f["action"], f["conns"]) for f in faults] == [
         ("stall", "start", [1]), ("stall", "stop", [1])]
-    assert set(faults[0]) == {"t", "fault", "action", "conns", "id", "window"}
+    assert set(faults[0]) == {"t", "fault", "action", "conns", "id", "window", "spec"}
+    assert faults[0]["spec"] == "stall:every=10s..30s:for=500ms:scope=all:dir=both:p=1"
 
 
 async def test_stall_up_moves_downstream_bytes_but_not_upstream_ones() -> None:
@@ -590,3 +602,199 @@ async def test_run_schedule_wants_a_callback_for_process_faults() -> None:
                 await run_schedule(proxy, [fault("kill")], trio.current_time())
             with pytest.raises(ValueError, match="process fault"):
                 proxy.start(fault("pause"))
+
+
+# -- the control API ------------------------------------------------------------------------
+
+
+async def http(address: tuple[str, int], method: str, path: str, body: object = None,
+               raw: bytes | None = None) -> tuple[int, dict, dict[str, str]]:
+    """One request on a fresh connection: status, JSON body, headers (lower-cased)."""
+    stream = await trio.open_tcp_stream(*address)
+    client = h11.Connection(h11.CLIENT)
+    if raw is None:
+        data = body if isinstance(body, bytes) else (b"" if body is None else
+                                                     json.dumps(body).encode())
+        raw = client.send(h11.Request(method=method, target=path, headers=[
+            ("Host", "control"), ("Content-Length", str(len(data)))]))
+        raw += client.send(h11.Data(data=data)) + client.send(h11.EndOfMessage())
+    else:
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        client.send(h11.EndOfMessage())
+    await stream.send_all(raw)
+    response, content = None, b""
+    while True:
+        event = client.next_event()
+        if event is h11.NEED_DATA:
+            client.receive_data(await stream.receive_some(65536))
+        elif isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            content += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            break
+    await stream.aclose()
+    assert response is not None
+    headers = {k.decode().lower(): v.decode() for k, v in response.headers}
+    assert headers["content-type"] == "application/json"
+    return response.status_code, json.loads(content), headers
+
+
+async def test_the_control_api_lists_stalls_now_and_stops_it() -> None:
+    with trio.fail_after(10):
+        async with lab() as (proxy, upstream), open_control(proxy) as control:
+            assert control.address[0] == "127.0.0.1"
+            address = control.address
+            client, server, conn = await pair(proxy, upstream)
+            status, body, _ = await http(address, "GET", "/connections")
+            assert status == 200
+            [listed] = body["connections"]
+            assert (listed["id"], listed["label"], listed["state"]) == (conn.id, "a", "open")
+            assert set(listed) >= {"id", "label", "peer", "opened", "bytes_up", "bytes_down",
+                                   "state", "faults"}
+
+            status, stall, _ = await http(address, "POST", "/faults",
+                                          {"spec": "stall:for=30s:scope=all"})
+            assert status == 201 and stall["conns"] == [conn.id] and stall["active"]
+            assert stall["fault"] == "stall" and 29 < stall["ends_in"] <= 30
+            status, body, _ = await http(address, "GET", "/faults")
+            assert [f["id"] for f in body["faults"]] == [stall["id"]]
+            await client.send_all(b"held")
+            await nothing_arrives(server, 0.3)
+
+            status, stopped, _ = await http(address, "DELETE", f"/faults/{stall['id']}")
+            assert status == 200 and stopped["id"] == stall["id"] and not stopped["active"]
+            assert await receive_exactly(server, 4) == b"held"
+            assert (await http(address, "GET", "/faults"))[1] == {"faults": []}
+
+            for spec in ("latency:scope=all", "slice:scope=all"):
+                assert (await http(address, "POST", "/faults", {"spec": spec}))[0] == 201
+            status, body, _ = await http(address, "DELETE", "/faults")
+            assert status == 200 and [f["fault"] for f in body["stopped"]] == ["latency",
+                                                                                "slice"]
+            assert conn.faults == {}
+
+            status, cut, _ = await http(address, "POST", "/faults",
+                                        {"spec": "cut:mode=rst", "seed": 5})
+            assert status == 201 and cut["conns"] == [conn.id] and not cut["active"]
+            await expect_reset(client)
+
+
+BAD_REQUESTS = [
+    # (method, path, body, status, fragment of the error)
+    ("POST", "/faults", b"not json", 400, "JSON object"),
+    ("POST", "/faults", [1, 2], 400, 'string "spec"'),
+    ("POST", "/faults", {"spec": 3}, 400, 'string "spec"'),
+    ("POST", "/faults", {"spec": "stall:for=soon"}, 400, "a duration is a number with a unit"),
+    ("POST", "/faults", {"spec": "nope"}, 400, "unknown fault 'nope'"),
+    ("POST", "/faults", {"spec": "kill"}, 400, "process fault"),
+    ("POST", "/faults", {"spec": "cut,stall"}, 400, "one fault at a time"),
+    ("POST", "/faults", {"spec": "stall", "for": "3s"}, 400, "unknown field(s) for"),
+    ("POST", "/faults", {"spec": "stall", "seed": "x"}, 400, '"seed" must be an integer'),
+    ("DELETE", "/faults/abc", None, 400, "fault ids are integers"),
+    ("DELETE", "/faults/99", None, 404, "no fault 99 in force"),
+    ("GET", "/nope", None, 404, "no route '/nope'"),
+    ("PUT", "/faults", None, 405, "use GET, POST, DELETE"),
+    ("GET", "/faults/1", None, 405, "use DELETE"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,fragment", BAD_REQUESTS,
+                         ids=[f"{b[0]} {b[1]} {b[4]}" for b in BAD_REQUESTS])
+async def test_the_control_api_answers_bad_requests_with_json_errors(
+        method, path, body, status, fragment) -> None:
+    with trio.fail_after(5):
+        async with lab() as (proxy, _), open_control(proxy) as control:
+            got, answer, headers = await http(control.address, method, path, body)
+            assert got == status and fragment in answer["error"], answer
+            if status == 405:
+                assert headers["allow"]
+            assert proxy.faults() == []
+
+
+async def test_the_control_api_survives_bad_http_and_keeps_connections_alive() -> None:
+    with trio.fail_after(5):
+        async with lab() as (proxy, _), open_control(proxy) as control:
+            status, answer, _ = await http(control.address, "", "", raw=b"garbage\r\n\r\n")
+            assert status == 400 and "bad HTTP request" in answer["error"]
+            # Two requests on one connection.
+            stream = await trio.open_tcp_stream(*control.address)
+            request = b"GET /faults HTTP/1.1\r\nHost: x\r\n\r\n"
+            await stream.send_all(request + request)
+            seen = b""
+            while seen.count(b'{"faults": []}') < 2:
+                seen += await stream.receive_some(65536)
+            assert seen.count(b"HTTP/1.1 200") == 2
+            await stream.aclose()
+
+
+# -- rt chaos proxy -------------------------------------------------------------------------
+
+HOSTPORTS = [
+    ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+    (" localhost:0 ", ("localhost", 0)),
+    ("[::1]:8080", ("::1", 8080)),
+    ("example.org:65535", ("example.org", 65535)),
+]
+BAD_HOSTPORTS = ["9000", ":9000", "host:", "host:65536", "host:http", "::1:80", "[]:80"]
+
+
+@pytest.mark.parametrize("text,expected", HOSTPORTS)
+def test_parse_hostport(text, expected) -> None:
+    assert parse_hostport(text) == expected
+
+
+@pytest.mark.parametrize("text", BAD_HOSTPORTS)
+def test_parse_hostport_says_what_to_write(text) -> None:
+    with pytest.raises(HostPortError) as caught:
+        parse_hostport(text, "--listen")
+    message = str(caught.value)
+    assert message.startswith(f"--listen {text!r}") and "HOST:PORT" in message
+    assert issubclass(HostPortError, ValueError)
+
+
+async def test_serve_proxy_refuses_bad_input_before_listening() -> None:
+    with pytest.raises(HostPortError, match="--upstream"):
+        await serve_proxy("127.0.0.1:0", "nowhere", None, None, None, None)
+    with pytest.raises(FaultSpecError, match="kill, pause: process faults"):
+        await serve_proxy("127.0.0.1:0", "127.0.0.1:1", "cut,pause,kill", 1, None, None)
+    with pytest.raises(FaultSpecError, match="unknown fault"):
+        await serve_proxy("127.0.0.1:0", "127.0.0.1:1", "cat", 1, None, None)
+
+
+async def test_serve_proxy_prints_where_it_listens_and_each_fault(capsys) -> None:
+    out = [""]
+
+    async def printed(text: str) -> str:
+        while text not in out[0]:
+            out[0] += capsys.readouterr().out
+            await trio.sleep(0.005)
+        return out[0]
+
+    windows = draw_schedule(parse_faults("cut:every=500ms"), seed=1, duration=3)
+    with trio.fail_after(10):
+        async with open_upstream(echo=True) as upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(serve_proxy, "127.0.0.1:0", "{}:{}".format(*upstream.address),
+                               "cut:every=500ms", 1, None, 3.0)
+            first = (await printed("\n")).splitlines()[0]
+            match = re.fullmatch(r"rt chaos proxy: 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:\d+, "
+                                 r"control http://127\.0\.0\.1:(\d+) \(seed 1; (\d+) fault "
+                                 r"windows over 3s\)", first)
+            assert match, first
+            assert int(match[3]) == len(windows) > 0
+            port, control_port = int(match[1]), int(match[2])
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            await client.send_all(b"echo")
+            assert await receive_exactly(client, 4) == b"echo"
+            status, stall, _ = await http(("127.0.0.1", control_port), "POST", "/faults",
+                                          {"spec": "stall:for=100ms:scope=all"})
+            assert status == 201
+            await printed("stop manual#1")
+            await printed("start cut#1 conns=[1] cut:every=250ms..750ms")
+            assert await receive_to_eof(client) == b""
+        # --duration 3: it returned by itself.
+    lines = (out[0] + capsys.readouterr().out).splitlines()
+    assert re.fullmatch(r"\+\d+\.\d{3}s start manual#1 conns=\[1\] stall:.*for=100ms.*", lines[1])
+    assert re.fullmatch(r"\+\d+\.\d{3}s stop manual#1 conns=\[1\]", lines[2])
+    assert len([line for line in lines if " start cut#" in line]) == len(windows)

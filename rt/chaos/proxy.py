@@ -29,7 +29,8 @@ in the proxy's task, so they must not block):
   opened and closed at once);
 - `on_fault(record)`, for every application:
   `{"t": unix_time, "fault": name, "action": "start"|"hit"|"stop",
-  "conns": [ids], "id": fault id, "window": window id}`; "start" lists the
+  "conns": [ids], "id": fault id, "window": window id, "spec": every key
+  spelled out}`; "start" lists the
   connections taken at the start, "hit" one taken later (a new connection
   under a lasting `scope=all` fault, or one refused), "stop" the ones it
   still held. An instant `cut` has a "start" only; process faults have
@@ -188,7 +189,8 @@ class FaultProxy:
         """Hand one application record to `on_fault` (see the module docstring)."""
         if self._on_fault is not None:
             self._on_fault({"t": time.time(), "fault": window.name, "action": action,
-                            "conns": list(conns), "id": fault_id, "window": window.id})
+                            "conns": list(conns), "id": fault_id, "window": window.id,
+                            "spec": window.spec.text})
 
     # -- connections ----------------------------------------------------------------------
 
