@@ -26,6 +26,9 @@ How an end travels (the contract the faults bend):
   (answered with a reset) or closes.
 - `slow_close` holds an end for its `for` before passing it on; a hold that
   has begun runs its course even if the fault stops meanwhile.
+- `bandwidth` paces each direction on its own (`rate` each way, per
+  connection), in pieces of 20 ms worth; `latency` holds each chunk read
+  until its arrival time plus delay±jitter, never before the chunk ahead.
 - `cut` and `limit` close both sockets at once: `fin` sends FIN both ways and
   reads what is left until the peers close too (at most FIN_LINGER seconds,
   so that unread bytes do not turn the close into a reset); `rst` resets both.

@@ -29,12 +29,12 @@ in the proxy's task, so they must not block):
   opened and closed at once);
 - `on_fault(record)`, for every application:
   `{"t": unix_time, "fault": name, "action": "start"|"hit"|"stop",
-  "conns": [ids], "id": fault id, "window": window id, "spec": every key
-  spelled out}`; "start" lists the
-  connections taken at the start, "hit" one taken later (a new connection
-  under a lasting `scope=all` fault, or one refused), "stop" the ones it
-  still held. An instant `cut` has a "start" only; process faults have
-  "start" and, if they last, "stop", with no connections.
+  "conns": [ids], "id": fault id, "window": window id, "spec": the spec
+  with every key spelled out}`; "start" lists the connections taken at the
+  start, "hit" one taken later (a new connection under a lasting
+  `scope=all` fault, or one refused), "stop" the ones it still held. An
+  instant `cut` has a "start" only; process faults have "start" and, if
+  they last, "stop", with no connections and no fault id.
 
 Closing the proxy (leaving the `async with`) cancels every connection and
 closes every socket at once; nothing it started outlives it.
