@@ -198,6 +198,11 @@ class Pipe:
             size = min(size, shaping.slice)
         for left, _ in shaping.limits:
             size = min(size, left[0])
+        if size <= 0:
+            # The other direction used up a shared limit: the cut it made is
+            # on its way, and not one byte more may go.
+            await self._park()
+            return
         sent = await self._send(data[:size])
         if not sent:
             return  # a stall began, or dst is gone: the loop sees which
