@@ -36,7 +36,7 @@ from rt.chaos.report import (
     verdict_table,
     write_report,
 )
-from rt.chaos.timeline import MANY, draw_timeline
+from rt.chaos.timeline import MANY, SAMPLE_LANES, draw_timeline, lane_sample
 from tests.chaos_synth import DOWN, T0, Synth, correct_run, seen, view
 
 
@@ -390,11 +390,22 @@ def test_the_timeline_aggregates_many_clients(big_run, tmp_path: Path) -> None:
     result, _ = big_run
     draw_timeline(result, tmp_path / "many.png")
     medium = correct_run(n_clients=MANY + 5, n_events=30)
-    draw_timeline(checked(medium, tmp_path / "medium"), tmp_path / "medium.png")
-    few = correct_run(n_clients=MANY, n_events=30)
-    draw_timeline(checked(few, tmp_path / "few"), tmp_path / "few.png")
+    medium_result = checked(medium, tmp_path / "medium")
+    draw_timeline(medium_result, tmp_path / "medium.png")
     many_size = png_size(tmp_path / "many.png")
     # past MANY clients the lanes are a fixed sample, so the picture stops growing
     assert many_size == png_size(tmp_path / "medium.png")
     assert many_size[0] == 1600 and many_size[1] < 1600
-    assert png_size(tmp_path / "few.png")[1] > many_size[1]  # 40 lanes, all drawn
+    lanes = lane_sample(result)
+    assert len(lanes) == SAMPLE_LANES and len(set(lanes)) == SAMPLE_LANES
+    assert lane_sample(checked(correct_run(n_clients=MANY, n_events=4), tmp_path / "few")) \
+        == [f"c{i}" for i in range(MANY)]  # up to MANY clients, every one has its lane
+
+
+def test_the_lane_sample_always_includes_the_violating_clients(tmp_path: Path) -> None:
+    synth = correct_run(n_clients=MANY + 20, n_events=30)
+    synth.logs["c57"] = [e for e in synth.logs["c57"]
+                         if not (isinstance(e, Printed) and e.kind == "seen")]
+    lanes = lane_sample(checked(synth, tmp_path))
+    assert "c57" in lanes and len(lanes) == SAMPLE_LANES
+    assert lanes == sorted(lanes, key=lambda c: int(c[1:]))  # drawn in the clients' order
