@@ -19,12 +19,14 @@ from rt.chaos.check import HELD, INVARIANTS, NOT_APPLICABLE, VIOLATED, CheckResu
 from rt.chaos.records import (
     CLIENTS_DIR,
     CONNECTIONS_FILE,
+    FAULTS_FILE,
     Bad,
     ClientRecorder,
     Delivery,
     NotARun,
     Printed,
     RunInfo,
+    Sent,
     load_run,
     write_run_info,
 )
@@ -232,6 +234,38 @@ def test_a_clean_takeover_is_one_live_stream(tmp_path: Path) -> None:
     assert violated(result) == {"one_live_stream"}
 
 
+def add_event(s: Synth, event: dict, t: float) -> None:
+    """Store one more event at t, shown by every follower of its flow at t + 0.03."""
+    event = {"user": "u0", "sent": int(t * 1000), "uuid": f"uuid-{event['id']}", **event}
+    s.history.append(event)
+    for spec in s.info.clients:
+        if event["flow"] in spec.flows:
+            log = s.logs[spec.lab_id]
+            stop = next(i for i, e in enumerate(log)
+                        if isinstance(e, Sent) and e.cmd["cmd"] == "stop")
+            log.insert(stop, seen(t + 0.03, event))
+
+
+def test_faithful_compares_tags_and_forgives_content_blanked_by_a_delete(tmp_path: Path
+                                                                        ) -> None:
+    synth = correct_run()
+    assert synth.event(5)["flow"] == "a"  # followed by every client
+    # 5 is deleted after everyone showed it: history now blanks its content
+    add_event(synth, {"id": 31, "flow": "a", "type": "delete", "message": 5}, T0 + 4.1)
+    synth.event(5)["content"] = ""
+    add_event(synth, {"id": 32, "flow": "a", "type": "tag", "message": 3, "add": ["x"],
+                      "remove": [], "tags": ["x"]}, T0 + 4.2)
+    result = checked(synth, tmp_path / "faithful")
+    assert result.ok, [v.explanation for vs in result.first.values() for v in vs]
+    # a client that shows the tag event with other tags is not faithful
+    i = synth.seen_index("c0", 32)
+    synth.logs["c0"][i] = seen(synth.logs["c0"][i].t, {**synth.event(32), "tags": ["y"]})
+    result = checked(synth, tmp_path / "unfaithful")
+    assert violated(result) == {"faithful"}
+    first = result.first["faithful"][0]
+    assert first.ids == (32,) and "tags ['y'] where history has ['x']" in first.explanation
+
+
 # --- damaged records ----------------------------------------------------------------------
 
 
@@ -271,6 +305,25 @@ def test_damage_is_listed_in_the_report(tmp_path: Path) -> None:
     assert any("connections.jsonl: skipped 1 malformed line" in p for p in report["problems"])
     assert any("no deliveries.jsonl" in p for p in report["problems"])
     assert report["counts"]["clients"]["c0"]["bad"] == 2
+
+
+def test_fault_lines_as_the_proxy_writes_them_are_read(tmp_path: Path) -> None:
+    synth = correct_run()
+    synth.write(tmp_path)
+    with open(tmp_path / FAULTS_FILE, "ab") as f:  # the proxy's spellings (rt/chaos/proxy.py)
+        f.write(orjson.dumps({"window": {"id": 2, "fault": "stall", "kind": "proxy",
+                                         "start": T0 + 2.6, "end": T0 + 3.1,
+                                         "params": {"for": 0.5}}}) + b"\n")
+        for action in ("start", "hit", "hit", "stop"):
+            f.write(orjson.dumps({"t": T0 + 2.7, "fault": "stall", "action": action,
+                                  "conns": [1], "id": 9, "window": 2,
+                                  "spec": "stall:for=0.5s"}) + b"\n")
+    run = load_run(tmp_path)
+    assert not any(FAULTS_FILE in p for p in run.problems)
+    assert [w.name for w in run.windows] == ["cut", "stall"]
+    assert check_dir(tmp_path, quiet=True) == 0
+    report = orjson.loads((tmp_path / REPORT_JSON).read_bytes())
+    assert report["schedule"]["actions"]["stall"] == {"start": 1, "hit": 2, "stop": 1}
 
 
 def test_seen_before_any_view_is_a_bad_line(tmp_path: Path) -> None:

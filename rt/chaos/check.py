@@ -31,6 +31,8 @@ The invariants, as checked here (the table in LAB.md section 3 is the contract):
   later deleted is blank in history, so it is not compared.
 - exactly-once posts: a content the client was asked to post is stored (as
   a `message`) at most once, and every `acked` names the id it is stored at.
+  (An ack naming a message deleted since is accepted: history blanks the
+  content of deleted messages, so there is nothing left to match.)
 - nothing in limbo: every post the client was asked for was acknowledged or
   given up before it printed `stopped` (or before its log ended).
 - one live stream: for each (user, client id) in deliveries.jsonl, no two
@@ -435,6 +437,8 @@ def _exactly_once(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
                 "a client must resend a post with the uuid of its first attempt.")
     for t, content, i in a.acked:
         ids = ctx.history.stored.get(content, [])
+        if not ids and i in ctx.history.deleted:
+            continue  # deleted since: history blanked its content, so it cannot be matched
         if not ids:
             yield Violation(
                 "exactly_once", name, None, (i,), (t,), t,

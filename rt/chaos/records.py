@@ -53,6 +53,11 @@ listener, labelled by its lab_id)::
     {"window": {"name": "stall", "start": T, "end": T, "params": {"for": 3.0, ...}}}
     {"t": T, "fault": "stall", "action": "start" | "stop", "conns": [ID, ...]}
 
+Window times are Unix times like every other. The reader also takes the
+fault proxy's own spellings: a window object may say `fault` for `name`, an
+action may be `hit` (the fault applied to one more connection) and may carry
+more keys (`"window": ID`, `"id"`, `"spec"`), which it ignores.
+
 `deliveries.jsonl`, from the server's own record of what each stream
 delivered, one line per batch (`stream` is unique across server restarts)::
 
@@ -269,11 +274,11 @@ class FaultWindow:
 
 @dataclass(frozen=True, slots=True)
 class FaultAction:
-    """The proxy (or the lab, for kill and pause) started or stopped a fault on `conns`."""
+    """The proxy (or the lab, for kill and pause) started, applied or stopped a fault on `conns`."""
 
     t: float
     fault: str
-    action: str  # "start" | "stop"
+    action: str  # "start" | "stop", or "hit" (applied to one more connection)
     conns: tuple[int | str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -603,14 +608,14 @@ def _connection(obj: Any) -> ConnectionEvent:
 
 
 def _fault_line(obj: Any) -> FaultWindow | FaultAction:
-    if "window" in obj:
-        w = obj["window"]
-        return FaultWindow(_str(w["name"], "name"), _time(w["start"], "start"),
+    # An action line may name its window by id ("window": 3): only an object is a window.
+    w = obj.get("window")
+    if isinstance(w, dict):
+        name = w.get("name", w.get("fault"))  # the proxy's own window records say "fault"
+        return FaultWindow(_str(name, "name"), _time(w["start"], "start"),
                            _time(w["end"], "end"), dict(w.get("params") or {}))
-    if obj["action"] not in ("start", "stop"):
-        raise ValueError("action must be start or stop")
-    return FaultAction(_time(obj["t"], "t"), _str(obj["fault"], "fault"), obj["action"],
-                       tuple(obj.get("conns") or ()))
+    return FaultAction(_time(obj["t"], "t"), _str(obj["fault"], "fault"),
+                       _str(obj["action"], "action"), tuple(obj.get("conns") or ()))
 
 
 def _delivery(obj: Any) -> Delivery:

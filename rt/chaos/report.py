@@ -15,6 +15,7 @@ report.json::
                          "held": n, "violated": n, "not_applicable": n, "violations": n,
                          "clients": {LAB_ID: VERDICT, ...},
                          "violations_by_client": {LAB_ID: n, ...},
+                         "notes": {LAB_ID: "why not applicable", ...},
                          "first": [{"client", "view", "ids", "times", "at", "explanation"}]}},
      "counts": {"total": {...}, "clients": {LAB_ID: {..., "exit": CODE, "stopped": bool}}},
      "schedule": {"windows": [{"name", "start", "end", "at", "until", "params"}],
@@ -116,6 +117,7 @@ def report_json(result: CheckResult) -> dict[str, Any]:
             "clients": {c: v.status for c, v in verdicts.items()},
             "violations_by_client": {c: v.violations for c, v in verdicts.items()
                                      if v.violations},
+            "notes": {c: v.note for c, v in verdicts.items() if v.note},
             "first": [_violation_json(result, v) for v in result.first[name]],
         }
     clients = {}
@@ -166,7 +168,8 @@ def verdict_table(result: CheckResult) -> str:
     info = result.run.info
     verdict = "PASS" if result.ok else "FAIL"
     duration = _duration(result)
-    lines = [f"rt chaos: {verdict}  seed {info.seed}, {len(info.clients)} clients, "
+    seed = "no seed" if info.seed is None else f"seed {info.seed}"
+    lines = [f"rt chaos: {verdict}  {seed}, {len(info.clients)} clients, "
              f"{len(result.run.history)} events"
              + (f", {duration:.1f} s" if duration is not None else "")
              + f"  ({result.run.path})",
@@ -193,7 +196,7 @@ def verdict_table(result: CheckResult) -> str:
     for problem in result.run.problems:
         lines += textwrap.wrap(f"note: {problem}", width=96, initial_indent="  ",
                                subsequent_indent="    ")
-    lines += ["", f"  reproduce: {info.command}",
+    lines += ["", f"  reproduce: {info.command or '(the run recorded no command)'}",
               f"  report:    {result.run.path / REPORT_MD}"]
     return "\n".join(lines)
 
@@ -218,7 +221,8 @@ def report_markdown(result: CheckResult) -> str:
             f"- faults stopped at {_rel(run, info.faults_stopped)}, stop sent at "
             f"{_rel(run, info.stopped)}, catch-up limit {info.catch_up_limit:g} s",
             f"- directory: `{run.path}`", "",
-            "Reproduce it with:", "", "```", info.command, "```", ""]
+            "Reproduce it with:", "", "```", info.command or "(the run recorded no command)",
+            "```", ""]
 
     out += ["## Verdicts", "",
             "| invariant | verdict | clients held | violated | not applicable | violations |",
@@ -276,7 +280,7 @@ def report_markdown(result: CheckResult) -> str:
     else:
         out.append("No fault windows were recorded.")
     if schedule["actions"]:
-        applied = "; ".join(f"{f}: {c.get('start', 0)} started, {c.get('stop', 0)} stopped"
+        applied = "; ".join(f"{f}: " + ", ".join(f"{n} {action}" for action, n in c.items())
                             for f, c in schedule["actions"].items())
         out += ["", f"Applied: {applied}."]
     out += ["", "## Timeline", "", f"![timeline]({TIMELINE_PNG})", ""]

@@ -276,7 +276,7 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
         what = "one line per client (colours as in the lanes), against the history head (grey)"
     _panel_title(c, x0, pos_y, "last seen id", what)
     _grid(c, x, ticks, t0, pos_y, pos_y + pos_h)
-    ystep = _nice_step(top_id - base, 5)
+    ystep = max(1, _nice_step(top_id - base, 5))  # ids are whole numbers
     v = math.ceil(base / ystep) * ystep
     while v <= top_id:
         c.line([(x0, py(v)), (x1, py(v))], _GRID, 1)
@@ -383,7 +383,8 @@ def _title(c: _Canvas, result: CheckResult, span: float, y: float) -> None:
     head = f"rt chaos run: {verdict}"
     c.text(LEFT, y, head, 22, fill=_PASS if result.ok else _VIOLATION)
     c.text(LEFT + c.text_width(head, 22) + 16, y + 7,
-           f"seed {info.seed}    {len(result.activity)} clients    "
+           f"{'no seed' if info.seed is None else f'seed {info.seed}'}    "
+           f"{len(result.activity)} clients    "
            f"{len(result.run.history)} events    {span:.1f} s", 14, fill=_MUTED)
     command = info.command or "(no command recorded)"
     limit = WIDTH - LEFT - 20
