@@ -488,41 +488,52 @@ _PER_CLIENT: dict[str, tuple[Callable[[_Context, ClientActivity], Iterator[Viola
 # --- one live stream ----------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Span:
+    """What one stream delivered: from its first batch's time to its last one's."""
+
+    name: str
+    transport: str
+    start: float
+    end: float
+    batches: list[tuple[float, int, int]] = field(default_factory=list)  # (t, first, last)
+
+
 def _one_live_stream(ctx: _Context) -> dict[tuple[str, str], list[Violation]]:
-    """Overlapping delivery intervals per (user, client id), by a sweep over sorted starts."""
-    spans: dict[tuple[str, str], dict[str, list]] = defaultdict(dict)
+    """Overlapping delivery spans per (user, client id), by a sweep over sorted starts."""
+    spans: dict[tuple[str, str], dict[str, _Span]] = defaultdict(dict)
     for d in ctx.run.deliveries or ():
-        span = spans[(d.user, d.client)].get(d.stream)
+        streams = spans[(d.user, d.client)]
+        span = streams.get(d.stream)
         if span is None:
-            spans[(d.user, d.client)][d.stream] = [d.t, d.t, d.first, d.last, d.transport, []]
-            span = spans[(d.user, d.client)][d.stream]
-        span[0], span[1] = min(span[0], d.t), max(span[1], d.t)
-        span[5].append((d.t, d.first, d.last))
+            span = streams[d.stream] = _Span(d.stream, d.transport, d.t, d.t)
+        span.start, span.end = min(span.start, d.t), max(span.end, d.t)
+        span.batches.append((d.t, d.first, d.last))
     found: dict[tuple[str, str], list[Violation]] = {}
     for key, streams in spans.items():
-        ordered = sorted(streams.items(), key=lambda kv: kv[1][0])
-        live_name, live = ordered[0]
-        for name, span in ordered[1:]:
-            if span[0] < live[1]:
-                found.setdefault(key, []).append(_overlap(ctx, key, live_name, live, name, span))
-            if span[1] > live[1]:
-                live_name, live = name, span
+        ordered = sorted(streams.values(), key=lambda span: span.start)
+        live = ordered[0]  # the span that reaches furthest so far
+        for span in ordered[1:]:
+            if span.start < live.end:  # touching (start == end) is a clean handover
+                found.setdefault(key, []).append(_overlap(ctx, key, live, span))
+            if span.end > live.end:
+                live = span
     return found
 
 
-def _overlap(ctx: _Context, key: tuple[str, str], old_name: str, old: list, new_name: str,
-             new: list) -> Violation:
+def _overlap(ctx: _Context, key: tuple[str, str], old: _Span, new: _Span) -> Violation:
     user, client = key
-    during = [(t, f, last) for t, f, last in new[5] if t <= old[1]]
-    t, first, last = during[0]
+    t, first, last = min(b for b in new.batches if b[0] <= old.end)
     owner = ", ".join(ctx.owners(user, client)) or f"{user}/{client}"
     return Violation(
-        "one_live_stream", owner, None, (first, last), (old[0], old[1], new[0], new[1]), t,
-        f"user {user!r} client id {client!r} ({owner}): stream {new_name} ({new[4]}) "
-        f"delivered {first}..{last} at {ctx.w.at(t)} while stream {old_name} ({old[4]}) "
-        f"was still delivering ({ctx.w.at(old[0])} to {ctx.w.at(old[1])}): the server let "
-        "two streams of one client id deliver at once; takeover must detach the old stream "
-        "before the new one delivers (PROTOCOL.md section 3).")
+        "one_live_stream", owner, None, (first, last), (old.start, old.end, new.start, new.end),
+        t,
+        f"user {user!r} client id {client!r} ({owner}): stream {new.name} ({new.transport}) "
+        f"delivered {first}..{last} at {ctx.w.at(t)} while stream {old.name} "
+        f"({old.transport}) was still delivering ({ctx.w.at(old.start)} to "
+        f"{ctx.w.at(old.end)}): the server let two streams of one client id deliver at once; "
+        "takeover must detach the old stream before the new one delivers (PROTOCOL.md "
+        "section 3).")
 
 
 # --- the whole run ------------------------------------------------------------------------
@@ -585,7 +596,10 @@ def check_run(run: Run) -> CheckResult:
     return CheckResult(run, verdicts, first, totals, counts, total, activity, head)
 
 
-def _judge_streams(ctx: _Context, verdicts, kept, totals, counts) -> None:
+def _judge_streams(ctx: _Context, verdicts: dict[str, dict[str, Verdict]],
+                   kept: dict[str, list[Violation]], totals: dict[str, int],
+                   counts: dict[str, Counts]) -> None:
+    """One live stream, from the delivery record: verdicts, violations, deliveries counts."""
     name = "one_live_stream"
     run = ctx.run
     if run.deliveries is None:
