@@ -64,7 +64,7 @@ class Timeouts:
 
     connect: float = 10.0
     write: float = 10.0
-    request: float = 15.0
+    request: float = 10.0
     ready: float = 10.0
     silence: float = 2.5
     poll_margin: float = 5.0

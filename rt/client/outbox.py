@@ -62,11 +62,13 @@ class Op:
     or the `Op` of a post not yet stored: the op then waits for its id),
     `add`, `remove`; `state` ("pending", "acked", "gave_up"), `result` (the
     server's answer once acked), `error` (`GaveUp` once given up),
-    `attempts` (requests sent so far).
+    `attempts` (requests sent so far), `status` (the HTTP status of the last
+    answer: 201 for a post stored by this attempt, 200 for a repeat of a uuid
+    the server had already stored, None before any answer).
     """
 
     __slots__ = ("kind", "flow", "uuid", "content", "message", "add", "remove", "state",
-                 "result", "error", "attempts", "created", "_settled")
+                 "result", "error", "attempts", "status", "created", "_settled")
 
     def __init__(self, kind: str, flow: str, *, content: str | None = None,
                  message: int | Op | None = None, add: list[str] | None = None,
@@ -84,6 +86,7 @@ class Op:
         self.result: dict[str, Any] | None = None
         self.error: GaveUp | None = None
         self.attempts = 0
+        self.status: int | None = None
         self.created = trio.current_time()
         self._settled = trio.Event()
 
@@ -240,6 +243,7 @@ class Outbox:
             log.info("rt.client %s: %s %s attempt %d failed (%s); retrying with the same uuid",
                      self._name, op.kind, op.uuid, op.attempts, error)
             return self._delay(op)
+        op.status = response.status
         verdict = classify(response.status)
         if verdict == "ok":
             result = response.json()
