@@ -90,7 +90,7 @@ class _Link:
     """One connection attempt (the `Link` of rt/client/transports/base.py)."""
 
     __slots__ = ("client", "transport", "origin", "headers", "timeouts", "ready", "ready_at",
-                 "started", "heartbeat", "poll_timeout", "poll_pool", "callback")
+                 "started", "start_cursor", "heartbeat", "poll_timeout", "poll_pool", "callback")
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -101,6 +101,7 @@ class _Link:
         self.ready = False
         self.ready_at = 0.0
         self.started = trio.current_time()
+        self.start_cursor = client._cursor
         self.heartbeat = client._heartbeat
         self.poll_timeout = client._poll_timeout
         self.poll_pool = client._poll_pool
@@ -415,7 +416,7 @@ class Client:
         if link.ready and trio.current_time() - link.ready_at >= HEALTHY:
             self._backoff.reset()
         if isinstance(end, Closed):
-            return self._after_close(end)
+            return self._after_close(link, end)
         if self.state == "open":
             self._set_state("reconnecting")
         if isinstance(end, Refused):
@@ -426,11 +427,16 @@ class Client:
                  link.transport, end.why, delay, self._cursor)
         return delay
 
-    def _after_close(self, end: Closed) -> float | None:
+    def _after_close(self, link: _Link, end: Closed) -> float | None:
         reason = end.reason
         self.stats.end(reason)
         if reason == "rotate":
-            return 0.0  # routine: the state stays open
+            # Routine (the state stays open): come back at once. But a response that
+            # rotated before it moved the cursor made no progress (a rotation mark the
+            # preamble and ready alone reach): back off rather than spin.
+            if link.ready and self._cursor != link.start_cursor:
+                return 0.0
+            return self._backoff.next()
         if self.state == "open":
             self._set_state("reconnecting")
         if reason == "lagging":

@@ -84,7 +84,8 @@ async def open_stream(origin: Origin, timeout: float) -> trio.abc.Stream:
     except trio.TooSlowError:
         if stream is not None:
             await trio.aclose_forcefully(stream)
-        raise NetworkError(f"connecting to {origin} took more than {timeout:g} s") from None
+        raise NetworkError(f"connecting to {origin} took more than {timeout:g} s",
+                           code="timeout") from None
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as error:
         if stream is not None:
             await trio.aclose_forcefully(stream)
@@ -98,7 +99,7 @@ async def send_all(stream: trio.abc.Stream, data: bytes, timeout: float, what: s
         with trio.fail_after(timeout):
             await stream.send_all(data)
     except trio.TooSlowError:
-        raise NetworkError(f"{what}: a write blocked for {timeout:g} s") from None
+        raise NetworkError(f"{what}: a write blocked for {timeout:g} s", code="timeout") from None
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as error:
         raise NetworkError(f"{what}: the connection failed ({error or type(error).__name__})") \
             from None
@@ -110,7 +111,8 @@ async def receive_some(stream: trio.abc.Stream, timeout: float, what: str) -> by
         with trio.fail_after(max(0.0, timeout)):
             return await stream.receive_some(65536)
     except trio.TooSlowError:
-        raise NetworkError(f"{what}: no byte from the server for {timeout:g} s") from None
+        raise NetworkError(f"{what}: no byte from the server for {timeout:g} s",
+                           code="timeout") from None
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as error:
         raise NetworkError(f"{what}: the connection failed ({error or type(error).__name__})") \
             from None
@@ -256,8 +258,9 @@ class HttpPool:
     """Keep-alive connections to one origin, for requests with whole bodies (ops, polls).
 
     `request` takes an idle connection or opens one. A reused connection
-    that fails before any byte of the answer (the server closed it while it
-    was idle) is replaced by a fresh one, once: the requests sent this way
+    that closes or resets before any byte of the answer (the server closed
+    it while it was idle) is replaced by a fresh one, once (a timeout is not
+    retried here: the caller decides what silence means). The requests sent this way
     are safe to repeat (GETs, and ops, which carry their uuid). Idle
     connections older than `idle_ttl` (below the server's keep-alive
     timeout) are closed rather than reused.
@@ -298,9 +301,9 @@ class HttpPool:
                 await conn.send_request(method, target, headers, body, self.write_timeout)
                 head = await conn.receive_head(head_timeout)
                 data = await conn.read_body(read_timeout, limit)
-            except NetworkError:
+            except NetworkError as error:
                 await conn.aclose()
-                if not fresh and not conn.responded:
+                if not fresh and not conn.responded and error.code != "timeout":
                     continue  # a stale keep-alive connection: once more on a new one
                 raise
             except BaseException:
