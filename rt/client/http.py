@@ -182,17 +182,23 @@ class HttpConnection:
         await send_all(self._stream, data, timeout, self._what)
 
     async def _event(self, timeout: float) -> Any:
+        eof = False
         while True:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as error:
-                raise ProtocolError(f"{self._what}: the response broke off or broke HTTP "
+                if eof:  # the connection ended mid-response: cut, not broken
+                    raise NetworkError(f"{self._what}: the connection closed mid-response "
+                                       f"({error})") from None
+                raise ProtocolError(f"{self._what}: the server's answer broke HTTP "
                                     f"({error})") from None
             if event is not h11.NEED_DATA:
                 return event
             data = await receive_some(self._stream, timeout, self._what)
             if data:
                 self.responded = True
+            else:
+                eof = True
             try:
                 self._h11.receive_data(data)
             except h11.RemoteProtocolError as error:
