@@ -203,6 +203,7 @@ class MultipartParser:
         self._buf = bytearray()
         self._state = "start"
         self._type = b""
+        self._scan = 0  # no CRLF before this offset of a body still arriving
         self.closed = False
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
@@ -254,6 +255,7 @@ class MultipartParser:
                 del buf[:i + 2]
                 if not line:
                     self._state = "body"
+                    self._scan = 0
                     continue
                 name, colon, value = line.partition(b":")
                 if not colon:
@@ -261,8 +263,11 @@ class MultipartParser:
                 if name.strip().lower() == b"content-type":
                     self._type = value.strip().lower()
             elif state == "body":
-                i = buf.find(b"\r\n")
+                # From where the last search stopped: a big part (a catch-up batch)
+                # that arrives a byte at a time is then scanned once, not once a byte.
+                i = buf.find(b"\r\n", self._scan)
                 if i < 0:
+                    self._scan = max(0, len(buf) - 1)
                     _check_size(buf, "multipart part")
                     break
                 if b"json" not in self._type:
