@@ -12,6 +12,8 @@ to a request after the server got it.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -35,18 +37,20 @@ SHARED_ID = "shared-client-id-0001"
 # -- the forwarder ----------------------------------------------------------------------
 
 class _Pair:
-    __slots__ = ("scope", "frozen", "sent")
+    __slots__ = ("scope", "frozen", "rst", "sent")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.frozen = False
+        self.rst = False
         self.sent = bytearray()  # what the client sent on this connection (since arming)
 
 
 class Forwarder:
     """TCP from the client to the server, connection by connection, under the test's control.
 
-    - `cut()`: close every open connection (both sides);
+    - `cut(rst=False)`: close every open connection (both sides; with a
+      reset rather than a FIN if `rst`);
     - `freeze()`: every open connection stops forwarding in both directions
       and never closes (a blackhole: a half-open socket); new connections
       work as usual;
@@ -73,8 +77,9 @@ class Forwarder:
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)
 
-    def cut(self) -> None:
+    def cut(self, rst: bool = False) -> None:
         for pair in list(self.pairs):
+            pair.rst = rst
             pair.scope.cancel()
 
     def freeze(self) -> None:
@@ -102,6 +107,9 @@ class Forwarder:
                     nursery.start_soon(self._pump, pair, upstream, client, False)
         finally:
             self.pairs.discard(pair)
+            if pair.rst:  # linger 0: close sends a reset
+                client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                         struct.pack("ii", 1, 0))
             await trio.aclose_forcefully(client)
             await trio.aclose_forcefully(upstream)
 
@@ -235,16 +243,16 @@ async def test_transport_view_live_own_post_and_resume_after_cuts(server, alice,
             await until(lambda: lab.has_seen([event["id"]]))
             assert {"acked": "from alice", "id": event["id"]} in lab.records
 
-            # Resume: cut every connection three times while bob keeps posting.
+            # Resume: cut every connection three times (FIN, RST, FIN) while bob keeps posting.
             posted: list[int] = []
             done = trio.Event()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_posting, bob, posted, done, "steady")
-                for _ in range(3):
+                for rst in (False, True, False):
                     shown = len(lab.seen_ids())
                     await until(lambda shown=shown: len(lab.seen_ids()) >= shown + 3)
                     accepted, shown = fwd.accepted, len(lab.seen_ids())
-                    fwd.cut()
+                    fwd.cut(rst=rst)
                     # A new connection, and events flowing on it.
                     await until(lambda a=accepted, s=shown: fwd.accepted > a
                                 and len(lab.seen_ids()) >= s + 3)

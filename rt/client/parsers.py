@@ -83,6 +83,7 @@ class NdjsonParser:
             return []
         *lines, rest = buf.split(b"\n")
         self._buf = bytearray(rest)
+        _check_size(self._buf, "xhr stream")
         out = []
         for line in lines:
             if line.endswith(b"\r"):
@@ -113,6 +114,7 @@ class SseParser:
         self._skip_lf = False
         self._data: list[bytes] = []
         self._event = b""
+        self._scan = 0  # no line end before this offset of the buffer
         self.last_event_id = ""
         self.last_event_type = ""
         self.retry: int | None = None
@@ -135,8 +137,12 @@ class SseParser:
                 if buf[i] == 0x0A:
                     i += 1
                 self._skip_lf = False
-            m = _LINE_END.search(buf, i)
+            # From where the last search stopped: a long line arriving a byte at a
+            # time is scanned once, not once a byte.
+            m = _LINE_END.search(buf, max(i, self._scan))
+            self._scan = 0
             if m is None:
+                self._scan = n - i
                 break
             j = m.start()
             self._line(bytes(buf[i:j]), out)

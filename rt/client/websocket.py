@@ -165,7 +165,9 @@ class WebSocket:
     """One client WebSocket over trio: bounded writes, reads until a deadline.
 
     `last_byte` is the trio time at which the last byte arrived (the read
-    watchdog's clock).
+    watchdog's clock). One task reads; others may send (`send_text`) at the
+    same time. A read is only cut short by its deadline when the caller is
+    giving the connection up (over TLS a cancelled read may break the stream).
     """
 
     def __init__(self, stream: trio.abc.Stream, protocol: WsClientProtocol, what: str) -> None:
@@ -173,6 +175,7 @@ class WebSocket:
         self._proto = protocol
         self._what = what
         self._pending: list[WsEvent] = []
+        self._send_lock = trio.Lock()  # the reader (Pongs) and a pinger may both send
         self.last_byte = trio.current_time()
 
     @classmethod
@@ -190,9 +193,10 @@ class WebSocket:
         return ws
 
     async def _flush(self, timeout: float) -> None:
-        data = self._proto.outgoing()
-        if data:
-            await send_all(self._stream, data, timeout, self._what)
+        async with self._send_lock:
+            data = self._proto.outgoing()
+            if data:
+                await send_all(self._stream, data, timeout, self._what)
 
     async def next_event(self, deadline: float, write_timeout: float) -> WsEvent | None:
         """The next event, or None if none came by trio time `deadline`."""
