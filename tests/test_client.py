@@ -228,7 +228,7 @@ async def test_transport_view_live_own_post_and_resume_after_cuts(server, alice,
                 connect(fwd.url, alice.token, ["general"], transport, listener=lab.listener,
                         name=transport) as client:
             await client.wait_open()
-            assert lab.records[0] == {"view": 0} and client.epoch == server.service.store.epoch
+            assert lab.records[0] == {"view": 0} and client.epoch == server.service.feed.epoch
             assert client.state == "open"
 
             # Live: another user's post.
@@ -280,7 +280,7 @@ async def test_reset_on_a_foreign_epoch(server, alice, bob, transport):
                            listener=lab.listener, cursor=2, epoch="an0ther_log") as client:
             await client.wait_open()
             assert lab.records[0] == {"view": 3}
-            assert (client.cursor, client.epoch) == (3, server.service.store.epoch)
+            assert (client.cursor, client.epoch) == (3, server.service.feed.epoch)
             r = await bob.post("general", "after")
             await until(lambda: lab.has_seen([r.json()["id"]]))
         # A cursor above the head of this log resets too.
@@ -305,7 +305,7 @@ async def test_takeover_switches_to_a_new_client_id(server, alice, bob, transpor
             ids = [(await bob.post("general", f"one {i}")).json()["id"] for i in range(5)]
             await until(lambda: lab_a.has_seen(ids))
             # A polling session is superseded through its pending poll: wait until it polls.
-            await until(lambda: getattr(server.service.registry.by_key.get(("alice", SHARED_ID)),
+            await until(lambda: getattr(server.service.claims.by_key.get(("alice", SHARED_ID)),
                                         "pending", 1) > 0)
             async with connect(server.url, alice.token, ["general"], transport,
                                listener=lab_b.listener, client_id=SHARED_ID) as b:
@@ -480,7 +480,7 @@ async def test_200_clients_in_one_process(capsys):
     n_clients, n_users, n_posts = 200, 10, 10
     async with serve_rt(ops_rate=10000, ops_burst=10000) as server:
         await new_flow(server, "general")
-        tokens = [await server.service.store.create_user(f"user{i}") for i in range(n_users)]
+        tokens = [await server.service.directory.create_user(f"user{i}") for i in range(n_users)]
         labs = [Lab() for _ in range(n_clients)]
         clients = [Client(server.url, tokens[i % n_users], ["general"],
                           "ws" if i % 2 == 0 else "poll", listener=labs[i].listener,
@@ -528,6 +528,6 @@ def test_the_client_talks_over_the_wire_only() -> None:
                           text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     loaded = eval(proc.stdout.strip().splitlines()[-1])
-    forbidden = ("rt.store", "rt.hub", "rt.service", "rt.web", "rt.cli", "httpx",
+    forbidden = ("rt.store", "rt.hub", "rt.backend", "rt.service", "rt.web", "rt.cli", "httpx",
                  "trio_websocket", "websockets", "quart", "quart_trio", "hypercorn", "anyio")
     assert not [m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)]
