@@ -589,8 +589,8 @@ def check_run(run: Run) -> CheckResult:
     _judge_streams(ctx, verdicts, kept, totals, counts)
 
     total = Counts()
-    for c in counts.values():
-        total.add(c)
+    for client_counts in counts.values():
+        total.add(client_counts)
     first = {name: sorted(vs, key=lambda v: v.t)[:FIRST_VIOLATIONS] for name, vs in kept.items()}
     head = run.history[-1]["id"] if run.history else None
     return CheckResult(run, verdicts, first, totals, counts, total, activity, head)

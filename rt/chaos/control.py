@@ -210,7 +210,7 @@ async def open_control(proxy: FaultProxy, host: str = "127.0.0.1", port: int = 0
         for extra in listeners[1:]:
             await extra.aclose()  # one address, so `.address` says where it is
         address = tuple(listeners[0].socket.getsockname()[:2])
-        server = ControlServer(ControlAPI(proxy, seed), address)  # type: ignore[arg-type]
+        server = ControlServer(ControlAPI(proxy, seed), address)
         nursery.start_soon(partial(trio.serve_listeners, server.serve_one, listeners[:1]))
         try:
             yield server

@@ -266,7 +266,7 @@ async def open_proxy(upstream: tuple[str, int], listeners: Sequence[tuple[str, s
                 for extra in sockets[1:]:
                     await extra.aclose()
                 sockets = sockets[:1]
-            proxy.addresses[label] = tuple(sockets[0].socket.getsockname()[:2])  # type: ignore[assignment]
+            proxy.addresses[label] = tuple(sockets[0].socket.getsockname()[:2])
             nursery.start_soon(partial(trio.serve_listeners, partial(proxy._handle, label),
                                        sockets, handler_nursery=nursery))
         try:

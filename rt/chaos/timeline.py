@@ -74,7 +74,7 @@ class _Canvas:
         self.draw = ImageDraw.Draw(self.image)
         self.overlay = Image.new("RGBA", self.image.size, (0, 0, 0, 0))
         self.overlay_draw = ImageDraw.Draw(self.overlay)
-        self._fonts: dict[int, ImageFont.FreeTypeFont] = {}
+        self._fonts: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
 
     def font(self, size: int):
         if size not in self._fonts:
@@ -415,7 +415,8 @@ def _markers(c: _Canvas, x, info, t0, t1, y, bottom) -> list[str]:
 
     Returns a note for each marker that falls right of the chart (the caller prints them).
     """
-    markers = [(info.faults_stopped, "faults stopped", _FAULTS_STOPPED, (6, 4))]
+    markers: list[tuple[float | None, str, tuple[int, int, int], tuple[int, int] | None]] = [
+        (info.faults_stopped, "faults stopped", _FAULTS_STOPPED, (6, 4))]
     if info.faults_stopped is not None:
         markers.append((info.faults_stopped + info.catch_up_limit,
                         f"catch-up deadline (+{info.catch_up_limit:g} s)", _DEADLINE, (2, 4)))
@@ -513,7 +514,8 @@ def _legend(c: _Canvas, y: float, fault_names, colour, many: bool) -> None:
     items += [("tick", _RESET, "reset (a new view)"), ("cross", _VIOLATION, "violation"),
               ("line", _FAULTS_STOPPED, "faults stopped"), ("line", _STOP_SENT, "stop sent")]
     items += [("rect", colour[n], f"fault: {n}") for n in fault_names]
-    px, row_y = LEFT, y
+    px: float = LEFT
+    row_y = y
     for kind, ink, text in items:
         w = 22 + c.text_width(text, 11) + 18
         if px + w > WIDTH - 20:
@@ -523,7 +525,7 @@ def _legend(c: _Canvas, y: float, fault_names, colour, many: bool) -> None:
         elif kind in ("line", "wide"):
             c.line([(px, row_y + 7), (px + 16, row_y + 7)], ink, 5 if kind == "wide" else 2)
         elif kind == "tick":
-            c.line([(px + 8, row_y), (px + 8, row_y + 14)], ink, 2.5)
+            c.line([(px + 8, row_y), (px + 8, row_y + 14)], ink, 3)
         else:
             c.cross(px + 8, row_y + 7, 4, ink)
         c.text(px + 22, row_y + 7, text, 11, _INK, anchor="lm")

@@ -109,7 +109,7 @@ async def receive_some(stream: trio.abc.Stream, timeout: float, what: str) -> by
     """The next bytes from `stream` (b"" at its end) within `timeout` seconds."""
     try:
         with trio.fail_after(max(0.0, timeout)):
-            return await stream.receive_some(65536)
+            return bytes(await stream.receive_some(65536))
     except trio.TooSlowError:
         raise NetworkError(f"{what}: no byte from the server for {timeout:g} s",
                            code="timeout") from None

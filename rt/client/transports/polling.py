@@ -39,7 +39,7 @@ async def run_polling(link: Link) -> End:
         if response.status == 429:
             # Polled too fast: the same session, after the wait.
             wait = parse_retry_after(response.header("retry-after"))
-            await trio.sleep(clamp(wait, 0.05, 10.0) if wait is not None else 1.0)
+            await trio.sleep(clamp(wait, 0.05, 10.0) or 1.0)
             continue
         if response.status != 200:
             return Refused.of(response)
