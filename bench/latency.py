@@ -1,6 +1,6 @@
 """Kept for old habits: the round-trip benchmark is now `rt bench latency` (rt/bench/latency.py).
 
-    python bench/latency.py [--quick]   is   python -m rt bench latency [--quick]
+python bench/latency.py [--quick]   is   python -m rt bench latency [--quick]
 """
 
 import sys

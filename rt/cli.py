@@ -60,22 +60,47 @@ class _ConnectionCap(click.ParamType):
 
 
 CONNECTION_OPTIONS = [
-    click.option("--keep-alive-timeout", type=click.FloatRange(min=0, min_open=True),
-                 default=5.0, show_default=True, envvar="RT_KEEP_ALIVE_TIMEOUT",
-                 help="seconds an idle kept-alive HTTP connection stays open"),
-    click.option("--head-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                 show_default=True, envvar="RT_HEAD_TIMEOUT",
-                 help="seconds a new connection has to send its first request head"),
-    click.option("--max-head", type=click.IntRange(min=1024), default=16 * 1024,
-                 show_default=True, envvar="RT_MAX_HEAD",
-                 help="bytes in a request head (request line and headers)"),
-    click.option("--max-connections", type=_ConnectionCap(), default="auto", show_default=True,
-                 envvar="RT_MAX_CONNECTIONS",
-                 help="open connections at once; auto: the open-file limit less 64; 0: no cap"),
-    click.option("--max-connections-per-address", type=click.IntRange(min=0), default=1000,
-                 show_default=True, envvar="RT_MAX_CONNECTIONS_PER_ADDRESS",
-                 help="open connections from one client address (0: no cap; behind a "
-                      "reverse proxy every connection comes from the proxy's address)"),
+    click.option(
+        "--keep-alive-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=5.0,
+        show_default=True,
+        envvar="RT_KEEP_ALIVE_TIMEOUT",
+        help="seconds an idle kept-alive HTTP connection stays open",
+    ),
+    click.option(
+        "--head-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        envvar="RT_HEAD_TIMEOUT",
+        help="seconds a new connection has to send its first request head",
+    ),
+    click.option(
+        "--max-head",
+        type=click.IntRange(min=1024),
+        default=16 * 1024,
+        show_default=True,
+        envvar="RT_MAX_HEAD",
+        help="bytes in a request head (request line and headers)",
+    ),
+    click.option(
+        "--max-connections",
+        type=_ConnectionCap(),
+        default="auto",
+        show_default=True,
+        envvar="RT_MAX_CONNECTIONS",
+        help="open connections at once; auto: the open-file limit less 64; 0: no cap",
+    ),
+    click.option(
+        "--max-connections-per-address",
+        type=click.IntRange(min=0),
+        default=1000,
+        show_default=True,
+        envvar="RT_MAX_CONNECTIONS_PER_ADDRESS",
+        help="open connections from one client address (0: no cap; behind a "
+        "reverse proxy every connection comes from the proxy's address)",
+    ),
 ]
 
 
@@ -84,14 +109,24 @@ def _limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
         flag = "--" + name.replace("_", "-")
         default = getattr(Config(), name)
         func = click.option(
-            flag, name, type=click.FloatRange(min=0, min_open=True) if kind is float else click.IntRange(min=1),
-            default=default, show_default=True, envvar="RT_" + name.upper(),
-            help=LIMIT_HELP.get(name, ""))(func)
+            flag,
+            name,
+            type=click.FloatRange(min=0, min_open=True) if kind is float else click.IntRange(min=1),
+            default=default,
+            show_default=True,
+            envvar="RT_" + name.upper(),
+            help=LIMIT_HELP.get(name, ""),
+        )(func)
     return func
 
 
-db_option = click.option("--db", default="rt.db", show_default=True, envvar="RT_DB",
-                         help="SQLite file, or :memory: for a store that lives in memory")
+db_option = click.option(
+    "--db",
+    default="rt.db",
+    show_default=True,
+    envvar="RT_DB",
+    help="SQLite file, or :memory: for a store that lives in memory",
+)
 
 
 @click.group()
@@ -120,35 +155,87 @@ def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., An
     """
     options = [
         click.option("--host", default="127.0.0.1", show_default=True, envvar="RT_HOST"),
-        click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-                     envvar="RT_PORT"),
+        click.option(
+            "--port",
+            default=8000,
+            show_default=True,
+            type=click.IntRange(0, 65535),
+            envvar="RT_PORT",
+        ),
         db_option,
-        click.option("--guests/--no-guests", default=guests, show_default=True,
-                     envvar="RT_GUESTS",
-                     help="let anyone make a guest account with POST /auth/guest"),
-        click.option("--allow-origin", multiple=True, envvar="RT_ALLOW_ORIGIN",
-                     help="a browser origin allowed besides the server's own (repeatable)"),
-        click.option("--sync", type=click.Choice(["normal", "full"]), default="normal",
-                     show_default=True, envvar="RT_SYNC",
-                     help="normal: acknowledged events survive a crash; full: also a power loss"),
-        click.option("--metrics-token", default=None, envvar="RT_METRICS_TOKEN",
-                     help="bearer token for /metrics (without one, loopback clients only)"),
-        click.option("--user", "users", multiple=True, envvar="RT_USER",
-                     help="create this user if missing (repeatable)"),
-        click.option("--flow", "flows", multiple=True, envvar="RT_FLOW", default=flows,
-                     show_default=bool(flows),
-                     help="create this flow if missing (repeatable)"),
-        click.option("--chaos", "chaos", default=None, envvar="RT_CHAOS", metavar="SPEC",
-                     callback=_check_chaos_spec,
-                     help="race lab: force rare legal answers at random (`all`, or kinds "
-                          "such as lagging,429:every=3s; docs/lab.md). Never for real users"),
-        click.option("--chaos-seed", type=int, default=None, envvar="RT_CHAOS_SEED",
-                     help="race lab: the seed of --chaos's random choices"),
-        click.option("--delivery-record", type=click.Path(dir_okay=False), default=None,
-                     envvar="RT_DELIVERY_RECORD",
-                     help="race lab: append a JSON line per batch each stream delivers"),
-        click.option("--bench-asgi-only", is_flag=True, hidden=True,
-                     help="benchmarks only: no fast paths (every byte through hypercorn and Quart)"),
+        click.option(
+            "--guests/--no-guests",
+            default=guests,
+            show_default=True,
+            envvar="RT_GUESTS",
+            help="let anyone make a guest account with POST /auth/guest",
+        ),
+        click.option(
+            "--allow-origin",
+            multiple=True,
+            envvar="RT_ALLOW_ORIGIN",
+            help="a browser origin allowed besides the server's own (repeatable)",
+        ),
+        click.option(
+            "--sync",
+            type=click.Choice(["normal", "full"]),
+            default="normal",
+            show_default=True,
+            envvar="RT_SYNC",
+            help="normal: acknowledged events survive a crash; full: also a power loss",
+        ),
+        click.option(
+            "--metrics-token",
+            default=None,
+            envvar="RT_METRICS_TOKEN",
+            help="bearer token for /metrics (without one, loopback clients only)",
+        ),
+        click.option(
+            "--user",
+            "users",
+            multiple=True,
+            envvar="RT_USER",
+            help="create this user if missing (repeatable)",
+        ),
+        click.option(
+            "--flow",
+            "flows",
+            multiple=True,
+            envvar="RT_FLOW",
+            default=flows,
+            show_default=bool(flows),
+            help="create this flow if missing (repeatable)",
+        ),
+        click.option(
+            "--chaos",
+            "chaos",
+            default=None,
+            envvar="RT_CHAOS",
+            metavar="SPEC",
+            callback=_check_chaos_spec,
+            help="race lab: force rare legal answers at random (`all`, or kinds "
+            "such as lagging,429:every=3s; docs/lab.md). Never for real users",
+        ),
+        click.option(
+            "--chaos-seed",
+            type=int,
+            default=None,
+            envvar="RT_CHAOS_SEED",
+            help="race lab: the seed of --chaos's random choices",
+        ),
+        click.option(
+            "--delivery-record",
+            type=click.Path(dir_okay=False),
+            default=None,
+            envvar="RT_DELIVERY_RECORD",
+            help="race lab: append a JSON line per batch each stream delivers",
+        ),
+        click.option(
+            "--bench-asgi-only",
+            is_flag=True,
+            hidden=True,
+            help="benchmarks only: no fast paths (every byte through hypercorn and Quart)",
+        ),
     ]
 
     def apply(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -203,8 +290,11 @@ def check_or_exit(check: Callable[[str], str], value: str) -> None:
 def _serve(config: Config) -> None:
     from rt.web.server import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
     async def on_ready(server: Any) -> None:
         for name, token in server.seeded:
@@ -231,8 +321,11 @@ def require_extra(extra: str, command: str) -> None:
 
     missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
     if missing:
-        click.echo(f"{command} needs {', '.join(missing)} (the {extra} extra): in the rt "
-                   f"checkout, run  pip install -e '.[{extra}]'", err=True)
+        click.echo(
+            f"{command} needs {', '.join(missing)} (the {extra} extra): in the rt "
+            f"checkout, run  pip install -e '.[{extra}]'",
+            err=True,
+        )
         sys.exit(2)
 
 
@@ -258,8 +351,12 @@ BENCH_HELP = {
 def _bench_command(name: str) -> None:
     @bench.command(name, help=BENCH_HELP[name])
     @click.option("--quick", is_flag=True, help="a smoke run under 30 s (figures mean nothing)")
-    @click.option("--out", type=click.Path(file_okay=False), default=None,
-                  help="directory for results (default: bench/results)")
+    @click.option(
+        "--out",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="directory for results (default: bench/results)",
+    )
     def command(quick: bool, out: str | None) -> None:
         require_extra("bench", "rt bench")
         from rt import bench as suite  # lazily: matplotlib and rich are the bench extra
@@ -348,12 +445,14 @@ def flow() -> None:
 @click.option("--owner", default=None, help="the user who owns it (adds members, deletes)")
 @click.option("--member", "members", multiple=True, help="a member (repeatable)")
 @db_option
-def flow_add(name: str, private: bool, owner: str | None, members: tuple[str, ...],
-             db: str) -> None:
+def flow_add(
+    name: str, private: bool, owner: str | None, members: tuple[str, ...], db: str
+) -> None:
     """Create a flow."""
     check_or_exit(check_flow, name)
-    _with_directory(db, lambda s: s.create_flow(name, private=private, owner=owner,
-                                            members=members))
+    _with_directory(
+        db, lambda s: s.create_flow(name, private=private, owner=owner, members=members)
+    )
     click.echo(f"created {'private ' if private else ''}flow {name}")
 
 
@@ -361,12 +460,16 @@ def flow_add(name: str, private: bool, owner: str | None, members: tuple[str, ..
 @db_option
 def flow_list(db: str) -> None:
     """List flows."""
+
     async def job(directory: Directory) -> list[Any]:
         return directory.flows()
 
     for f in _with_directory(db, job):
-        extra = f"  private, owner {f.owner}, members {', '.join(sorted(f.members))}" \
-            if f.private else ""
+        extra = (
+            f"  private, owner {f.owner}, members {', '.join(sorted(f.members))}"
+            if f.private
+            else ""
+        )
         click.echo(f"{f.name}{extra}")
 
 

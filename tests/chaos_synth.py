@@ -78,13 +78,19 @@ class Synth:
         return next(e for e in self.history if e["id"] == id_)
 
     def shown(self, lab_id: str) -> list[int]:
-        return [e.rec["seen"]["id"] for e in self.logs[lab_id]
-                if isinstance(e, Printed) and e.kind == "seen"]
+        return [
+            e.rec["seen"]["id"]
+            for e in self.logs[lab_id]
+            if isinstance(e, Printed) and e.kind == "seen"
+        ]
 
     def seen_index(self, lab_id: str, id_: int) -> int:
         """Where client lab_id's `seen` line of event id_ is in its log."""
-        return next(i for i, e in enumerate(self.logs[lab_id])
-                    if isinstance(e, Printed) and e.kind == "seen" and e.rec["seen"]["id"] == id_)
+        return next(
+            i
+            for i, e in enumerate(self.logs[lab_id])
+            if isinstance(e, Printed) and e.kind == "seen" and e.rec["seen"]["id"] == id_
+        )
 
     def write(self, path: Path, *, live: bool = False) -> Path:
         """Write the run directory. live=True writes client files a line at a time
@@ -112,15 +118,20 @@ class Synth:
         return path
 
 
-def correct_run(n_clients: int = 3, n_events: int = 30, *, stored_twice: int | None = None
-                ) -> Synth:
+def correct_run(
+    n_clients: int = 3, n_events: int = 30, *, stored_twice: int | None = None
+) -> Synth:
     """A run in which every invariant holds (see the module docstring).
 
     stored_twice=k stores post k a second time, as a retry with a new uuid
     would (every follower shows both copies: only exactly-once is broken).
     """
-    specs = tuple(ClientSpec(f"c{i}", f"u{i}", ("ws", "sse", "long_poll")[i % 3],
-                             ("a",) if i % 3 == 2 else FLOWS) for i in range(n_clients))
+    specs = tuple(
+        ClientSpec(
+            f"c{i}", f"u{i}", ("ws", "sse", "long_poll")[i % 3], ("a",) if i % 3 == 2 else FLOWS
+        )
+        for i in range(n_clients)
+    )
     dt = POSTS_SPAN / n_events
     asked: list[tuple[float, ClientSpec, str, str]] = []
     stored: list[tuple[float, str, str, ClientSpec]] = []
@@ -135,9 +146,18 @@ def correct_run(n_clients: int = 3, n_events: int = 30, *, stored_twice: int | N
         if k == stored_twice:
             stored.append((t + 0.02 + dt / 2, flow, content, poster))
     stored.sort(key=lambda s: s[0])
-    history = [{"id": i, "flow": flow, "type": "message", "user": poster.user,
-                "sent": int(t * 1000), "uuid": f"uuid-{i}", "content": content}
-               for i, (t, flow, content, poster) in enumerate(stored, 1)]
+    history = [
+        {
+            "id": i,
+            "flow": flow,
+            "type": "message",
+            "user": poster.user,
+            "sent": int(t * 1000),
+            "uuid": f"uuid-{i}",
+            "content": content,
+        }
+        for i, (t, flow, content, poster) in enumerate(stored, 1)
+    ]
     first_id: dict[str, int] = {}
     for e in history:
         first_id.setdefault(e["content"], e["id"])
@@ -157,9 +177,11 @@ def correct_run(n_clients: int = 3, n_events: int = 30, *, stored_twice: int | N
         if shows is None:
             shows = shared_shows[(spec.flows, spec.lab_id == "c1")] = _shows(spec, history)
         entries += [entry for _, entry, _ in shows]
-        entries += [Sent(T0 + STOP, {"cmd": "stop"}),
-                    Printed(T0 + STOP + 0.1, "stopped", {"stopped": True}),
-                    Exited(T0 + STOP + 0.2, 0)]
+        entries += [
+            Sent(T0 + STOP, {"cmd": "stop"}),
+            Printed(T0 + STOP + 0.1, "stopped", {"stopped": True}),
+            Exited(T0 + STOP + 0.2, 0),
+        ]
         entries.sort(key=lambda entry: entry.t)  # stable: a view before what it shows
         logs[spec.lab_id] = entries
 
@@ -171,28 +193,52 @@ def correct_run(n_clients: int = 3, n_events: int = 30, *, stored_twice: int | N
             connections.append(ConnectionEvent(T0 + DOWN[1], second, spec.lab_id, "open"))
             connections.append(ConnectionEvent(T0 + STOP + 0.15, second, spec.lab_id, "close"))
         else:
-            connections.append(ConnectionEvent(T0 + STOP + 0.15, first_conn, spec.lab_id,
-                                               "close"))
+            connections.append(ConnectionEvent(T0 + STOP + 0.15, first_conn, spec.lab_id, "close"))
         for stream in (1, 2):
             batch = [(entry.t, entry.rec["seen"]) for _, entry, s in shows if s == stream]
             for i in range(0, len(batch), 10):  # the server delivers in batches
-                chunk = batch[i:i + 10]
-                deliveries.append(Delivery(chunk[0][0] - 0.005, spec.user, spec.lab_id,
-                                           f"{spec.lab_id}/{stream}", spec.transport,
-                                           chunk[0][1]["id"], chunk[-1][1]["id"], len(chunk)))
+                chunk = batch[i : i + 10]
+                deliveries.append(
+                    Delivery(
+                        chunk[0][0] - 0.005,
+                        spec.user,
+                        spec.lab_id,
+                        f"{spec.lab_id}/{stream}",
+                        spec.transport,
+                        chunk[0][1]["id"],
+                        chunk[-1][1]["id"],
+                        len(chunk),
+                    )
+                )
     connections.sort(key=lambda c: c.t)
     deliveries.sort(key=lambda d: d.t)
 
-    info = RunInfo(seed=7, command=f"rt chaos run --seed 7 --clients {n_clients} --flows a,b "
-                                   "--faults cut:every=1s",
-                   args={"clients": n_clients, "faults": "cut:every=1s", "seed": 7},
-                   started=T0, faults_stopped=T0 + FAULTS_STOPPED, stopped=T0 + STOP,
-                   ended=T0 + ENDED, flows=FLOWS, clients=specs)
+    info = RunInfo(
+        seed=7,
+        command=f"rt chaos run --seed 7 --clients {n_clients} --flows a,b --faults cut:every=1s",
+        args={"clients": n_clients, "faults": "cut:every=1s", "seed": 7},
+        started=T0,
+        faults_stopped=T0 + FAULTS_STOPPED,
+        stopped=T0 + STOP,
+        ended=T0 + ENDED,
+        flows=FLOWS,
+        clients=specs,
+    )
     windows = [FaultWindow("cut", T0 + CUT[0], T0 + CUT[1], {"mode": "fin", "scope": "one"})]
-    actions = [FaultAction(T0 + CUT[0], "cut", "start", (2,)),
-               FaultAction(T0 + CUT[1], "cut", "stop", ())]
-    return Synth(info, history, logs, connections, windows, actions, deliveries,
-                 {content: poster.lab_id for _, poster, _, content in asked})
+    actions = [
+        FaultAction(T0 + CUT[0], "cut", "start", (2,)),
+        FaultAction(T0 + CUT[1], "cut", "stop", ()),
+    ]
+    return Synth(
+        info,
+        history,
+        logs,
+        connections,
+        windows,
+        actions,
+        deliveries,
+        {content: poster.lab_id for _, poster, _, content in asked},
+    )
 
 
 def _shows(spec: ClientSpec, history: list[dict[str, Any]]) -> list[tuple[float, Printed, int]]:

@@ -80,8 +80,13 @@ TLS = ssl.create_default_context()
 class StreamEnded(EOFError):
     """The stream ended. `code`/`reason`: a WebSocket's close; `clean`: no broken framing."""
 
-    def __init__(self, code: int | None = None, reason: str | None = None,
-                 clean: bool = True, detail: str = "") -> None:
+    def __init__(
+        self,
+        code: int | None = None,
+        reason: str | None = None,
+        clean: bool = True,
+        detail: str = "",
+    ) -> None:
         super().__init__(f"stream ended: code={code} reason={reason} clean={clean} {detail}")
         self.code = code
         self.reason = reason
@@ -192,7 +197,8 @@ class StreamClient:
             if kind == "heartbeat" or kind in EPHEMERAL_TYPES:
                 continue
             assert kind in STORED_TYPES and isinstance(obj.get("id"), int), (
-                f"{self.transport}: expected a stored event, got {obj}")
+                f"{self.transport}: expected a stored event, got {obj}"
+            )
             return obj
 
     async def closing(self) -> dict[str, Any]:
@@ -203,7 +209,8 @@ class StreamClient:
             if kind == "close":
                 return obj
             assert kind == "heartbeat" or kind in EPHEMERAL_TYPES, (
-                f"{self.transport}: expected close, got {obj}")
+                f"{self.transport}: expected close, got {obj}"
+            )
 
     async def ended(self) -> StreamEnded:
         """Wait for the end; anything but heartbeats and presence/typing first fails."""
@@ -214,7 +221,8 @@ class StreamClient:
                 return end
             kind = obj.get("type")
             assert kind == "heartbeat" or kind in EPHEMERAL_TYPES, (
-                f"{self.transport}: expected the end of the stream, got {obj}")
+                f"{self.transport}: expected the end of the stream, got {obj}"
+            )
 
 
 # -- decoders: bytes in, (object, info) out ------------------------------------------------
@@ -287,7 +295,7 @@ class SseDecoder(_Decoder):
                 return
             if match.group() == "\r" and match.end() == len(self._buf):
                 return  # a CR at the end of the data may be the start of a CRLF
-            line, self._buf = self._buf[:match.start()], self._buf[match.end():]
+            line, self._buf = self._buf[: match.start()], self._buf[match.end() :]
             self._line(line)
 
     def _line(self, line: str) -> None:
@@ -298,8 +306,12 @@ class SseDecoder(_Decoder):
                 return
             data = "\n".join(self._data)
             event, self._data, self._event = self._event or "message", [], ""
-            self.items.append((_object(json.loads(data), "sse data"),
-                               {"event": event, "last_event_id": client.last_event_id}))
+            self.items.append(
+                (
+                    _object(json.loads(data), "sse data"),
+                    {"event": event, "last_event_id": client.last_event_id},
+                )
+            )
             return
         if line.startswith(":"):
             self.items.append((HEARTBEAT, {"comment": line[1:]}))
@@ -374,7 +386,7 @@ class HtmlFileDecoder(_Decoder):
     def feed(self, data: bytes) -> None:
         self.fed += len(data)
         self.html.feed(data)
-        for script in self.html.scripts[self._ran:]:
+        for script in self.html.scripts[self._ran :]:
             self._ran += 1
             self._run(script)
 
@@ -409,8 +421,9 @@ def polling_answer(transport: str, body: bytes, callback: str | None) -> list[An
     """The objects of one poll answer: a JSON array, or `/**/F([...]);` for jsonp."""
     if transport == "jsonp":
         assert callback is not None
-        match = re.fullmatch(rb"/\*\*/" + re.escape(callback.encode()) + rb"\((\[.*\])\);",
-                             body, re.DOTALL)
+        match = re.fullmatch(
+            rb"/\*\*/" + re.escape(callback.encode()) + rb"\((\[.*\])\);", body, re.DOTALL
+        )
         assert match, f"not one /**/{callback}([...]); call: {body[:300]!r}"
         body = match.group(1)
     value = json.loads(body.decode("utf-8"))
@@ -426,10 +439,17 @@ def _clean(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def open_stream(api: Any, transport: str, flows: list[str], client: str | None = None,
-                      cursor: int | None = None, epoch: str | None = None,
-                      use_ticket: bool = True, headers: dict[str, str] | None = None,
-                      **query: Any) -> AsyncIterator[StreamClient]:
+async def open_stream(
+    api: Any,
+    transport: str,
+    flows: list[str],
+    client: str | None = None,
+    cursor: int | None = None,
+    epoch: str | None = None,
+    use_ticket: bool = True,
+    headers: dict[str, str] | None = None,
+    **query: Any,
+) -> AsyncIterator[StreamClient]:
     """A stream of `api`'s user: a ticket in the URL (`use_ticket`) or an Authorization header.
 
     `query` adds or overrides URL parameters (`ticket=` a given ticket, `v=`,
@@ -438,8 +458,12 @@ async def open_stream(api: Any, transport: str, flows: list[str], client: str | 
     `ready` (see `refusal`).
     """
     client = client or client_id()
-    params: dict[str, Any] = {"flows": ",".join(flows), "client": client,
-                              "cursor": cursor, "epoch": epoch}
+    params: dict[str, Any] = {
+        "flows": ",".join(flows),
+        "client": client,
+        "cursor": cursor,
+        "epoch": epoch,
+    }
     hdrs = dict(headers or {})
     if "ticket" not in query and api.token:
         if use_ticket:
@@ -452,8 +476,9 @@ async def open_stream(api: Any, transport: str, flows: list[str], client: str | 
 
 
 @asynccontextmanager
-async def connect(base: Any, transport: str, query: dict[str, Any],
-                  headers: dict[str, str] | None = None) -> AsyncIterator[StreamClient]:
+async def connect(
+    base: Any, transport: str, query: dict[str, Any], headers: dict[str, str] | None = None
+) -> AsyncIterator[StreamClient]:
     """A stream with exactly this query (ticket included) against `base` (.url, .ws_url).
 
     htmlfile and jsonp get `callback=CALLBACK` unless the query names one.
@@ -474,8 +499,9 @@ async def connect(base: Any, transport: str, query: dict[str, Any],
 
 
 @asynccontextmanager
-async def _open_ws(base: Any, transport: str, query: dict[str, Any],
-                   headers: dict[str, str]) -> AsyncIterator[StreamClient]:
+async def _open_ws(
+    base: Any, transport: str, query: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[StreamClient]:
     url = f"{base.ws_url}/stream/ws?{httpx.QueryParams(query)}"
     stream = StreamClient("ws")
     async with open_websocket_url(url, extra_headers=list(headers.items())) as conn:
@@ -524,15 +550,15 @@ async def _open_ws(base: Any, transport: str, query: dict[str, Any],
 
 
 @asynccontextmanager
-async def _open_http_stream(base: Any, transport: str, query: dict[str, Any],
-                            headers: dict[str, str]) -> AsyncIterator[StreamClient]:
+async def _open_http_stream(
+    base: Any, transport: str, query: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[StreamClient]:
     callback = query.get("callback")
     stream = StreamClient(transport, callback)
     timeout = httpx.Timeout(30, read=None)
     async with httpx.AsyncClient(base_url=base.url, timeout=timeout, verify=TLS) as http:
         stream.requests += 1
-        async with http.stream("GET", f"/stream/{transport}", params=query,
-                               headers=headers) as r:
+        async with http.stream("GET", f"/stream/{transport}", params=query, headers=headers) as r:
             stream.answered += 1
             stream.status, stream.headers = r.status_code, r.headers
             if r.status_code != 200:
@@ -574,8 +600,9 @@ async def _open_http_stream(base: Any, transport: str, query: dict[str, Any],
 
 
 @asynccontextmanager
-async def _open_polling(base: Any, transport: str, query: dict[str, Any],
-                        headers: dict[str, str]) -> AsyncIterator[StreamClient]:
+async def _open_polling(
+    base: Any, transport: str, query: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[StreamClient]:
     callback = query.get("callback")
     stream = StreamClient(transport, callback)
     state = {"cursor": query.pop("cursor", None), "epoch": query.pop("epoch", None)}
@@ -755,10 +782,10 @@ class RawStream:
                 self._buf = rest
                 self._chunk_state = "data" if self._chunk_left else "done"
             elif self._chunk_state == "data":
-                take = self._buf[:self._chunk_left]
+                take = self._buf[: self._chunk_left]
                 self.body += take
                 self._chunk_left -= len(take)
-                self._buf = self._buf[len(take):]
+                self._buf = self._buf[len(take) :]
                 if not self._chunk_left:
                     self._chunk_state = "crlf"
             elif self._chunk_state == "crlf":
@@ -779,8 +806,9 @@ class RawStream:
         await self.sock.aclose()
 
 
-async def raw_stream(server: Any, transport: str, query: dict[str, Any], token: str,
-                     rcvbuf: int | None = None) -> RawStream:
+async def raw_stream(
+    server: Any, transport: str, query: dict[str, Any], token: str, rcvbuf: int | None = None
+) -> RawStream:
     """Open a stream on a raw socket (Authorization header); returns once headers arrived.
 
     `rcvbuf` shrinks the socket's receive buffer before it connects, so that the
@@ -798,12 +826,20 @@ async def raw_stream(server: Any, transport: str, query: dict[str, Any], token: 
     host = f"{server.host}:{server.port}"
     if transport == "ws":
         raw._ws = WSConnection(ConnectionType.CLIENT)
-        await raw.sock.send_all(raw._ws.send(Request(
-            host=host, target=target,
-            extra_headers=[(b"authorization", f"Bearer {token}".encode())])))
+        await raw.sock.send_all(
+            raw._ws.send(
+                Request(
+                    host=host,
+                    target=target,
+                    extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+                )
+            )
+        )
     else:
-        request = (f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
-                   f"Authorization: Bearer {token}\r\nAccept: */*\r\n\r\n")
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nAccept: */*\r\n\r\n"
+        )
         await raw.sock.send_all(request.encode("ascii"))
     while raw.status is None:
         assert not raw.eof, "the connection ended before the response"

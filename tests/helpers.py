@@ -54,8 +54,9 @@ class Api:
         await self.http.aclose()
 
     async def post(self, flow: str, content: str, uid: str | None = None) -> httpx.Response:
-        return await self.http.post(f"/flows/{flow}/messages",
-                                    json={"content": content, "uuid": uid or uuid()})
+        return await self.http.post(
+            f"/flows/{flow}/messages", json={"content": content, "uuid": uid or uuid()}
+        )
 
     async def ticket(self, client: str) -> str:
         r = await self.http.post("/auth/ticket", json={"client": client})
@@ -77,8 +78,9 @@ async def new_flow(server: Server, name: str, **kwargs: Any) -> None:
     await server.service.directory.create_flow(name, **kwargs)
 
 
-def stream_query(flows: list[str], client: str, cursor: int | None = None,
-                 epoch: str | None = None, **extra: Any) -> dict[str, Any]:
+def stream_query(
+    flows: list[str], client: str, cursor: int | None = None, epoch: str | None = None, **extra: Any
+) -> dict[str, Any]:
     params: dict[str, Any] = {"flows": ",".join(flows), "client": client, **extra}
     if cursor is not None:
         params["cursor"] = cursor
@@ -111,8 +113,9 @@ class WsClient:
 
 
 @asynccontextmanager
-async def ws_stream(api: Api, flows: list[str], client: str | None = None,
-                    **params: Any) -> AsyncIterator[WsClient]:
+async def ws_stream(
+    api: Api, flows: list[str], client: str | None = None, **params: Any
+) -> AsyncIterator[WsClient]:
     client = client or client_id()
     query = httpx.QueryParams(stream_query(flows, client, **params))
     url = f"{api.server.ws_url}/stream/ws?{query}"
@@ -164,9 +167,14 @@ class SseClient:
 
 
 @asynccontextmanager
-async def sse_stream(api: Api, flows: list[str], client: str | None = None,
-                     headers: dict[str, str] | None = None, use_ticket: bool = True,
-                     **params: Any) -> AsyncIterator[SseClient]:
+async def sse_stream(
+    api: Api,
+    flows: list[str],
+    client: str | None = None,
+    headers: dict[str, str] | None = None,
+    use_ticket: bool = True,
+    **params: Any,
+) -> AsyncIterator[SseClient]:
     client = client or client_id()
     query = stream_query(flows, client, **params)
     http_headers = dict(headers or {})
@@ -174,8 +182,11 @@ async def sse_stream(api: Api, flows: list[str], client: str | None = None,
         if use_ticket:
             # On this stream's own client, so closing the stream closes every
             # connection it opened (the task-tree checks rely on that).
-            r = await http.post("/auth/ticket", json={"client": client},
-                                headers={"Authorization": f"Bearer {api.token}"})
+            r = await http.post(
+                "/auth/ticket",
+                json={"client": client},
+                headers={"Authorization": f"Bearer {api.token}"},
+            )
             assert r.status_code == 200, r.text
             query["ticket"] = r.json()["ticket"]
         else:

@@ -18,13 +18,24 @@ ROOT = Path(__file__).resolve().parents[1]
 class RtProcess:
     """A running `python -m rt serve` (or `demo`); its URL and the tokens it printed for --user."""
 
-    def __init__(self, *args: str, db: Path | str, command: str = "serve",
-                 python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        db: Path | str,
+        command: str = "serve",
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.args = [command, "--host", "127.0.0.1", "--port", "0", "--db", str(db), *args]
         env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([python, "-m", "rt", *self.args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, text=True)
+        self.proc = subprocess.Popen(
+            [python, "-m", "rt", *self.args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
         self.tokens: dict[str, str] = {}
         self.url = ""
         deadline = time.monotonic() + 20

@@ -45,30 +45,31 @@ async def post(api: Api, flow: str, content: str = "hello", uid: str | None = No
     return r.json()
 
 
-async def edit(api: Api, flow: str, message: int, content: str,
-               uid: str | None = None) -> httpx.Response:
-    return await api.http.patch(f"/flows/{flow}/messages/{message}",
-                                json={"content": content, "uuid": uid or uuid()})
+async def edit(
+    api: Api, flow: str, message: int, content: str, uid: str | None = None
+) -> httpx.Response:
+    return await api.http.patch(
+        f"/flows/{flow}/messages/{message}", json={"content": content, "uuid": uid or uuid()}
+    )
 
 
-async def tag(api: Api, flow: str, message: int, add: Any = (), remove: Any = (),
-              uid: str | None = None) -> httpx.Response:
-    return await api.http.post(f"/flows/{flow}/messages/{message}/tags",
-                               json={"add": list(add), "remove": list(remove),
-                                     "uuid": uid or uuid()})
+async def tag(
+    api: Api, flow: str, message: int, add: Any = (), remove: Any = (), uid: str | None = None
+) -> httpx.Response:
+    return await api.http.post(
+        f"/flows/{flow}/messages/{message}/tags",
+        json={"add": list(add), "remove": list(remove), "uuid": uid or uuid()},
+    )
 
 
 async def delete(api: Api, flow: str, message: int, uid: str | None = None) -> httpx.Response:
-    return await api.http.delete(f"/flows/{flow}/messages/{message}",
-                                 params={"uuid": uid or uuid()})
+    return await api.http.delete(
+        f"/flows/{flow}/messages/{message}", params={"uuid": uid or uuid()}
+    )
 
 
 def anonymous(server) -> Api:
     return Api(server)
-
-
-
-
 
 
 # -- public routes -------------------------------------------------------------
@@ -177,11 +178,17 @@ async def test_ticket(server, alice):
         try:
             r = await anon.http.post("/auth/ticket", json={"client": client_id()})
             assert_error(r, 401, "unauthorized")
-            r = await anon.http.post("/auth/ticket", json={"client": client_id()},
-                                     headers={"Authorization": "Bearer rt_not-a-token"})
+            r = await anon.http.post(
+                "/auth/ticket",
+                json={"client": client_id()},
+                headers={"Authorization": "Bearer rt_not-a-token"},
+            )
             assert_error(r, 401, "unauthorized")
-            r = await anon.http.post("/auth/ticket", json={"client": client_id()},
-                                     headers={"Authorization": f"Basic {alice.token}"})
+            r = await anon.http.post(
+                "/auth/ticket",
+                json={"client": client_id()},
+                headers={"Authorization": f"Basic {alice.token}"},
+            )
             assert_error(r, 401, "unauthorized")
         finally:
             await anon.aclose()
@@ -230,10 +237,14 @@ async def test_flows_list_and_create(server, alice, bob):
         for bad in ("Team", "_x", "-x", "", "x" * 65, "a.b", "a b", "é", 5, None, True):
             assert_error(await alice.http.post("/flows", json={"name": bad}), 400, "bad_request")
         assert server.service.directory.flow("a.b") is None
-        assert_error(await alice.http.post("/flows", json={"name": "ok", "private": "yes"}),
-                     400, "bad_request")
-        assert_error(await alice.http.post("/flows", json={"name": "ok", "private": 1}),
-                     400, "bad_request")
+        assert_error(
+            await alice.http.post("/flows", json={"name": "ok", "private": "yes"}),
+            400,
+            "bad_request",
+        )
+        assert_error(
+            await alice.http.post("/flows", json={"name": "ok", "private": 1}), 400, "bad_request"
+        )
         assert server.service.directory.flow("ok") is None
         assert (await alice.http.post("/flows", json={"name": "x" * 64})).status_code == 201
         anon = anonymous(server)
@@ -248,8 +259,9 @@ async def test_add_member(server, anon, alice, bob):
     with trio.fail_after(10):
         carol = await new_user(server, "carol")
         try:
-            assert (await alice.http.post("/flows", json={"name": "club", "private": True})
-                    ).status_code == 201
+            assert (
+                await alice.http.post("/flows", json={"name": "club", "private": True})
+            ).status_code == 201
             assert_error(await bob.http.get("/flows/club/messages"), 403, "forbidden")
             for _ in range(2):  # 204 whether or not bob already was a member
                 r = await alice.http.post("/flows/club/members", json={"user": "bob"})
@@ -338,8 +350,10 @@ async def test_history_paging(server, alice, bob):
         assert page_ids(await alice.history("general", after=ids[1])) == ids[2:]
         assert page_ids(await alice.history("general", before=ids[5], limit=2)) == ids[3:5]
         assert page_ids(await alice.history("general", before=ids[5])) == ids[:5]
-        assert page_ids(await alice.history("general", after=ids[0], before=ids[6],
-                                            limit=3)) == ids[1:4]
+        assert (
+            page_ids(await alice.history("general", after=ids[0], before=ids[6], limit=3))
+            == ids[1:4]
+        )
         assert page_ids(await alice.history("general", after=ids[0], before=ids[6])) == ids[1:6]
         assert page_ids(await alice.history("general", after=ids[3], before=ids[3])) == []
         assert page_ids(await alice.history("general", after=head)) == []
@@ -363,8 +377,12 @@ async def test_history_default_limit_is_50(server, alice, bob):
             for i in range(55):  # two users: each stays within the burst of 50
                 nursery.start_soon(post, alice if i % 2 else bob, "general", f"m{i}")
         page = await alice.history("general")
-        ids = sorted(s.id for s in await server.service.feed.history(
-            "general", before=None, after=None, limit=100))
+        ids = sorted(
+            s.id
+            for s in await server.service.feed.history(
+                "general", before=None, after=None, limit=100
+            )
+        )
         assert len(ids) == 55
         assert [m["id"] for m in page["messages"]] == ids[-50:]
 
@@ -372,10 +390,23 @@ async def test_history_default_limit_is_50(server, alice, bob):
 async def test_history_bad_parameters(server, anon, alice):
     with trio.fail_after(10):
         await post(alice, "general")
-        for params in ({"limit": "501"}, {"limit": "0"}, {"limit": "-1"}, {"limit": "abc"},
-                       {"limit": "1.5"}, {"limit": "１"}, {"after": "x"}, {"after": "-3"},
-                       {"before": "1e3"}, {"before": " 1"}, {"tag": ""}, {"tag": "a\u200bb"},
-                       {"tag": "\u202eabc"}, {"tag": "a b"}, {"tag": "x" * 65}):
+        for params in (
+            {"limit": "501"},
+            {"limit": "0"},
+            {"limit": "-1"},
+            {"limit": "abc"},
+            {"limit": "1.5"},
+            {"limit": "１"},
+            {"after": "x"},
+            {"after": "-3"},
+            {"before": "1e3"},
+            {"before": " 1"},
+            {"tag": ""},
+            {"tag": "a\u200bb"},
+            {"tag": "\u202eabc"},
+            {"tag": "a b"},
+            {"tag": "x" * 65},
+        ):
             r = await alice.http.get("/flows/general/messages", params=params)
             assert_error(r, 400, "bad_request")
         r = await alice.http.get("/flows/general/messages", params={"limit": "500"})
@@ -395,9 +426,14 @@ async def test_history_tag_filter_is_normalised(server, alice):
         await post(alice, "general", "three")
         assert (await tag(alice, "general", m1["id"], add=["Foo"])).status_code == 200
         assert (await tag(alice, "general", m2["id"], add=["Straße"])).status_code == 200
-        for query, expected in (("FOO", [m1["id"]]), ("foo", [m1["id"]]), ("fOo", [m1["id"]]),
-                                ("STRASSE", [m2["id"]]), ("straße", [m2["id"]]),
-                                ("bar", [])):
+        for query, expected in (
+            ("FOO", [m1["id"]]),
+            ("foo", [m1["id"]]),
+            ("fOo", [m1["id"]]),
+            ("STRASSE", [m2["id"]]),
+            ("straße", [m2["id"]]),
+            ("bar", []),
+        ):
             page = await alice.history("general", tag=query)
             assert [m["id"] for m in page["messages"]] == expected, query
         page = await alice.history("general", tag="FOO")
@@ -429,8 +465,9 @@ async def test_post(server, alice, bob):
         # the same uuid for another op
         assert_error(await alice.post("general", "other", uid), 409, "uuid_mismatch")
         await new_flow(server, "other")
-        assert_error(await alice.post("other", "hello <world> & e\u0301", uid), 409,
-                     "uuid_mismatch")
+        assert_error(
+            await alice.post("other", "hello <world> & e\u0301", uid), 409, "uuid_mismatch"
+        )
         assert server.service.feed.head == head
         # uuids are per user: bob's same uuid is his own op
         r = await bob.post("general", "bob's", uid)
@@ -440,8 +477,7 @@ async def test_post(server, alice, bob):
         r = await alice.http.post("/flows/general/messages", json={"content": "x"})
         assert_error(r, 400, "bad_request")
         for bad in ("short", "x" * 65, "has space", 12345678, None):
-            r = await alice.http.post("/flows/general/messages",
-                                      json={"content": "x", "uuid": bad})
+            r = await alice.http.post("/flows/general/messages", json={"content": "x", "uuid": bad})
             assert_error(r, 400, "bad_request")
         r = await alice.http.post("/flows/general/messages", json={"uuid": uuid()})
         assert_error(r, 400, "bad_request")
@@ -457,8 +493,11 @@ async def test_post_refusals_consume_nothing(server, alice, bob):
         try:
             r = await anon.http.post("/flows/general/messages", json={"content": "hi", "uuid": uid})
             assert_error(r, 401, "unauthorized")
-            r = await anon.http.post("/flows/general/messages", json={"content": "hi", "uuid": uid},
-                                     headers={"Authorization": "Bearer rt_wrong"})
+            r = await anon.http.post(
+                "/flows/general/messages",
+                json={"content": "hi", "uuid": uid},
+                headers={"Authorization": "Bearer rt_wrong"},
+            )
             assert_error(r, 401, "unauthorized")
         finally:
             await anon.aclose()
@@ -482,8 +521,13 @@ async def test_op_checks_run_in_protocol_order(server, anon, alice, bob):
             ("POST", msgs, bad_body, 400, "bad_request"),
             ("POST", msgs, {"content": "x" * 16385, "uuid": uuid()}, 413, "too_large"),
             ("PATCH", f"{msgs}/{m['id']}", {"content": "", "uuid": uuid()}, 400, "bad_request"),
-            ("POST", f"{msgs}/{m['id']}/tags", {"add": ["a b"], "uuid": uuid()}, 400,
-             "bad_request"),
+            (
+                "POST",
+                f"{msgs}/{m['id']}/tags",
+                {"add": ["a b"], "uuid": uuid()},
+                400,
+                "bad_request",
+            ),
             ("DELETE", f"{msgs}/{m['id']}", None, 400, "bad_request"),
             ("POST", msgs, {"content": "x", "uuid": uuid()}, 401, "unauthorized"),
         ):
@@ -528,6 +572,7 @@ async def test_chunked_body_over_max_body_is_413():
             await new_flow(server, "general")
             alice = await new_user(server, "alice")
             try:
+
                 async def chunks():
                     yield b'{"uuid":"abcdefgh","content":"'
                     for _ in range(10):
@@ -545,8 +590,7 @@ async def test_unknown_routes_and_methods(server, anon, alice):
     with trio.fail_after(10):
         assert_error(await anon.http.get("/nope"), 404, "not_found")
         assert_error(await alice.http.get("/flows/general/nope"), 404, "not_found")
-        r = await alice.http.get("/stream/nope", params={"flows": "general",
-                                                         "client": client_id()})
+        r = await alice.http.get("/stream/nope", params={"flows": "general", "client": client_id()})
         assert_error(r, 404, "not_found")
         r = await alice.http.put("/flows/general/messages", json={})
         assert_error(r, 405, "bad_request")
@@ -601,14 +645,16 @@ async def test_edit(server, anon, alice, bob):
         assert_error(await edit(alice, "other", m["id"], "x"), 404, "not_found")
         assert_error(await edit(alice, "nope", m["id"], "x"), 404, "not_found")
         for bad_id in ("abc", "0", "-1", "1.0"):
-            r = await alice.http.patch(f"/flows/general/messages/{bad_id}",
-                                       json={"content": "x", "uuid": uuid()})
+            r = await alice.http.patch(
+                f"/flows/general/messages/{bad_id}", json={"content": "x", "uuid": uuid()}
+            )
             assert_error(r, 400, "bad_request")
         assert_error(await edit(alice, "general", m["id"], " \u200b "), 400, "bad_request")
         r = await alice.http.patch(f"/flows/general/messages/{m['id']}", json={"content": "x"})
         assert_error(r, 400, "bad_request")
-        r = await anon.http.request("PATCH", f"/flows/general/messages/{m['id']}",
-                                 json={"content": "x", "uuid": uuid()})
+        r = await anon.http.request(
+            "PATCH", f"/flows/general/messages/{m['id']}", json={"content": "x", "uuid": uuid()}
+        )
         assert_error(r, 401, "unauthorized")
         # deleted
         assert (await delete(alice, "general", m["id"])).status_code == 200
@@ -623,8 +669,9 @@ async def test_tags(server, alice, bob):
     with trio.fail_after(10):
         m = await post(alice, "general", "tag me")
         uid = uuid()
-        r = await tag(alice, "general", m["id"], add=["Foo", "foo", "bar", "Straße", "#Hash"],
-                      uid=uid)
+        r = await tag(
+            alice, "general", m["id"], add=["Foo", "foo", "bar", "Straße", "#Hash"], uid=uid
+        )
         assert r.status_code == 200, r.text
         e = r.json()
         assert set(e) == EVENT_KEYS | {"message", "add", "remove", "tags"}
@@ -632,11 +679,13 @@ async def test_tags(server, alice, bob):
         assert e["add"] == ["#hash", "bar", "foo", "strasse"]
         assert e["remove"] == []
         assert e["tags"] == ["#hash", "bar", "foo", "strasse"]
-        r = await tag(alice, "general", m["id"], add=["Foo", "foo", "bar", "Straße", "#Hash"],
-                      uid=uid)
+        r = await tag(
+            alice, "general", m["id"], add=["Foo", "foo", "bar", "Straße", "#Hash"], uid=uid
+        )
         assert r.status_code == 200 and r.json() == e
-        assert_error(await tag(alice, "general", m["id"], add=["other"], uid=uid), 409,
-                     "uuid_mismatch")
+        assert_error(
+            await tag(alice, "general", m["id"], add=["other"], uid=uid), 409, "uuid_mismatch"
+        )
         # anyone who can write the flow may tag; add and remove list what was sent
         r = await tag(bob, "general", m["id"], add=["BAR", "new"], remove=["#HASH", "absent"])
         assert r.status_code == 200, r.text
@@ -656,18 +705,36 @@ async def test_tags(server, alice, bob):
         # limits: 64 code points and 32 tags
         assert (await tag(alice, "general", m["id"], add=["é" * 64])).status_code == 200
         assert_error(await tag(alice, "general", m["id"], add=["é" * 65]), 400, "bad_request")
-        assert_error(await tag(alice, "general", m["id"], add=[f"t{i}" for i in range(33)]),
-                     400, "bad_request")
+        assert_error(
+            await tag(alice, "general", m["id"], add=[f"t{i}" for i in range(33)]),
+            400,
+            "bad_request",
+        )
         # bad tags
-        for bad in ("a\u200bb", "\u200d", "\u202eevil", "a\u2066b", "a b", "a\u00a0b",
-                    "a\tb", "a\nb", "a\x00b", "", "\u2028", 5, None, ["x"]):
+        for bad in (
+            "a\u200bb",
+            "\u200d",
+            "\u202eevil",
+            "a\u2066b",
+            "a b",
+            "a\u00a0b",
+            "a\tb",
+            "a\nb",
+            "a\x00b",
+            "",
+            "\u2028",
+            5,
+            None,
+            ["x"],
+        ):
             r = await tag(alice, "general", m["id"], add=[bad])
             assert_error(r, 400, "bad_request")
             r = await tag(alice, "general", m["id"], remove=[bad])
             assert_error(r, 400, "bad_request")
         assert_error(await tag(alice, "general", m["id"]), 400, "bad_request")  # nothing
-        assert_error(await tag(alice, "general", m["id"], add=["x"], remove=["X"]),
-                     400, "bad_request")
+        assert_error(
+            await tag(alice, "general", m["id"], add=["x"], remove=["X"]), 400, "bad_request"
+        )
         assert_error(await tag(alice, "general", 999999, add=["x"]), 404, "not_found")
         await new_flow(server, "secret", private=True, owner="alice")
         assert_error(await tag(bob, "secret", m["id"], add=["x"]), 403, "forbidden")
@@ -681,8 +748,9 @@ async def test_uuid_rules_across_op_kinds(server, alice, bob):
         m = await post(alice, "general", "x")
         # the same uuid for another kind of op
         assert_error(await edit(alice, "general", m["id"], "y", m["uuid"]), 409, "uuid_mismatch")
-        assert_error(await tag(alice, "general", m["id"], add=["t"], uid=m["uuid"]), 409,
-                     "uuid_mismatch")
+        assert_error(
+            await tag(alice, "general", m["id"], add=["t"], uid=m["uuid"]), 409, "uuid_mismatch"
+        )
         assert_error(await delete(alice, "general", m["id"], m["uuid"]), 409, "uuid_mismatch")
         # a refused op consumes no uuid
         uid = uuid()
@@ -699,8 +767,9 @@ async def test_uuid_rules_across_op_kinds(server, alice, bob):
         assert (await tag(alice, "general", m["id"], add=["later"])).status_code == 200
         r = await tag(alice, "general", m["id"], remove=["absent"], uid=noop)
         assert r.status_code == 200 and r.json() == first
-        assert_error(await tag(alice, "general", m["id"], remove=["other"], uid=noop), 409,
-                     "uuid_mismatch")
+        assert_error(
+            await tag(alice, "general", m["id"], remove=["other"], uid=noop), 409, "uuid_mismatch"
+        )
 
 
 async def test_concurrent_tag_changes_lose_nothing(server, alice, bob):
@@ -778,8 +847,9 @@ async def test_delete(server, anon, alice, bob):
         assert_error(await delete(alice, "general", 999999), 404, "not_found")
         r = await alice.http.delete(f"/flows/general/messages/{m['id']}")
         assert_error(r, 400, "bad_request")  # no uuid
-        r = await anon.http.request("DELETE", f"/flows/general/messages/{m['id']}",
-                                 params={"uuid": uuid()})
+        r = await anon.http.request(
+            "DELETE", f"/flows/general/messages/{m['id']}", params={"uuid": uuid()}
+        )
         assert_error(r, 401, "unauthorized")
 
 
@@ -855,8 +925,13 @@ async def test_metrics_from_loopback(server, anon, alice):
             assert r.status_code == 200, r.text
             assert r.headers["content-type"].startswith("text/plain")
             text = r.text
-            for name in ("rt_streams_open", "rt_events_stored", "rt_op_latency_seconds",
-                         "rt_streams_opened", "rt_takeovers"):
+            for name in (
+                "rt_streams_open",
+                "rt_events_stored",
+                "rt_op_latency_seconds",
+                "rt_streams_opened",
+                "rt_takeovers",
+            ):
                 assert f"# TYPE {name}" in text, name
             assert 'rt_streams_open{transport="sse"} 1.0' in text
             assert "rt_events_stored_total 2.0" in text
@@ -881,8 +956,9 @@ async def test_metrics_token():
                 assert r.status_code == 200
                 assert "rt_events_stored" in r.text
                 # with a token, a client behind a proxy may read them
-                r = await anon.http.get("/metrics", headers={"Authorization": "Bearer m",
-                                                             "X-Forwarded-For": "10.0.0.1"})
+                r = await anon.http.get(
+                    "/metrics", headers={"Authorization": "Bearer m", "X-Forwarded-For": "10.0.0.1"}
+                )
                 assert r.status_code == 200
             finally:
                 await anon.aclose()
@@ -960,8 +1036,7 @@ async def test_draining_answers_503(server, alice):
             ("GET", "/flows", {}),
             ("GET", "/flows/general/messages", {}),
             ("POST", "/flows/general/messages", {"json": {"content": "x", "uuid": uuid()}}),
-            ("POST", "/flows/general/messages", {"json": {"content": "hello",
-                                                          "uuid": m["uuid"]}}),
+            ("POST", "/flows/general/messages", {"json": {"content": "hello", "uuid": m["uuid"]}}),
             ("DELETE", f"/flows/general/messages/{m['id']}", {"params": {"uuid": uuid()}}),
             ("POST", "/auth/ticket", {"json": {"client": client_id()}}),
             ("GET", "/stream/sse", {"params": {"flows": "general", "client": client_id()}}),
@@ -1014,8 +1089,13 @@ async def test_grammar_table(server, alice):
             ("POST", msgs, {"content": "a\x00b", "uuid": uuid()}, 400, "bad_request"),
             ("POST", msgs, {"content": "", "uuid": uuid()}, 400, "bad_request"),
             ("POST", msgs, {"content": " \t\n\u3000", "uuid": uuid()}, 400, "bad_request"),
-            ("POST", msgs, {"content": "\u200b\u200d\u2060\ufeff", "uuid": uuid()},
-             400, "bad_request"),
+            (
+                "POST",
+                msgs,
+                {"content": "\u200b\u200d\u2060\ufeff", "uuid": uuid()},
+                400,
+                "bad_request",
+            ),
             ("POST", msgs, {"content": "\u202e\u2066", "uuid": uuid()}, 400, "bad_request"),
             ("POST", msgs, {"content": 5, "uuid": uuid()}, 400, "bad_request"),
             ("POST", msgs, {"content": None, "uuid": uuid()}, 400, "bad_request"),
@@ -1044,19 +1124,20 @@ async def test_grammar_table(server, alice):
             ("POST", f"{one}/tags", {"add": [None], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": [["x"]], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"remove": [True], "uuid": uuid()}, 400, "bad_request"),
-            ("POST", f"{one}/tags", {"add": [], "remove": [], "uuid": uuid()}, 400,
-             "bad_request"),
+            ("POST", f"{one}/tags", {"add": [], "remove": [], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"uuid": uuid()}, 400, "bad_request"),
-            ("POST", f"{one}/tags", {"add": ["zero\u200bwidth"], "uuid": uuid()}, 400,
-             "bad_request"),
+            (
+                "POST",
+                f"{one}/tags",
+                {"add": ["zero\u200bwidth"], "uuid": uuid()},
+                400,
+                "bad_request",
+            ),
             ("POST", f"{one}/tags", {"add": ["\u200c"], "uuid": uuid()}, 400, "bad_request"),
-            ("POST", f"{one}/tags", {"add": ["\ufeffbom"], "uuid": uuid()}, 400,
-             "bad_request"),
-            ("POST", f"{one}/tags", {"add": ["bidi\u202e"], "uuid": uuid()}, 400,
-             "bad_request"),
+            ("POST", f"{one}/tags", {"add": ["\ufeffbom"], "uuid": uuid()}, 400, "bad_request"),
+            ("POST", f"{one}/tags", {"add": ["bidi\u202e"], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": ["\u200fx"], "uuid": uuid()}, 400, "bad_request"),
-            ("POST", f"{one}/tags", {"add": ["\u2067x\u2069"], "uuid": uuid()}, 400,
-             "bad_request"),
+            ("POST", f"{one}/tags", {"add": ["\u2067x\u2069"], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": ["nul\x00"], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": ["bell\x07"], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": ["a\u3000b"], "uuid": uuid()}, 400, "bad_request"),
@@ -1064,8 +1145,13 @@ async def test_grammar_table(server, alice):
             ("POST", f"{one}/tags", {"add": ["\x85"], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": [" "], "uuid": uuid()}, 400, "bad_request"),
             ("POST", f"{one}/tags", {"add": ["x" * 65], "uuid": uuid()}, 400, "bad_request"),
-            ("POST", f"{one}/tags", {"add": [str(i) for i in range(33)], "uuid": uuid()},
-             400, "bad_request"),
+            (
+                "POST",
+                f"{one}/tags",
+                {"add": [str(i) for i in range(33)], "uuid": uuid()},
+                400,
+                "bad_request",
+            ),
             # flows: name and private
             ("POST", "/flows", {"name": 5}, 400, "bad_request"),
             ("POST", "/flows", {"name": None}, 400, "bad_request"),
@@ -1077,11 +1163,15 @@ async def test_grammar_table(server, alice):
             ("POST", "/flows", {"name": "ok", "private": None}, 400, "bad_request"),
             ("POST", "/flows", {"name": "ok", "private": []}, 400, "bad_request"),
             # path parts
-            ("POST", "/flows/Nope/messages", {"content": "x", "uuid": uuid()}, 400,
-             "bad_request"),
+            ("POST", "/flows/Nope/messages", {"content": "x", "uuid": uuid()}, 400, "bad_request"),
             ("PATCH", f"{msgs}/x1", {"content": "x", "uuid": uuid()}, 400, "bad_request"),
-            ("PATCH", f"{msgs}/99999999999999999999", {"content": "x", "uuid": uuid()}, 400,
-             "bad_request"),
+            (
+                "PATCH",
+                f"{msgs}/99999999999999999999",
+                {"content": "x", "uuid": uuid()},
+                400,
+                "bad_request",
+            ),
         ]
         for method, path, body, status, code in cases:
             kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
@@ -1100,8 +1190,15 @@ async def test_grammar_table(server, alice):
 async def test_grammar_accepts_what_it_should(server, alice):
     with trio.fail_after(10):
         # visible characters next to invisible ones, astral characters, RTL text
-        for content in ("\u200bx", "a\u202eb", "\U0001f600", "\u05e9\u05dc\u05d5\u05dd",
-                        "  padded  ", "line\nbreak", "\u2028x"):
+        for content in (
+            "\u200bx",
+            "a\u202eb",
+            "\U0001f600",
+            "\u05e9\u05dc\u05d5\u05dd",
+            "  padded  ",
+            "line\nbreak",
+            "\u2028x",
+        ):
             r = await alice.post("general", content)
             assert r.status_code == 201, (content, r.text)
             assert r.json()["content"] == content
@@ -1192,35 +1289,49 @@ async def test_cors():
                 assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
                 # the preflight
                 r = await anon.http.request(
-                    "OPTIONS", "/flows/general/messages",
-                    headers={**allowed, "Access-Control-Request-Method": "POST",
-                             "Access-Control-Request-Headers": "authorization, content-type"})
+                    "OPTIONS",
+                    "/flows/general/messages",
+                    headers={
+                        **allowed,
+                        "Access-Control-Request-Method": "POST",
+                        "Access-Control-Request-Headers": "authorization, content-type",
+                    },
+                )
                 assert r.status_code in (200, 204), r.text
                 assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
                 assert int(r.headers["Access-Control-Max-Age"]) > 0
                 methods = {m.strip() for m in r.headers["Access-Control-Allow-Methods"].split(",")}
                 assert {"GET", "POST", "PATCH", "DELETE"} <= methods
-                headers = {h.strip().lower()
-                           for h in r.headers["Access-Control-Allow-Headers"].split(",")}
+                headers = {
+                    h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")
+                }
                 assert {"authorization", "content-type", "last-event-id"} <= headers
                 # a foreign origin gets nothing
                 foreign = {"Origin": "https://evil.example"}
-                for origin in (foreign, {"Origin": "https://app.example.evil"},
-                               {"Origin": "http://app.example"}, {"Origin": "null"}):
+                for origin in (
+                    foreign,
+                    {"Origin": "https://app.example.evil"},
+                    {"Origin": "http://app.example"},
+                    {"Origin": "null"},
+                ):
                     r = await alice.http.get("/flows/general/messages", headers=origin)
                     assert "Access-Control-Allow-Origin" not in r.headers, origin
                     r = await anon.http.request(
-                        "OPTIONS", "/flows/general/messages",
-                        headers={**origin, "Access-Control-Request-Method": "POST"})
+                        "OPTIONS",
+                        "/flows/general/messages",
+                        headers={**origin, "Access-Control-Request-Method": "POST"},
+                    )
                     assert "Access-Control-Allow-Origin" not in r.headers, origin
                     assert "Access-Control-Allow-Methods" not in r.headers, origin
                 # streams follow the same policy
                 async with sse_stream(alice, ["general"], headers=allowed) as sse:
-                    assert sse.response.headers["Access-Control-Allow-Origin"] == \
-                        "https://app.example"
+                    assert (
+                        sse.response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+                    )
                     assert (await sse.next())["type"] == "ready"
-                async with sse_stream(alice, ["general"],
-                                      headers={"Origin": "https://evil.example"}) as sse:
+                async with sse_stream(
+                    alice, ["general"], headers={"Origin": "https://evil.example"}
+                ) as sse:
                     assert "Access-Control-Allow-Origin" not in sse.response.headers
                 # the server's own origin is always allowed
                 own = {"Origin": server.url}
@@ -1233,8 +1344,9 @@ async def test_cors():
 
 async def test_cors_default_allows_no_foreign_origin(server, alice):
     with trio.fail_after(10):
-        r = await alice.http.get("/flows/general/messages",
-                                 headers={"Origin": "https://app.example"})
+        r = await alice.http.get(
+            "/flows/general/messages", headers={"Origin": "https://app.example"}
+        )
         assert r.status_code == 200
         assert "Access-Control-Allow-Origin" not in r.headers
         r = await alice.http.get("/flows/general/messages", headers={"Origin": server.url})

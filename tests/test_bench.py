@@ -19,9 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 def run_bench(sub: str, out: Path) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "rt", "bench", sub, "--quick", "--out",
-                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "rt", "bench", sub, "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jsonl = list(out.glob(f"{sub}-*.jsonl"))
     assert len(jsonl) == 1, list(out.iterdir())
@@ -37,8 +42,7 @@ def run_bench(sub: str, out: Path) -> list[dict]:
 def test_latency(tmp_path: Path) -> None:
     rows = run_bench("latency", tmp_path)
     transports = {r["transport"] for r in rows}
-    assert transports == {"tcp floor", "ws", "sse", "xhr", "multipart", "htmlfile", "poll",
-                          "jsonp"}
+    assert transports == {"tcp floor", "ws", "sse", "xhr", "multipart", "htmlfile", "poll", "jsonp"}
     assert {r["store"] for r in rows} == {"–", "sqlite", "memory", "sqlite, --poll-linger 0.001"}
     assert {r["transport"] for r in rows if "linger" in r["store"]} == {"poll", "jsonp"}
     assert all(r["n"] > 0 and r["p50_us"] > 0 for r in rows)
@@ -71,7 +75,11 @@ def test_storm(tmp_path: Path) -> None:
 def test_ingest(tmp_path: Path) -> None:
     rows = run_bench("ingest", tmp_path)
     assert {(r["transport"], r["store"]) for r in rows} == {
-        ("ws", "sqlite"), ("http", "sqlite"), ("ws", "memory"), ("http", "memory")}
+        ("ws", "sqlite"),
+        ("http", "sqlite"),
+        ("ws", "memory"),
+        ("http", "memory"),
+    }
     assert all(r["acked"] > 0 and r["errors"] == 0 for r in rows)
 
 
@@ -80,8 +88,13 @@ def test_the_storm_cut_is_behind_the_chaos_flag() -> None:
     from rt.service.chaos import parse_spec
 
     assert "signal" in parse_spec("signal") and "signal" not in parse_spec("all")
-    help_text = subprocess.run([sys.executable, "-m", "rt", "serve", "--help"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=30).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "rt", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     assert "bench-cut-signal" not in help_text and "--chaos" in help_text
 
 
@@ -93,11 +106,17 @@ def test_cores_stay_disjoint_after_the_load_generator_pins_itself() -> None:
     import sys
 
     # On one core there is nothing to keep apart: cores() is (None, None) throughout.
-    check = ("after == (None, None)" if len(os.sched_getaffinity(0)) < 2
-             else "after[0] and after[1] and not (after[0] & after[1])")
-    code = ("from rt.bench import common; before = common.cores(); "
-            "common.pin_load_generator(); after = common.cores(); "
-            f"assert before == after and {check}, (before, after); print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    check = (
+        "after == (None, None)"
+        if len(os.sched_getaffinity(0)) < 2
+        else "after[0] and after[1] and not (after[0] & after[1])"
+    )
+    code = (
+        "from rt.bench import common; before = common.cores(); "
+        "common.pin_load_generator(); after = common.cores(); "
+        f"assert before == after and {check}, (before, after); print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "ok", result.stderr

@@ -100,15 +100,16 @@ def out_of_order(s: Synth) -> None:
     """c0 shows 11 before 10."""
     log = s.logs["c0"]
     i, j = s.seen_index("c0", 10), s.seen_index("c0", 11)
-    log[i], log[j] = (Printed(log[i].t, "seen", log[j].rec),
-                      Printed(log[j].t, "seen", log[i].rec))
+    log[i], log[j] = (Printed(log[i].t, "seen", log[j].rec), Printed(log[j].t, "seen", log[i].rec))
 
 
 def never_reaches_head(s: Synth) -> None:
     """c2 (flow "a": odd ids, head 29) shows nothing after 19."""
-    s.logs["c2"] = [e for e in s.logs["c2"]
-                    if not (isinstance(e, Printed) and e.kind == "seen"
-                            and e.rec["seen"]["id"] > 19)]
+    s.logs["c2"] = [
+        e
+        for e in s.logs["c2"]
+        if not (isinstance(e, Printed) and e.kind == "seen" and e.rec["seen"]["id"] > 19)
+    ]
 
 
 def altered_content(s: Synth) -> None:
@@ -121,16 +122,21 @@ def altered_content(s: Synth) -> None:
 def acked_with_wrong_id(s: Synth) -> None:
     """c1's post p10 is stored as 11; c1 reports it acknowledged as 12."""
     log = s.logs["c1"]
-    i = next(i for i, e in enumerate(log)
-             if isinstance(e, Printed) and e.kind == "acked" and e.rec["acked"] == "p10")
+    i = next(
+        i
+        for i, e in enumerate(log)
+        if isinstance(e, Printed) and e.kind == "acked" and e.rec["acked"] == "p10"
+    )
     log[i] = Printed(log[i].t, "acked", {"acked": "p10", "id": 12})
 
 
 def neither_acked_nor_given_up(s: Synth) -> None:
     """c2 never settles its post p20 (stored as 21)."""
-    s.logs["c2"] = [e for e in s.logs["c2"]
-                    if not (isinstance(e, Printed) and e.kind == "acked"
-                            and e.rec["acked"] == "p20")]
+    s.logs["c2"] = [
+        e
+        for e in s.logs["c2"]
+        if not (isinstance(e, Printed) and e.kind == "acked" and e.rec["acked"] == "p20")
+    ]
 
 
 def two_live_streams(s: Synth) -> None:
@@ -152,11 +158,14 @@ PLANTED = [
 ]
 
 
-@pytest.mark.parametrize(("bug", "invariant", "client", "ids"), PLANTED,
-                         ids=[f"{inv}-{(bug.__name__ if bug else 'stored_twice')}"
-                              for bug, inv, _, _ in PLANTED])
-def test_a_planted_bug_violates_exactly_its_invariant(tmp_path: Path, bug, invariant, client,
-                                                      ids) -> None:
+@pytest.mark.parametrize(
+    ("bug", "invariant", "client", "ids"),
+    PLANTED,
+    ids=[f"{inv}-{(bug.__name__ if bug else 'stored_twice')}" for bug, inv, _, _ in PLANTED],
+)
+def test_a_planted_bug_violates_exactly_its_invariant(
+    tmp_path: Path, bug, invariant, client, ids
+) -> None:
     synth = correct_run(stored_twice=15) if bug is None else correct_run()
     if bug is not None:
         bug(synth)
@@ -173,8 +182,9 @@ def test_a_planted_bug_violates_exactly_its_invariant(tmp_path: Path, bug, invar
 
 def test_a_client_that_never_shows_a_view_fails_caught_up_only(tmp_path: Path) -> None:
     synth = correct_run()
-    synth.logs["c2"] = [e for e in synth.logs["c2"]
-                        if not (isinstance(e, Printed) and e.kind in ("view", "seen"))]
+    synth.logs["c2"] = [
+        e for e in synth.logs["c2"] if not (isinstance(e, Printed) and e.kind in ("view", "seen"))
+    ]
     result = checked(synth, tmp_path)
     assert violated(result) == {"caught_up"}
     assert "never printed a view line" in result.first["caught_up"][0].explanation
@@ -202,8 +212,9 @@ def test_a_post_given_up_is_not_in_limbo(tmp_path: Path) -> None:
     neither_acked_nor_given_up(synth)
     log = synth.logs["c2"]
     stop = next(i for i, e in enumerate(log) if isinstance(e, Printed) and e.kind == "stopped")
-    log.insert(stop, Printed(log[stop].t - 0.05, "gave_up",
-                             {"gave_up": "p20", "error": "rate_limited"}))
+    log.insert(
+        stop, Printed(log[stop].t - 0.05, "gave_up", {"gave_up": "p20", "error": "rate_limited"})
+    )
     result = checked(synth, tmp_path)
     assert result.ok
     assert result.counts["c2"].gave_up == 1
@@ -212,8 +223,11 @@ def test_a_post_given_up_is_not_in_limbo(tmp_path: Path) -> None:
 def test_settling_a_post_after_printing_stopped_is_still_limbo(tmp_path: Path) -> None:
     synth = correct_run()
     log = synth.logs["c2"]
-    i = next(i for i, e in enumerate(log) if isinstance(e, Printed) and e.kind == "acked"
-             and e.rec["acked"] == "p20")
+    i = next(
+        i
+        for i, e in enumerate(log)
+        if isinstance(e, Printed) and e.kind == "acked" and e.rec["acked"] == "p20"
+    )
     ack = log.pop(i)
     log.append(Printed(T0 + 7, "acked", ack.rec))  # after {"stopped": true}
     result = checked(synth, tmp_path)
@@ -241,20 +255,31 @@ def add_event(s: Synth, event: dict, t: float) -> None:
     for spec in s.info.clients:
         if event["flow"] in spec.flows:
             log = s.logs[spec.lab_id]
-            stop = next(i for i, e in enumerate(log)
-                        if isinstance(e, Sent) and e.cmd["cmd"] == "stop")
+            stop = next(
+                i for i, e in enumerate(log) if isinstance(e, Sent) and e.cmd["cmd"] == "stop"
+            )
             log.insert(stop, seen(t + 0.03, event))
 
 
-def test_faithful_compares_tags_and_forgives_content_blanked_by_a_delete(tmp_path: Path
-                                                                        ) -> None:
+def test_faithful_compares_tags_and_forgives_content_blanked_by_a_delete(tmp_path: Path) -> None:
     synth = correct_run()
     assert synth.event(5)["flow"] == "a"  # followed by every client
     # 5 is deleted after everyone showed it: history now blanks its content
     add_event(synth, {"id": 31, "flow": "a", "type": "delete", "message": 5}, T0 + 4.1)
     synth.event(5)["content"] = ""
-    add_event(synth, {"id": 32, "flow": "a", "type": "tag", "message": 3, "add": ["x"],
-                      "remove": [], "tags": ["x"]}, T0 + 4.2)
+    add_event(
+        synth,
+        {
+            "id": 32,
+            "flow": "a",
+            "type": "tag",
+            "message": 3,
+            "add": ["x"],
+            "remove": [],
+            "tags": ["x"],
+        },
+        T0 + 4.2,
+    )
     result = checked(synth, tmp_path / "faithful")
     assert result.ok, [v.explanation for vs in result.first.values() for v in vs]
     # a client that shows the tag event with other tags is not faithful
@@ -311,13 +336,36 @@ def test_fault_lines_as_the_proxy_writes_them_are_read(tmp_path: Path) -> None:
     synth = correct_run()
     synth.write(tmp_path)
     with open(tmp_path / FAULTS_FILE, "ab") as f:  # the proxy's spellings (rt/chaos/proxy.py)
-        f.write(orjson.dumps({"window": {"id": 2, "fault": "stall", "kind": "proxy",
-                                         "start": T0 + 2.6, "end": T0 + 3.1,
-                                         "params": {"for": 0.5}}}) + b"\n")
+        f.write(
+            orjson.dumps(
+                {
+                    "window": {
+                        "id": 2,
+                        "fault": "stall",
+                        "kind": "proxy",
+                        "start": T0 + 2.6,
+                        "end": T0 + 3.1,
+                        "params": {"for": 0.5},
+                    }
+                }
+            )
+            + b"\n"
+        )
         for action in ("start", "hit", "hit", "stop"):
-            f.write(orjson.dumps({"t": T0 + 2.7, "fault": "stall", "action": action,
-                                  "conns": [1], "id": 9, "window": 2,
-                                  "spec": "stall:for=0.5s"}) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "t": T0 + 2.7,
+                        "fault": "stall",
+                        "action": action,
+                        "conns": [1],
+                        "id": 9,
+                        "window": 2,
+                        "spec": "stall:for=0.5s",
+                    }
+                )
+                + b"\n"
+            )
     run = load_run(tmp_path)
     assert not any(FAULTS_FILE in p for p in run.problems)
     assert [w.name for w in run.windows] == ["cut", "stall"]
@@ -337,8 +385,9 @@ def test_seen_before_any_view_is_a_bad_line(tmp_path: Path) -> None:
 # --- not a run ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", ["missing", "empty", "garbage run.json", "no history",
-                                  "run.json without started"])
+@pytest.mark.parametrize(
+    "make", ["missing", "empty", "garbage run.json", "no history", "run.json without started"]
+)
 def test_check_dir_on_a_non_run_gives_2_and_one_line(tmp_path: Path, capsys, make) -> None:
     path = tmp_path / "run"
     if make != "missing":
@@ -368,8 +417,7 @@ def test_run_info_round_trips(tmp_path: Path) -> None:
 # --- the report ---------------------------------------------------------------------------
 
 
-def test_the_report_explains_a_violation_with_ids_times_seed_and_command(tmp_path: Path
-                                                                          ) -> None:
+def test_the_report_explains_a_violation_with_ids_times_seed_and_command(tmp_path: Path) -> None:
     synth = correct_run()
     restart_without_cursor(synth)
     synth.write(tmp_path)
@@ -451,14 +499,16 @@ def test_the_timeline_aggregates_many_clients(big_run, tmp_path: Path) -> None:
     assert many_size[0] == 1600 and many_size[1] < 1600
     lanes = lane_sample(result)
     assert len(lanes) == SAMPLE_LANES and len(set(lanes)) == SAMPLE_LANES
-    assert lane_sample(checked(correct_run(n_clients=MANY, n_events=4), tmp_path / "few")) \
-        == [f"c{i}" for i in range(MANY)]  # up to MANY clients, every one has its lane
+    assert lane_sample(checked(correct_run(n_clients=MANY, n_events=4), tmp_path / "few")) == [
+        f"c{i}" for i in range(MANY)
+    ]  # up to MANY clients, every one has its lane
 
 
 def test_the_lane_sample_always_includes_the_violating_clients(tmp_path: Path) -> None:
     synth = correct_run(n_clients=MANY + 20, n_events=30)
-    synth.logs["c57"] = [e for e in synth.logs["c57"]
-                         if not (isinstance(e, Printed) and e.kind == "seen")]
+    synth.logs["c57"] = [
+        e for e in synth.logs["c57"] if not (isinstance(e, Printed) and e.kind == "seen")
+    ]
     lanes = lane_sample(checked(synth, tmp_path))
     assert "c57" in lanes and len(lanes) == SAMPLE_LANES
     assert lanes == sorted(lanes, key=lambda c: int(c[1:]))  # drawn in the clients' order

@@ -24,16 +24,29 @@ from rt.chaos.faults import (
 
 GOOD = [
     # (spec, name, expected attributes)
-    ("cut", "cut", {"every": (5.0, 15.0), "mode": "fin", "scope": "one", "p": 1.0,
-                    "duration": 0.0, "dir": None}),
+    (
+        "cut",
+        "cut",
+        {
+            "every": (5.0, 15.0),
+            "mode": "fin",
+            "scope": "one",
+            "p": 1.0,
+            "duration": 0.0,
+            "dir": None,
+        },
+    ),
     ("cut:mode=rst:scope=all", "cut", {"mode": "rst", "scope": "all"}),
     ("stall", "stall", {"every": (10.0, 30.0), "duration": 3.0, "scope": "one", "dir": "both"}),
     ("stall:every=10s:for=3s", "stall", {"every": (5.0, 15.0), "duration": 3.0}),
     ("stall:every=2s..8s:dir=up:p=0.5", "stall", {"every": (2.0, 8.0), "dir": "up", "p": 0.5}),
     ("latency", "latency", {"delay": 0.1, "jitter": 0.02, "duration": 10.0, "scope": "all"}),
     ("latency:delay=400ms:jitter=50ms", "latency", {"delay": 0.4, "jitter": 0.05}),
-    ("latency:for=2m:delay=1.5s:jitter=0", "latency", {"duration": 120.0, "delay": 1.5,
-                                                      "jitter": 0.0}),
+    (
+        "latency:for=2m:delay=1.5s:jitter=0",
+        "latency",
+        {"duration": 120.0, "delay": 1.5, "jitter": 0.0},
+    ),
     ("bandwidth:rate=64k", "bandwidth", {"rate": 65536}),
     ("bandwidth:rate=1m", "bandwidth", {"rate": 1048576}),
     ("bandwidth:rate=5000", "bandwidth", {"rate": 5000}),
@@ -76,9 +89,18 @@ def test_every_fault_has_defaults_and_its_text_parses_back() -> None:
 
 def test_kinds_and_params() -> None:
     assert {n: parse_fault(n).kind for n in FAULT_NAMES} == {
-        "cut": "network", "stall": "network", "latency": "network", "bandwidth": "network",
-        "slice": "network", "limit": "network", "slow_close": "network", "refuse": "network",
-        "kill": "process", "pause": "process", "server": "process"}
+        "cut": "network",
+        "stall": "network",
+        "latency": "network",
+        "bandwidth": "network",
+        "slice": "network",
+        "limit": "network",
+        "slow_close": "network",
+        "refuse": "network",
+        "kill": "process",
+        "pause": "process",
+        "server": "process",
+    }
     assert parse_fault("latency").params == {"delay": 0.1, "jitter": 0.02}
     assert parse_fault("limit:bytes=9").params == {"bytes": 9, "mode": "fin"}
     assert parse_fault("limit").lasting and parse_fault("pause").lasting
@@ -88,7 +110,13 @@ def test_kinds_and_params() -> None:
 
 def test_durations_format_exactly() -> None:
     assert [format_duration(s) for s in (0, 0.1, 3.0, 90.0, 1.25, 0.0005)] == [
-        "0s", "100ms", "3s", "90s", "1250ms", "0.5ms"]
+        "0s",
+        "100ms",
+        "3s",
+        "90s",
+        "1250ms",
+        "0.5ms",
+    ]
 
 
 # -- parsing: bad specs, with what their messages must say ---------------------------------
@@ -166,21 +194,24 @@ def test_same_seed_same_schedule_other_seed_other_schedule() -> None:
     specs = parse_faults(SPEC)
     first = draw_schedule(specs, seed=7, duration=120)
     assert first == draw_schedule(parse_faults(SPEC), seed=7, duration=120)
-    assert [w.to_json() for w in first] == [w.to_json() for w in
-                                            draw_schedule(specs, seed=7, duration=120)]
+    assert [w.to_json() for w in first] == [
+        w.to_json() for w in draw_schedule(specs, seed=7, duration=120)
+    ]
     other = draw_schedule(specs, seed=8, duration=120)
     assert [(w.id, w.start) for w in other] != [(w.id, w.start) for w in first]
 
 
 def test_adding_or_moving_a_fault_leaves_the_others_windows_alone() -> None:
     base = by_key(draw_schedule(parse_faults(SPEC), seed=3, duration=300))
-    more = by_key(draw_schedule(parse_faults("slice," + SPEC + ",cut:mode=rst"), seed=3,
-                                duration=300))
+    more = by_key(
+        draw_schedule(parse_faults("slice," + SPEC + ",cut:mode=rst"), seed=3, duration=300)
+    )
     assert set(more) == set(base) | {"slice", "cut2"}
     for key, windows in base.items():
         assert more[key] == windows, key
-    moved = by_key(draw_schedule(parse_faults(",".join(reversed(SPEC.split(",")))), seed=3,
-                                 duration=300))
+    moved = by_key(
+        draw_schedule(parse_faults(",".join(reversed(SPEC.split(",")))), seed=3, duration=300)
+    )
     assert moved == base
 
 
@@ -208,13 +239,23 @@ def test_windows_are_ordered_spaced_and_within_the_run() -> None:
 def test_every_window_is_json_with_its_kind_and_a_seed() -> None:
     windows = draw_schedule(parse_faults(SPEC), seed=1, duration=60)
     kinds = {w.name: w.kind for w in windows}
-    assert kinds == {"cut": "network", "stall": "network", "latency": "network",
-                     "kill": "process"}
+    assert kinds == {"cut": "network", "stall": "network", "latency": "network", "kill": "process"}
     seeds = [w.seed for w in windows]
     assert len(set(seeds)) == len(seeds)
     line = windows[0].to_json()
-    assert set(line) == {"id", "fault", "kind", "start", "end", "params", "scope", "dir", "p",
-                         "seed", "spec"}
+    assert set(line) == {
+        "id",
+        "fault",
+        "kind",
+        "start",
+        "end",
+        "params",
+        "scope",
+        "dir",
+        "p",
+        "seed",
+        "spec",
+    }
     assert json.loads(json.dumps(line)) == line
     stall = next(w for w in windows if w.name == "stall").to_json()
     assert stall["scope"] == "one" and stall["dir"] == "both" and stall["p"] == 1.0
@@ -231,8 +272,10 @@ def test_a_bytes_range_is_drawn_per_window_from_its_seed() -> None:
     sizes = [w.bytes for w in windows]
     assert all(1024 <= n <= 3072 for n in sizes) and len(set(sizes)) > 10
     assert [w.params["bytes"] for w in windows] == sizes
-    assert sizes == [w.bytes for w in draw_schedule(parse_faults("limit:every=1s:for=100ms"), seed=5,
-                                                     duration=60)]
+    assert sizes == [
+        w.bytes
+        for w in draw_schedule(parse_faults("limit:every=1s:for=100ms"), seed=5, duration=60)
+    ]
     # A fixed size is the size; faults without bytes have none.
     assert {w.bytes for w in draw_schedule(parse_faults("limit:bytes=7:every=1s"), 1, 20)} == {7}
     assert {w.bytes for w in draw_schedule(parse_faults("stall:every=1s"), 1, 20)} == {None}
@@ -261,7 +304,8 @@ def test_p_keeps_about_its_share_and_the_same_ones_for_the_same_seed() -> None:
     assert half != choose_targets(_stall(10, scope="all", p="0.5"), ids)
     # Kept or not depends on the connection alone, not on who else is open.
     assert choose_targets(_stall(9, scope="all", p="0.5"), ids[:100]) == [
-        i for i in half if i <= 100]
+        i for i in half if i <= 100
+    ]
     assert choose_targets(_stall(9, scope="all", p="0"), ids) == []
     assert choose_targets(_stall(9, scope="all"), ids) == list(ids)
 

@@ -68,8 +68,9 @@ class Upstream:
 async def open_upstream(echo: bool = False) -> AsyncIterator[Upstream]:
     upstream = Upstream(echo)
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, upstream.handler, 0,
-                                                host="127.0.0.1"))
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, upstream.handler, 0, host="127.0.0.1")
+        )
         upstream.address = listeners[0].socket.getsockname()[:2]
         try:
             yield upstream
@@ -78,11 +79,13 @@ async def open_upstream(echo: bool = False) -> AsyncIterator[Upstream]:
 
 
 @asynccontextmanager
-async def lab(echo: bool = False, labels: tuple[str, ...] = ("a",),
-              **kwargs) -> AsyncIterator[tuple[FaultProxy, Upstream]]:
+async def lab(
+    echo: bool = False, labels: tuple[str, ...] = ("a",), **kwargs
+) -> AsyncIterator[tuple[FaultProxy, Upstream]]:
     async with open_upstream(echo) as upstream:
-        async with open_proxy(upstream.address, [(label, "127.0.0.1", 0) for label in labels],
-                              **kwargs) as proxy:
+        async with open_proxy(
+            upstream.address, [(label, "127.0.0.1", 0) for label in labels], **kwargs
+        ) as proxy:
             yield proxy, upstream
 
 
@@ -96,15 +99,17 @@ async def connect(proxy: FaultProxy, label: str = "a") -> trio.SocketStream:
     return await trio.open_tcp_stream(*proxy.addresses[label])
 
 
-async def pair(proxy: FaultProxy, upstream: Upstream,
-               label: str = "a") -> tuple[trio.SocketStream, trio.SocketStream, Connection]:
+async def pair(
+    proxy: FaultProxy, upstream: Upstream, label: str = "a"
+) -> tuple[trio.SocketStream, trio.SocketStream, Connection]:
     """A client through the proxy, the server side of it, and the proxy's
     record of it once it forwards."""
     before = {c.id for c in proxy.connections()}
     client = await connect(proxy, label)
     server = await upstream.accept()
-    await wait_for(lambda: [c for c in proxy.connections()
-                            if c.id not in before and c.state == "open"])
+    await wait_for(
+        lambda: [c for c in proxy.connections() if c.id not in before and c.state == "open"]
+    )
     conn = next(c for c in proxy.connections() if c.id not in before)
     return client, server, conn
 
@@ -144,8 +149,7 @@ PAYLOAD = bytes(range(256)) * 64  # 16 KiB, every byte value, order visible
 async def test_forwards_bytes_intact_both_ways_and_records_each_connection() -> None:
     records: list[dict] = []
     with trio.fail_after(10):
-        async with lab(labels=("alice", "bob"), on_connection=records.append) as (proxy,
-                                                                                  upstream):
+        async with lab(labels=("alice", "bob"), on_connection=records.append) as (proxy, upstream):
             assert set(proxy.addresses) == {"alice", "bob"}
             assert proxy.addresses["alice"] != proxy.addresses["bob"]
             client, server, conn = await pair(proxy, upstream, "bob")
@@ -173,7 +177,11 @@ async def test_forwards_bytes_intact_both_ways_and_records_each_connection() -> 
             await second_server.aclose()
             await wait_for(lambda: len(records) == 4)
     assert [(r["conn"], r["label"], r["event"]) for r in records] == [
-        (1, "bob", "open"), (1, "bob", "close"), (2, "alice", "open"), (2, "alice", "close")]
+        (1, "bob", "open"),
+        (1, "bob", "close"),
+        (2, "alice", "open"),
+        (2, "alice", "close"),
+    ]
     assert all(set(r) == {"t", "conn", "label", "event"} for r in records)
     assert records[0]["t"] <= records[1]["t"] <= records[3]["t"]
     json.dumps(records)
@@ -182,8 +190,9 @@ async def test_forwards_bytes_intact_both_ways_and_records_each_connection() -> 
 async def test_an_upstream_that_is_down_resets_the_client() -> None:
     records: list[dict] = []
     with trio.fail_after(5):
-        async with open_proxy(("127.0.0.1", 1), [("a", "127.0.0.1", 0)],
-                              on_connection=records.append) as proxy:
+        async with open_proxy(
+            ("127.0.0.1", 1), [("a", "127.0.0.1", 0)], on_connection=records.append
+        ) as proxy:
             client = await connect(proxy)
             with pytest.raises(trio.BrokenResourceError):
                 await receive_to_eof(client)
@@ -234,7 +243,9 @@ async def test_stall_keeps_both_sockets_open_moves_nothing_then_resumes_intact()
             await client.send_all(b"after")
             assert await receive_exactly(server, 5) == b"after"
     assert [(f["fault"], f["action"], f["conns"]) for f in faults] == [
-        ("stall", "start", [1]), ("stall", "stop", [1])]
+        ("stall", "start", [1]),
+        ("stall", "stop", [1]),
+    ]
     assert set(faults[0]) == {"t", "fault", "action", "conns", "id", "window", "spec"}
     assert faults[0]["spec"] == "stall:every=10s..30s:for=500ms:scope=all:dir=both:p=1"
 
@@ -345,9 +356,15 @@ async def test_faults_that_come_and_go_lose_and_reorder_nothing() -> None:
     import random
 
     data = bytes(random.Random(1).getrandbits(8) for _ in range(1 << 16)) * 32
-    specs = ["stall:scope=all", "stall:scope=all:dir=down", "latency:delay=5ms:jitter=5ms",
-             "bandwidth:rate=4m", "slice:bytes=4093:delay=0", "slow_close:for=10ms",
-             "limit:bytes=100m:scope=all"]
+    specs = [
+        "stall:scope=all",
+        "stall:scope=all:dir=down",
+        "latency:delay=5ms:jitter=5ms",
+        "bandwidth:rate=4m",
+        "slice:bytes=4093:delay=0",
+        "slow_close:for=10ms",
+        "limit:bytes=100m:scope=all",
+    ]
     got = bytearray()
     with trio.fail_after(20):
         async with lab(echo=True) as (proxy, _):
@@ -405,8 +422,9 @@ async def test_latency_holds_each_byte_for_delay_plus_or_minus_jitter_in_order(j
     with trio.fail_after(10):
         async with lab() as (proxy, upstream):
             client, server, _ = await pair(proxy, upstream)
-            proxy.start(fault(f"latency:delay=100ms:jitter={int(jitter * 1000)}ms"
-                              f":scope=all:dir=up"))
+            proxy.start(
+                fault(f"latency:delay=100ms:jitter={int(jitter * 1000)}ms:scope=all:dir=up")
+            )
             for i in range(5):
                 sent = trio.current_time()
                 await client.send_all(b"%d" % i)
@@ -416,7 +434,7 @@ async def test_latency_holds_each_byte_for_delay_plus_or_minus_jitter_in_order(j
             # A burst keeps its order, and takes about one delay, not five.
             sent = trio.current_time()
             for i in range(5):
-                await client.send_all(PAYLOAD[i * 100:(i + 1) * 100])
+                await client.send_all(PAYLOAD[i * 100 : (i + 1) * 100])
             assert await receive_exactly(server, 500) == PAYLOAD[:500]
             assert trio.current_time() - sent <= delay + jitter + 0.05
             # Downstream was not asked for: no delay.
@@ -519,7 +537,10 @@ async def test_refuse_resets_new_connections_while_it_lasts() -> None:
             await client.send_all(b"welcome back")
             assert await receive_exactly(server, 12) == b"welcome back"
     assert [(f["action"], f["conns"]) for f in faults] == [
-        ("start", []), ("hit", [2]), ("stop", [])]
+        ("start", []),
+        ("hit", [2]),
+        ("stop", []),
+    ]
 
 
 async def test_slow_close_holds_the_close_for_its_duration() -> None:
@@ -546,8 +567,9 @@ async def test_two_hundred_clients_through_one_proxy() -> None:
     with trio.fail_after(20):
         async with lab(echo=True, labels=labels) as (proxy, _):
             clients = [await connect(proxy, labels[i % 8]) for i in range(200)]
-            await wait_for(lambda: len([c for c in proxy.connections()
-                                        if c.state == "open"]) == 200)
+            await wait_for(
+                lambda: len([c for c in proxy.connections() if c.state == "open"]) == 200
+            )
             assert {c.label for c in proxy.connections()} == set(labels)
             proxy.start(fault("latency:delay=20ms:jitter=0:scope=all"))
 
@@ -571,8 +593,7 @@ async def test_p_hits_about_its_share_and_the_same_ones_for_the_same_seed() -> N
     async def hit_ids(seed: int) -> list[int]:
         async with lab(echo=True) as (proxy, _):
             clients = [await connect(proxy) for _ in range(40)]
-            await wait_for(lambda: len([c for c in proxy.connections()
-                                        if c.state == "open"]) == 40)
+            await wait_for(lambda: len([c for c in proxy.connections() if c.state == "open"]) == 40)
             stall = proxy.start(fault("stall:scope=all:p=0.5", seed=seed))
             for client in clients:
                 await client.aclose()
@@ -598,8 +619,12 @@ async def test_a_lasting_fault_for_all_takes_new_connections_and_one_does_not() 
             proxy.stop_all()
             assert proxy.faults() == [] and first.faults == {} and late.faults == {}
     assert [(f["fault"], f["action"], f["conns"]) for f in faults] == [
-        ("latency", "start", [1]), ("stall", "start", [1]), ("latency", "hit", [2]),
-        ("latency", "stop", [1, 2]), ("stall", "stop", [1])]
+        ("latency", "start", [1]),
+        ("stall", "start", [1]),
+        ("latency", "hit", [2]),
+        ("latency", "stop", [1, 2]),
+        ("stall", "stop", [1]),
+    ]
 
 
 # -- the schedule runner --------------------------------------------------------------------
@@ -615,8 +640,11 @@ async def test_run_schedule_applies_and_ends_windows_on_time() -> None:
     def at(text: str, start: float, end: float, id: str) -> FaultWindow:
         return replace(fault(text, id=id), start=start, end=end)
 
-    windows = [at("stall:scope=all", 0.1, 0.3, "stall#1"), at("pause", 0.15, 0.25, "pause#1"),
-               at("cut:scope=all", 0.4, 0.4, "cut#1")]
+    windows = [
+        at("stall:scope=all", 0.1, 0.3, "stall#1"),
+        at("pause", 0.15, 0.25, "pause#1"),
+        at("cut:scope=all", 0.4, 0.4, "cut#1"),
+    ]
     with trio.fail_after(10):
         async with lab(on_fault=faults.append) as (proxy, upstream):
             client, server, conn = await pair(proxy, upstream)
@@ -626,8 +654,12 @@ async def test_run_schedule_applies_and_ends_windows_on_time() -> None:
             assert await receive_to_eof(server) == b""
     assert 0.4 <= took < 0.6
     assert [(f["window"], f["action"], f["conns"]) for f in faults] == [
-        ("stall#1", "start", [1]), ("pause#1", "start", []), ("pause#1", "stop", []),
-        ("stall#1", "stop", [1]), ("cut#1", "start", [1])]
+        ("stall#1", "start", [1]),
+        ("pause#1", "start", []),
+        ("pause#1", "stop", []),
+        ("stall#1", "stop", [1]),
+        ("cut#1", "start", [1]),
+    ]
     assert [(n, a) for n, a, _ in process] == [("pause", "start"), ("pause", "stop")]
     assert 0.15 <= process[0][2] < 0.2 and 0.25 <= process[1][2] < 0.3
 
@@ -644,16 +676,25 @@ async def test_run_schedule_wants_a_callback_for_process_faults() -> None:
 # -- the control API ------------------------------------------------------------------------
 
 
-async def http(address: tuple[str, int], method: str, path: str, body: object = None,
-               raw: bytes | None = None) -> tuple[int, dict, dict[str, str]]:
+async def http(
+    address: tuple[str, int], method: str, path: str, body: object = None, raw: bytes | None = None
+) -> tuple[int, dict, dict[str, str]]:
     """One request on a fresh connection: status, JSON body, headers (lower-cased)."""
     stream = await trio.open_tcp_stream(*address)
     client = h11.Connection(h11.CLIENT)
     if raw is None:
-        data = body if isinstance(body, bytes) else (b"" if body is None else
-                                                     json.dumps(body).encode())
-        raw = client.send(h11.Request(method=method, target=path, headers=[
-            ("Host", "control"), ("Content-Length", str(len(data)))]))
+        data = (
+            body
+            if isinstance(body, bytes)
+            else (b"" if body is None else json.dumps(body).encode())
+        )
+        raw = client.send(
+            h11.Request(
+                method=method,
+                target=path,
+                headers=[("Host", "control"), ("Content-Length", str(len(data)))],
+            )
+        )
         raw += client.send(h11.Data(data=data)) + client.send(h11.EndOfMessage())
     else:
         client = h11.Connection(h11.CLIENT)
@@ -688,11 +729,20 @@ async def test_the_control_api_lists_stalls_now_and_stops_it() -> None:
             assert status == 200
             [listed] = body["connections"]
             assert (listed["id"], listed["label"], listed["state"]) == (conn.id, "a", "open")
-            assert set(listed) >= {"id", "label", "peer", "opened", "bytes_up", "bytes_down",
-                                   "state", "faults"}
+            assert set(listed) >= {
+                "id",
+                "label",
+                "peer",
+                "opened",
+                "bytes_up",
+                "bytes_down",
+                "state",
+                "faults",
+            }
 
-            status, stall, _ = await http(address, "POST", "/faults",
-                                          {"spec": "stall:for=30s:scope=all"})
+            status, stall, _ = await http(
+                address, "POST", "/faults", {"spec": "stall:for=30s:scope=all"}
+            )
             assert status == 201 and stall["conns"] == [conn.id] and stall["active"]
             assert stall["fault"] == "stall" and 29 < stall["ends_in"] <= 30
             status, body, _ = await http(address, "GET", "/faults")
@@ -708,12 +758,12 @@ async def test_the_control_api_lists_stalls_now_and_stops_it() -> None:
             for spec in ("latency:scope=all", "slice:scope=all"):
                 assert (await http(address, "POST", "/faults", {"spec": spec}))[0] == 201
             status, body, _ = await http(address, "DELETE", "/faults")
-            assert status == 200 and [f["fault"] for f in body["stopped"]] == ["latency",
-                                                                                "slice"]
+            assert status == 200 and [f["fault"] for f in body["stopped"]] == ["latency", "slice"]
             assert conn.faults == {}
 
-            status, cut, _ = await http(address, "POST", "/faults",
-                                        {"spec": "cut:mode=rst", "seed": 5})
+            status, cut, _ = await http(
+                address, "POST", "/faults", {"spec": "cut:mode=rst", "seed": 5}
+            )
             assert status == 201 and cut["conns"] == [conn.id] and not cut["active"]
             await expect_reset(client)
 
@@ -737,10 +787,14 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("method,path,body,status,fragment", BAD_REQUESTS,
-                         ids=[f"{b[0]} {b[1]} {b[4]}" for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    "method,path,body,status,fragment",
+    BAD_REQUESTS,
+    ids=[f"{b[0]} {b[1]} {b[4]}" for b in BAD_REQUESTS],
+)
 async def test_the_control_api_answers_bad_requests_with_json_errors(
-        method, path, body, status, fragment) -> None:
+    method, path, body, status, fragment
+) -> None:
     with trio.fail_after(5):
         async with lab() as (proxy, _), open_control(proxy) as control:
             got, answer, headers = await http(control.address, method, path, body)
@@ -812,20 +866,34 @@ async def test_serve_proxy_prints_where_it_listens_and_each_fault(capsys) -> Non
     windows = draw_schedule(parse_faults("cut:every=500ms"), seed=1, duration=3)
     with trio.fail_after(10):
         async with open_upstream(echo=True) as upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(serve_proxy, "127.0.0.1:0", "{}:{}".format(*upstream.address),
-                               "cut:every=500ms", 1, None, 3.0)
+            nursery.start_soon(
+                serve_proxy,
+                "127.0.0.1:0",
+                "{}:{}".format(*upstream.address),
+                "cut:every=500ms",
+                1,
+                None,
+                3.0,
+            )
             first = (await printed("\n")).splitlines()[0]
-            match = re.fullmatch(r"rt chaos proxy: 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:\d+, "
-                                 r"control http://127\.0\.0\.1:(\d+) \(seed 1; (\d+) fault "
-                                 r"windows over 3s\)", first)
+            match = re.fullmatch(
+                r"rt chaos proxy: 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:\d+, "
+                r"control http://127\.0\.0\.1:(\d+) \(seed 1; (\d+) fault "
+                r"windows over 3s\)",
+                first,
+            )
             assert match, first
             assert int(match[3]) == len(windows) > 0
             port, control_port = int(match[1]), int(match[2])
             client = await trio.open_tcp_stream("127.0.0.1", port)
             await client.send_all(b"echo")
             assert await receive_exactly(client, 4) == b"echo"
-            status, stall, _ = await http(("127.0.0.1", control_port), "POST", "/faults",
-                                          {"spec": "stall:for=100ms:scope=all"})
+            status, stall, _ = await http(
+                ("127.0.0.1", control_port),
+                "POST",
+                "/faults",
+                {"spec": "stall:for=100ms:scope=all"},
+            )
             assert status == 201
             await printed("stop manual#1")
             await printed("start cut#1 conns=[1] cut:every=250ms..750ms")

@@ -18,31 +18,46 @@ from tests.clients import open_stream
 from tests.helpers import client_id, new_flow, new_user, serve_rt, uuid, wait_for, ws_stream
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("all", dict.fromkeys(KINDS, 10.0)),
-    ("lagging", {"lagging": 10.0}),
-    ("429:every=3s,slow_ack:every=500ms", {"429": 3.0, "slow_ack": 0.5}),
-    ("all:every=1m", dict.fromkeys(KINDS, 60.0)),
-    (" rotate , 503 ", {"rotate": 10.0, "503": 10.0}),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("all", dict.fromkeys(KINDS, 10.0)),
+        ("lagging", {"lagging": 10.0}),
+        ("429:every=3s,slow_ack:every=500ms", {"429": 3.0, "slow_ack": 0.5}),
+        ("all:every=1m", dict.fromkeys(KINDS, 60.0)),
+        (" rotate , 503 ", {"rotate": 10.0, "503": 10.0}),
+    ],
+)
 def test_specs_parse(spec, expected):
     assert parse_spec(spec) == expected
 
 
-@pytest.mark.parametrize(("spec", "says"), [
-    ("", "empty"), ("bogus", "unknown chaos kind 'bogus'"), ("lagging:p=1", "only key"),
-    ("lagging:every=soon", "not a duration"), ("lagging:every=0s", "above zero"),
-])
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("", "empty"),
+        ("bogus", "unknown chaos kind 'bogus'"),
+        ("lagging:p=1", "only key"),
+        ("lagging:every=soon", "not a duration"),
+        ("lagging:every=0s", "above zero"),
+    ],
+)
 def test_bad_specs_say_what_is_allowed(spec, says):
     with pytest.raises(ChaosSpecError) as info:
         parse_spec(spec)
     assert says in str(info.value)
 
 
-@pytest.mark.parametrize(("kind", "transport"), [
-    ("lagging", "ws"), ("shutdown", "sse"), ("superseded", "xhr"), ("rotate", "multipart"),
-    ("superseded", "poll"),
-])
+@pytest.mark.parametrize(
+    ("kind", "transport"),
+    [
+        ("lagging", "ws"),
+        ("shutdown", "sse"),
+        ("superseded", "xhr"),
+        ("rotate", "multipart"),
+        ("superseded", "poll"),
+    ],
+)
 async def test_forced_closes_are_legal_closes(kind, transport):
     with trio.fail_after(15):
         async with serve_rt(chaos="all:every=1000s", chaos_seed=1) as server:
@@ -51,8 +66,9 @@ async def test_forced_closes_are_legal_closes(kind, transport):
             async with open_stream(alice, transport, ["general"]) as s:
                 assert (await s.next())["type"] == "ready"
                 if transport == "poll":  # a poll must be waiting to hear it
-                    await wait_for(lambda: all(x.pending for x in
-                                               server.service.claims.claimants()))
+                    await wait_for(
+                        lambda: all(x.pending for x in server.service.claims.claimants())
+                    )
                 assert server.service.chaos.force(kind)
                 close = await s.closing()
                 assert close["reason"] == kind
@@ -91,8 +107,9 @@ async def test_forced_429_and_503_are_answered_with_retry_after():
             r = await alice.post("general", "one", "uuid-chaos-0001")  # the retry succeeds
             assert r.status_code == 201
             chaos.force("503")
-            r = await alice.http.get("/stream/poll", params={"flows": "general",
-                                                              "client": client_id()})
+            r = await alice.http.get(
+                "/stream/poll", params={"flows": "general", "client": client_id()}
+            )
             assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
             assert "Retry-After" in r.headers
             history = await alice.history("general")
@@ -113,8 +130,15 @@ async def test_slow_ack_and_ack_after_echo():
             async with ws_stream(alice, ["general"]) as ws:
                 assert (await ws.next())["type"] == "ready"
                 chaos.force("ack_after_echo")
-                await ws.send({"op": "post", "flow": "general", "content": "echo first",
-                               "uuid": uuid(), "ref": "r1"})
+                await ws.send(
+                    {
+                        "op": "post",
+                        "flow": "general",
+                        "content": "echo first",
+                        "uuid": uuid(),
+                        "ref": "r1",
+                    }
+                )
                 first = await ws.until(lambda o: o.get("type") in ("ack", "message"))
                 assert first["type"] == "message" and first["content"] == "echo first"
                 ack = await ws.until(lambda o: o.get("type") == "ack")
@@ -163,7 +187,9 @@ async def test_the_delivery_record_names_each_stream_and_what_it_delivered(tmp_p
             await alice.aclose()
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     assert [(x["transport"], x["first"], x["last"], x["n"]) for x in lines] == [
-        ("ws", posted[0], posted[0], 1), ("poll", posted[1], posted[1], 1)]
+        ("ws", posted[0], posted[0], 1),
+        ("poll", posted[1], posted[1], 1),
+    ]
     assert {x["user"] for x in lines} == {"alice"} and {x["client"] for x in lines} == {client}
     assert lines[0]["stream"] != lines[1]["stream"]
     assert lines[0]["t"] < lines[1]["t"]

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def rt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rt", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "rt", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
 
 
 def test_user_add_prints_the_token_alone_on_its_last_line(tmp_path):
@@ -45,8 +46,7 @@ def test_flow_add_and_list(tmp_path):
     rt("user", "add", "dan", "--db", db)
     rt("user", "add", "eve", "--db", db)
     assert rt("flow", "add", "open", "--db", db).returncode == 0
-    made = rt("flow", "add", "team", "--private", "--owner", "dan", "--member", "eve",
-              "--db", db)
+    made = rt("flow", "add", "team", "--private", "--owner", "dan", "--member", "eve", "--db", db)
     assert made.returncode == 0, made.stderr
     listed = rt("flow", "list", "--db", db).stdout.splitlines()
     assert listed[0] == "open"
@@ -61,10 +61,24 @@ def test_python_dash_m_rt_is_the_rt_command():
     for command in ("serve", "demo", "user", "flow"):
         assert command in via_module.stdout
     serve_help = rt("serve", "--help").stdout
-    for flag in ("--heartbeat", "--write-timeout", "--poll-timeout", "--poll-linger",
-                 "--rotate-bytes", "--presence-grace", "--window", "--ops-rate",
-                 "--ops-burst", "--guest-rate", "--max-streams", "--buffer-objects",
-                 "--allow-origin", "--metrics-token", "--sync", "--guests"):
+    for flag in (
+        "--heartbeat",
+        "--write-timeout",
+        "--poll-timeout",
+        "--poll-linger",
+        "--rotate-bytes",
+        "--presence-grace",
+        "--window",
+        "--ops-rate",
+        "--ops-burst",
+        "--guest-rate",
+        "--max-streams",
+        "--buffer-objects",
+        "--allow-origin",
+        "--metrics-token",
+        "--sync",
+        "--guests",
+    ):
         assert flag in serve_help, flag
 
 

@@ -36,6 +36,7 @@ SHARED_ID = "shared-client-id-0001"
 
 # -- the forwarder ----------------------------------------------------------------------
 
+
 class _Pair:
     __slots__ = ("scope", "frozen", "rst", "sent")
 
@@ -108,13 +109,15 @@ class Forwarder:
         finally:
             self.pairs.discard(pair)
             if pair.rst:  # linger 0: close sends a reset
-                client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                         struct.pack("ii", 1, 0))
+                client.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
             await trio.aclose_forcefully(client)
             await trio.aclose_forcefully(upstream)
 
-    async def _pump(self, pair: _Pair, src: trio.SocketStream, dst: trio.SocketStream,
-                    up: bool) -> None:
+    async def _pump(
+        self, pair: _Pair, src: trio.SocketStream, dst: trio.SocketStream, up: bool
+    ) -> None:
         while True:
             try:
                 data = await src.receive_some(65536)
@@ -149,6 +152,7 @@ async def forwarding(port: int) -> AsyncIterator[Forwarder]:
 
 
 # -- what a client showed, as the lab reads it -------------------------------------------
+
 
 class Lab:
     """One client's LabRecorder records, and the lab's invariants over them."""
@@ -186,8 +190,12 @@ class Lab:
                 assert ids == expected, f"a gap: shown {ids}, stored {expected}"
             for e in events:
                 m = stored[e["id"]]
-                assert (e["type"], e["flow"], e["user"], e["content"]) == \
-                    ("message", m["flow"], m["user"], m["content"]), e
+                assert (e["type"], e["flow"], e["user"], e["content"]) == (
+                    "message",
+                    m["flow"],
+                    m["user"],
+                    m["content"],
+                ), e
 
 
 async def history(api: Api, flow: str = "general") -> list[dict[str, Any]]:
@@ -220,13 +228,17 @@ async def server():
 
 # -- the conformance of each transport ---------------------------------------------------
 
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_transport_view_live_own_post_and_resume_after_cuts(server, alice, bob, transport):
     lab = Lab()
     with trio.fail_after(30):
-        async with forwarding(server.port) as fwd, \
-                connect(fwd.url, alice.token, ["general"], transport, listener=lab.listener,
-                        name=transport) as client:
+        async with (
+            forwarding(server.port) as fwd,
+            connect(
+                fwd.url, alice.token, ["general"], transport, listener=lab.listener, name=transport
+            ) as client,
+        ):
             await client.wait_open()
             assert lab.records[0] == {"view": 0} and client.epoch == server.service.feed.epoch
             assert client.state == "open"
@@ -254,8 +266,11 @@ async def test_transport_view_live_own_post_and_resume_after_cuts(server, alice,
                     accepted, shown = fwd.accepted, len(lab.seen_ids())
                     fwd.cut(rst=rst)
                     # A new connection, and events flowing on it.
-                    await until(lambda a=accepted, s=shown: fwd.accepted > a
-                                and len(lab.seen_ids()) >= s + 3)
+                    await until(
+                        lambda a=accepted, s=shown: (
+                            fwd.accepted > a and len(lab.seen_ids()) >= s + 3
+                        )
+                    )
                 done.set()
             await until(lambda: lab.has_seen(posted))
             assert client.cursor == posted[-1]
@@ -276,8 +291,15 @@ async def test_reset_on_a_foreign_epoch(server, alice, bob, transport):
         await bob.post("general", f"before {i}")
     lab = Lab()
     with trio.fail_after(10):
-        async with connect(server.url, alice.token, ["general"], transport,
-                           listener=lab.listener, cursor=2, epoch="an0ther_log") as client:
+        async with connect(
+            server.url,
+            alice.token,
+            ["general"],
+            transport,
+            listener=lab.listener,
+            cursor=2,
+            epoch="an0ther_log",
+        ) as client:
             await client.wait_open()
             assert lab.records[0] == {"view": 3}
             assert (client.cursor, client.epoch) == (3, server.service.feed.epoch)
@@ -285,8 +307,15 @@ async def test_reset_on_a_foreign_epoch(server, alice, bob, transport):
             await until(lambda: lab.has_seen([r.json()["id"]]))
         # A cursor above the head of this log resets too.
         lab2 = Lab()
-        async with connect(server.url, alice.token, ["general"], transport,
-                           listener=lab2.listener, cursor=99, epoch=client.epoch) as again:
+        async with connect(
+            server.url,
+            alice.token,
+            ["general"],
+            transport,
+            listener=lab2.listener,
+            cursor=99,
+            epoch=client.epoch,
+        ) as again:
             await again.wait_open()
             assert lab2.records[0] == {"view": 4} and again.stats.views == 1
     lab.check(await history(bob))
@@ -299,16 +328,32 @@ async def test_takeover_switches_to_a_new_client_id(server, alice, bob, transpor
     a new client id, from its cursor, without loss; the second keeps the id."""
     lab_a, lab_b = Lab(), Lab()
     with trio.fail_after(20):
-        async with connect(server.url, alice.token, ["general"], transport,
-                           listener=lab_a.listener, client_id=SHARED_ID) as a:
+        async with connect(
+            server.url,
+            alice.token,
+            ["general"],
+            transport,
+            listener=lab_a.listener,
+            client_id=SHARED_ID,
+        ) as a:
             await a.wait_open()
             ids = [(await bob.post("general", f"one {i}")).json()["id"] for i in range(5)]
             await until(lambda: lab_a.has_seen(ids))
             # A polling session is superseded through its pending poll: wait until it polls.
-            await until(lambda: getattr(server.service.claims.by_key.get(("alice", SHARED_ID)),
-                                        "pending", 1) > 0)
-            async with connect(server.url, alice.token, ["general"], transport,
-                               listener=lab_b.listener, client_id=SHARED_ID) as b:
+            await until(
+                lambda: (
+                    getattr(server.service.claims.by_key.get(("alice", SHARED_ID)), "pending", 1)
+                    > 0
+                )
+            )
+            async with connect(
+                server.url,
+                alice.token,
+                ["general"],
+                transport,
+                listener=lab_b.listener,
+                client_id=SHARED_ID,
+            ) as b:
                 await b.wait_open()
                 await until(lambda: a.client_id != SHARED_ID and a.state == "open")
                 more = [(await bob.post("general", f"two {i}")).json()["id"] for i in range(5)]
@@ -332,9 +377,17 @@ async def test_read_watchdog_gives_up_a_half_open_connection(transport):
         lab = Lab()
         timeouts = Timeouts(ready=3, poll_margin=0.5)
         with trio.fail_after(15):
-            async with forwarding(server.port) as fwd, \
-                    connect(fwd.url, alice.token, ["general"], transport, listener=lab.listener,
-                            timeouts=timeouts) as client:
+            async with (
+                forwarding(server.port) as fwd,
+                connect(
+                    fwd.url,
+                    alice.token,
+                    ["general"],
+                    transport,
+                    listener=lab.listener,
+                    timeouts=timeouts,
+                ) as client,
+            ):
                 await client.wait_open()
                 first = (await bob.post("general", "before")).json()["id"]
                 await until(lambda: lab.has_seen([first]))
@@ -355,14 +408,16 @@ async def test_read_watchdog_gives_up_a_half_open_connection(transport):
 
 # -- the outbox ------------------------------------------------------------------------
 
+
 async def test_outbox_retries_429_with_the_same_uuid(alice):
     async with serve_rt(ops_rate=4, ops_burst=1) as server:
         await new_flow(server, "general")
         api = await new_user(server, "carol")
         lab = Lab()
         with trio.fail_after(15):
-            async with connect(server.url, api.token, ["general"], "ws",
-                               listener=lab.listener) as client:
+            async with connect(
+                server.url, api.token, ["general"], "ws", listener=lab.listener
+            ) as client:
                 await client.wait_open()
                 ops = [client.post("general", f"burst {i}") for i in range(3)]
                 events = [await op.done for op in ops]
@@ -381,9 +436,10 @@ async def test_outbox_a_lost_answer_is_retried_and_stored_once(server, alice, bo
     the same id, and history holds the post once."""
     lab = Lab()
     with trio.fail_after(15):
-        async with forwarding(server.port) as fwd, \
-                connect(fwd.url, alice.token, ["general"], "sse",
-                        listener=lab.listener) as client:
+        async with (
+            forwarding(server.port) as fwd,
+            connect(fwd.url, alice.token, ["general"], "sse", listener=lab.listener) as client,
+        ):
             await client.wait_open()
             fwd.cut_answer_to(b"POST /flows/general/messages")
             op = client.post("general", "exactly once")
@@ -400,8 +456,9 @@ async def test_outbox_a_lost_answer_is_retried_and_stored_once(server, alice, bo
 async def test_outbox_gives_up_for_good(server, alice):
     lab = Lab()
     with trio.fail_after(10):
-        async with connect(server.url, alice.token, ["general"], "poll",
-                           listener=lab.listener) as client:
+        async with connect(
+            server.url, alice.token, ["general"], "poll", listener=lab.listener
+        ) as client:
             missing = client.post("nope", "to nowhere")
             blank = client.post("general", " \u200b ")
             with pytest.raises(GaveUp) as caught:
@@ -432,14 +489,26 @@ async def test_a_refused_stream_is_fatal_and_says_why(server, alice, transport):
 
 # -- the race lab's driver, as a subprocess ---------------------------------------------
 
+
 async def test_driver_speaks_the_lab_interface(server, alice, bob, tmp_path):
-    env = {**os.environ, "RT_URL": server.url, "RT_TOKEN": alice.token, "RT_FLOWS": "general",
-           "RT_TRANSPORT": "auto", "RT_LAB_ID": "lab-7", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "RT_URL": server.url,
+        "RT_TOKEN": alice.token,
+        "RT_FLOWS": "general",
+        "RT_TRANSPORT": "auto",
+        "RT_LAB_ID": "lab-7",
+        "PYTHONPATH": str(ROOT),
+    }
     lines: list[dict[str, Any]] = []
     with trio.fail_after(30), open(tmp_path / "stderr", "wb") as stderr:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "rt.client.driver"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=stderr, env=env)
+            [sys.executable, "-m", "rt.client.driver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )
 
         async def read_lines() -> None:
             buf = b""
@@ -452,8 +521,9 @@ async def test_driver_speaks_the_lab_interface(server, alice, bob, tmp_path):
             nursery.start_soon(read_lines)
             await until(lambda: any("view" in r for r in lines))
             bob_id = (await bob.post("general", "from bob")).json()["id"]
-            await until(lambda: any("seen" in line and line["seen"]["id"] == bob_id
-                                    for line in lines))
+            await until(
+                lambda: any("seen" in line and line["seen"]["id"] == bob_id for line in lines)
+            )
             # Posts and the stop in one write: the stop waits for every ack.
             commands = [{"cmd": "post", "flow": "general", "content": f"p{i}"} for i in range(5)]
             commands += [{"cmd": "post", "flow": "BAD FLOW", "content": "bad"}, {"cmd": "stop"}]
@@ -474,6 +544,7 @@ async def test_driver_speaks_the_lab_interface(server, alice, bob, tmp_path):
 
 # -- many clients in one process ---------------------------------------------------------
 
+
 async def test_200_clients_in_one_process(capsys):
     """200 clients (ws and poll, ten users) in this process with the server: all of them
     see every post; figures printed (run with -s to see them)."""
@@ -482,9 +553,17 @@ async def test_200_clients_in_one_process(capsys):
         await new_flow(server, "general")
         tokens = [await server.service.directory.create_user(f"user{i}") for i in range(n_users)]
         labs = [Lab() for _ in range(n_clients)]
-        clients = [Client(server.url, tokens[i % n_users], ["general"],
-                          "ws" if i % 2 == 0 else "poll", listener=labs[i].listener,
-                          name=f"c{i}") for i in range(n_clients)]
+        clients = [
+            Client(
+                server.url,
+                tokens[i % n_users],
+                ["general"],
+                "ws" if i % 2 == 0 else "poll",
+                listener=labs[i].listener,
+                name=f"c{i}",
+            )
+            for i in range(n_clients)
+        ]
         with trio.fail_after(25):
             async with trio.open_nursery() as nursery:
                 start = trio.current_time()
@@ -493,8 +572,10 @@ async def test_200_clients_in_one_process(capsys):
                 await wait_for(lambda: all(c.state == "open" for c in clients), interval=0.02)
                 opened = trio.current_time() - start
                 posted_at = trio.current_time()
-                ops = [clients[i * (n_clients // n_posts)].post("general", f"to all {i}")
-                       for i in range(n_posts)]
+                ops = [
+                    clients[i * (n_clients // n_posts)].post("general", f"to all {i}")
+                    for i in range(n_posts)
+                ]
                 ids = [(await op.done)["id"] for op in ops]
                 await wait_for(lambda: all(lab.has_seen(ids) for lab in labs), interval=0.02)
                 delivered = trio.current_time() - posted_at
@@ -511,23 +592,44 @@ async def test_200_clients_in_one_process(capsys):
         assert lab.seen_ids() == sorted(ids)
     connections = sum(c.stats.connections for c in clients)
     with capsys.disabled():
-        print(f"\n200 clients: all open in {opened:.2f} s, {n_posts} posts seen by all in "
-              f"{delivered:.2f} s, stopped in {stopped:.2f} s, {total:.2f} s in all; "
-              f"{connections} connections")
+        print(
+            f"\n200 clients: all open in {opened:.2f} s, {n_posts} posts seen by all in "
+            f"{delivered:.2f} s, stopped in {stopped:.2f} s, {total:.2f} s in all; "
+            f"{connections} connections"
+        )
     assert connections == n_clients  # nobody had to reconnect
     assert total < 20
 
 
 # -- purity ------------------------------------------------------------------------------
 
+
 def test_the_client_talks_over_the_wire_only() -> None:
     """rt.client loads none of the server's layers and no test-only HTTP library."""
-    script = ("import rt.client, rt.client.driver, sys\n"
-              "print(repr(sorted(sys.modules)))\n")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    script = "import rt.client, rt.client.driver, sys\nprint(repr(sorted(sys.modules)))\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     loaded = eval(proc.stdout.strip().splitlines()[-1])
-    forbidden = ("rt.store", "rt.hub", "rt.backend", "rt.service", "rt.web", "rt.cli", "httpx",
-                 "trio_websocket", "websockets", "quart", "quart_trio", "hypercorn", "anyio")
+    forbidden = (
+        "rt.store",
+        "rt.hub",
+        "rt.backend",
+        "rt.service",
+        "rt.web",
+        "rt.cli",
+        "httpx",
+        "trio_websocket",
+        "websockets",
+        "quart",
+        "quart_trio",
+        "hypercorn",
+        "anyio",
+    )
     assert not [m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)]

@@ -48,14 +48,38 @@ from rt.core.events import Event
 from rt.transports import FRAMERS
 
 EPOCH = "Ep0ch_abc"
-READY = {"type": "ready", "protocol": 1, "cursor": 5, "epoch": EPOCH, "reset": False,
-         "flows": ["general"], "client": "c" * 16, "transport": "x", "heartbeat": 15,
-         "poll_timeout": 25, "presence": {"general": ["alice"]}}
+READY = {
+    "type": "ready",
+    "protocol": 1,
+    "cursor": 5,
+    "epoch": EPOCH,
+    "reset": False,
+    "flows": ["general"],
+    "client": "c" * 16,
+    "transport": "x",
+    "heartbeat": 15,
+    "poll_timeout": 25,
+    "presence": {"general": ["alice"]},
+}
 # Content that needs every escape, and multi-byte UTF-8 that a byte-wise feed splits.
-EVENT = {"id": 6, "flow": "general", "type": "message", "user": "bob", "sent": 1,
-         "uuid": "u1234567", "content": "<b>&amp;</b> é 日本 😀 \u2028 \r\n --rt-mixed-5f0c3a"}
-EVENT2 = {"id": 7, "flow": "general", "type": "message", "user": "bob", "sent": 2,
-          "uuid": "u7654321", "content": "</script><script>p([]);</script>"}
+EVENT = {
+    "id": 6,
+    "flow": "general",
+    "type": "message",
+    "user": "bob",
+    "sent": 1,
+    "uuid": "u1234567",
+    "content": "<b>&amp;</b> é 日本 😀 \u2028 \r\n --rt-mixed-5f0c3a",
+}
+EVENT2 = {
+    "id": 7,
+    "flow": "general",
+    "type": "message",
+    "user": "bob",
+    "sent": 2,
+    "uuid": "u7654321",
+    "content": "</script><script>p([]);</script>",
+}
 PRESENCE = {"type": "presence", "flow": "general", "user": "bob", "state": "online"}
 CLOSE = {"type": "close", "reason": "rotate", "retry_ms": 0}
 OBJECTS = [READY, EVENT, EVENT2, PRESENCE, CLOSE]
@@ -72,13 +96,13 @@ def feeds(make, data: bytes) -> list:
     whole = make().feed(data)
     results = [whole]
     bytewise = make()
-    results.append([o for i in range(len(data)) for o in bytewise.feed(data[i:i + 1])])
+    results.append([o for i in range(len(data)) for o in bytewise.feed(data[i : i + 1])])
     rng = random.Random(7)
     for _ in range(5):
         parser, out, i = make(), [], 0
         while i < len(data):
             n = rng.randint(1, 9)
-            out += parser.feed(data[i:i + n])
+            out += parser.feed(data[i : i + n])
             i += n
         results.append(out)
     assert all(r == whole for r in results), results
@@ -91,6 +115,7 @@ def test_escapes_are_what_the_server_sends() -> None:
 
 
 # -- ws ---------------------------------------------------------------------------------
+
 
 def _server_handshake(client: WsClientProtocol) -> tuple[WSConnection, Request]:
     server = WSConnection(ConnectionType.SERVER)
@@ -110,8 +135,9 @@ def test_ws_message_splits_objects() -> None:
 
 
 def test_ws_protocol_byte_by_byte() -> None:
-    client = WsClientProtocol("127.0.0.1:8000", "/stream/ws?flows=general&client=c",
-                              [("Authorization", "Bearer tok")])
+    client = WsClientProtocol(
+        "127.0.0.1:8000", "/stream/ws?flows=general&client=c", [("Authorization", "Bearer tok")]
+    )
     server, request = _server_handshake(client)
     assert request.target == "/stream/ws?flows=general&client=c"
     assert (b"authorization", b"Bearer tok") in request.extra_headers
@@ -127,7 +153,7 @@ def test_ws_protocol_byte_by_byte() -> None:
     data += server.send(CloseConnection(code=4009, reason="superseded"))
     events = []
     for i in range(len(data)):
-        events += client.receive(data[i:i + 1])
+        events += client.receive(data[i : i + 1])
     assert events == [Accepted(), Message(ready), Message(batch), Closed(4009, "superseded")]
     assert ws_objects(events[2].text) == [EVENT, EVENT2, PRESENCE]
     # The client answered the Ping and the close by itself.
@@ -150,7 +176,7 @@ def test_ws_the_servers_own_frames() -> None:
     data += text_frame(framer.control(CLOSE))
     events = []
     for i in range(len(data)):
-        events += client.receive(data[i:i + 1])
+        events += client.receive(data[i : i + 1])
     objects = [o for e in events if isinstance(e, Message) for o in ws_objects(e.text)]
     assert objects == [READY, EVENT, EVENT2, {"type": "heartbeat"}, CLOSE]
 
@@ -159,12 +185,15 @@ def test_ws_refused_upgrade_and_a_cut_connection() -> None:
     client = WsClientProtocol("h", "/stream/ws")
     server, _ = _server_handshake(client)
     body = b'{"error":{"code":"forbidden","message":"no"}}'
-    data = server.send(RejectConnection(status_code=403, headers=[(b"content-length", b"%d" % len(body))],
-                                        has_body=True))
+    data = server.send(
+        RejectConnection(
+            status_code=403, headers=[(b"content-length", b"%d" % len(body))], has_body=True
+        )
+    )
     data += server.send(RejectData(data=body))
     events = []
     for i in range(len(data)):
-        events += client.receive(data[i:i + 1])
+        events += client.receive(data[i : i + 1])
     assert events == [Rejected(403, {"content-length": str(len(body))}, body)]
 
     client = WsClientProtocol("h", "/stream/ws")
@@ -176,15 +205,55 @@ def test_ws_refused_upgrade_and_a_cut_connection() -> None:
 
 # -- sse --------------------------------------------------------------------------------
 
+
 def sse_body(line_end: bytes = b"\n") -> bytes:
     n = line_end
-    return (b"retry: 2345" + n + n
-            + b"id: " + EPOCH.encode() + b":5" + n + b"event: ready" + n + b"data: " + raw(READY) + n + n
-            + b"id: " + EPOCH.encode() + b":6" + n + b"data: " + raw(EVENT) + n + n
-            + b": hb" + n + n
-            + b"id: " + EPOCH.encode() + b":7" + n + b"data: " + raw(EVENT2) + n + n
-            + b"event: presence" + n + b"data: " + raw(PRESENCE) + n + n
-            + b"event: close" + n + b"data: " + raw(CLOSE) + n + n)
+    return (
+        b"retry: 2345"
+        + n
+        + n
+        + b"id: "
+        + EPOCH.encode()
+        + b":5"
+        + n
+        + b"event: ready"
+        + n
+        + b"data: "
+        + raw(READY)
+        + n
+        + n
+        + b"id: "
+        + EPOCH.encode()
+        + b":6"
+        + n
+        + b"data: "
+        + raw(EVENT)
+        + n
+        + n
+        + b": hb"
+        + n
+        + n
+        + b"id: "
+        + EPOCH.encode()
+        + b":7"
+        + n
+        + b"data: "
+        + raw(EVENT2)
+        + n
+        + n
+        + b"event: presence"
+        + n
+        + b"data: "
+        + raw(PRESENCE)
+        + n
+        + n
+        + b"event: close"
+        + n
+        + b"data: "
+        + raw(CLOSE)
+        + n
+        + n
+    )
 
 
 @pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
@@ -200,9 +269,14 @@ def test_sse_byte_by_byte(line_end: bytes) -> None:
 def test_sse_bom_and_the_servers_own_bytes() -> None:
     assert feeds(SseParser, b"\xef\xbb\xbf" + sse_body()) == OBJECTS
     framer = FRAMERS["sse"]
-    body = (framer.preamble() + framer.ready(READY, EPOCH) + framer.frame([Event(EVENT)], EPOCH)
-            + framer.heartbeat() + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
-            + framer.control(CLOSE))
+    body = (
+        framer.preamble()
+        + framer.ready(READY, EPOCH)
+        + framer.frame([Event(EVENT)], EPOCH)
+        + framer.heartbeat()
+        + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
+        + framer.control(CLOSE)
+    )
     assert feeds(SseParser, body) == OBJECTS
 
 
@@ -213,13 +287,30 @@ def test_sse_data_that_is_not_an_object() -> None:
 
 # -- xhr --------------------------------------------------------------------------------
 
+
 def test_xhr_byte_by_byte() -> None:
-    body = raw(READY) + b"\n" + raw(EVENT) + b"\n\n" + raw(EVENT2) + b"\n" + b"\n" \
-        + raw(PRESENCE) + b"\r\n" + raw(CLOSE) + b"\n"
+    body = (
+        raw(READY)
+        + b"\n"
+        + raw(EVENT)
+        + b"\n\n"
+        + raw(EVENT2)
+        + b"\n"
+        + b"\n"
+        + raw(PRESENCE)
+        + b"\r\n"
+        + raw(CLOSE)
+        + b"\n"
+    )
     assert feeds(NdjsonParser, body) == OBJECTS
     framer = FRAMERS["xhr"]
-    body = (framer.ready(READY, EPOCH) + framer.frame([Event(EVENT)], EPOCH) + framer.heartbeat()
-            + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH) + framer.control(CLOSE))
+    body = (
+        framer.ready(READY, EPOCH)
+        + framer.frame([Event(EVENT)], EPOCH)
+        + framer.heartbeat()
+        + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
+        + framer.control(CLOSE)
+    )
     assert feeds(NdjsonParser, body) == OBJECTS
     with pytest.raises(ProtocolError):
         NdjsonParser().feed(b"{not json}\n")
@@ -231,22 +322,41 @@ B = "rt-mixed-5f0c3a"
 
 
 def part(*objs) -> bytes:
-    return (b"--" + B.encode() + b"\r\nContent-Type: application/json\r\n\r\n["
-            + b",".join(raw(o) for o in objs) + b"]\r\n")
+    return (
+        b"--"
+        + B.encode()
+        + b"\r\nContent-Type: application/json\r\n\r\n["
+        + b",".join(raw(o) for o in objs)
+        + b"]\r\n"
+    )
 
 
 def test_multipart_byte_by_byte() -> None:
-    body = part(READY) + part(EVENT, EVENT2) + part() + part(PRESENCE) + part(CLOSE) \
-        + b"--" + B.encode() + b"--\r\n"
+    body = (
+        part(READY)
+        + part(EVENT, EVENT2)
+        + part()
+        + part(PRESENCE)
+        + part(CLOSE)
+        + b"--"
+        + B.encode()
+        + b"--\r\n"
+    )
     assert feeds(lambda: MultipartParser(B), body) == OBJECTS
     parser = MultipartParser(B)
     for b in body:
         parser.feed(bytes([b]))
     assert parser.closed
     framer = FRAMERS["multipart"]
-    body = (framer.preamble() + framer.ready(READY, EPOCH) + framer.frame([Event(EVENT)], EPOCH)
-            + framer.heartbeat() + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
-            + framer.control(CLOSE) + framer.epilogue())
+    body = (
+        framer.preamble()
+        + framer.ready(READY, EPOCH)
+        + framer.frame([Event(EVENT)], EPOCH)
+        + framer.heartbeat()
+        + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
+        + framer.control(CLOSE)
+        + framer.epilogue()
+    )
     assert feeds(lambda: MultipartParser(boundary_of(framer.content_type)), body) == OBJECTS
 
 
@@ -265,11 +375,15 @@ def test_a_big_batch_a_byte_at_a_time_is_read_in_linear_time(transport) -> None:
     events = [Event({**EVENT, "id": i, "content": "x" * 150}) for i in range(1, 501)]
     framer = FRAMERS[transport].for_request(CB)
     data = framer.preamble() + framer.frame(events, EPOCH)
-    make = {"xhr": NdjsonParser, "sse": SseParser, "htmlfile": lambda: HtmlFileParser(CB),
-            "multipart": lambda: MultipartParser(boundary_of(framer.content_type))}[transport]
+    make = {
+        "xhr": NdjsonParser,
+        "sse": SseParser,
+        "htmlfile": lambda: HtmlFileParser(CB),
+        "multipart": lambda: MultipartParser(boundary_of(framer.content_type)),
+    }[transport]
     parser = make()
     started = time.perf_counter()
-    out = [o for i in range(len(data)) for o in parser.feed(data[i:i + 1])]
+    out = [o for i in range(len(data)) for o in parser.feed(data[i : i + 1])]
     elapsed = time.perf_counter() - started
     assert [o["id"] for o in out] == list(range(1, 501))
     assert elapsed < 3.0, f"{transport}: {len(data)} bytes took {elapsed:.2f} s"
@@ -285,25 +399,41 @@ def test_multipart_boundary_and_bad_bytes() -> None:
 
 # -- htmlfile ---------------------------------------------------------------------------
 
+
 def htmlfile_body() -> bytes:
-    head = (b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
-            b"<script>var p=parent." + CB.encode() + b";</script>")
+    head = (
+        b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+        b"<script>var p=parent." + CB.encode() + b";</script>"
+    )
     preamble = head + b"<!--" + b" " * (1024 - len(head) - 8) + b"-->\n"
     assert len(preamble) == 1024
 
     def script(*objs) -> bytes:
         return b"<script>p([" + b",".join(raw(o) for o in objs) + b"]);</script>\n"
 
-    return (preamble + script(READY) + script(EVENT, EVENT2) + script() + script(PRESENCE)
-            + script(CLOSE) + b"</body></html>\n")
+    return (
+        preamble
+        + script(READY)
+        + script(EVENT, EVENT2)
+        + script()
+        + script(PRESENCE)
+        + script(CLOSE)
+        + b"</body></html>\n"
+    )
 
 
 def test_htmlfile_byte_by_byte() -> None:
     assert feeds(lambda: HtmlFileParser(CB), htmlfile_body()) == OBJECTS
     framer = FRAMERS["htmlfile"].for_request(CB)
-    body = (framer.preamble() + framer.ready(READY, EPOCH) + framer.frame([Event(EVENT)], EPOCH)
-            + framer.heartbeat() + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
-            + framer.control(CLOSE) + framer.epilogue())
+    body = (
+        framer.preamble()
+        + framer.ready(READY, EPOCH)
+        + framer.frame([Event(EVENT)], EPOCH)
+        + framer.heartbeat()
+        + framer.frame([Event(EVENT2), Event(PRESENCE)], EPOCH)
+        + framer.control(CLOSE)
+        + framer.epilogue()
+    )
     parser = HtmlFileParser(CB)
     assert [o for b in body for o in parser.feed(bytes([b]))] == OBJECTS
     assert parser.closed
@@ -319,6 +449,7 @@ def test_htmlfile_refuses_what_is_not_its_framing() -> None:
 
 
 # -- poll, jsonp ------------------------------------------------------------------------
+
 
 def test_poll_and_jsonp_byte_by_byte() -> None:
     body = b"[" + b",".join(raw(o) for o in OBJECTS) + b"]"
@@ -344,6 +475,7 @@ def test_poll_and_jsonp_byte_by_byte() -> None:
 
 # -- HTTP: h11 removes the chunked framing, whatever the cuts ---------------------------
 
+
 async def test_http_chunked_response_byte_by_byte() -> None:
     with trio.fail_after(5):
         client_side, server_side = trio.testing.memory_stream_pair()
@@ -352,14 +484,18 @@ async def test_http_chunked_response_byte_by_byte() -> None:
         request = await server_side.receive_some()
         assert request.startswith(b"GET /stream/xhr?x=1 HTTP/1.1\r\n")
         body = raw(READY) + b"\n" + raw(EVENT) + b"\n"
-        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 50]), body[i:i + 50])
-                          for i in range(0, len(body), 50))
-        response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-                    b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 50]), body[i : i + 50])
+            for i in range(0, len(body), 50)
+        )
+        response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        )
 
         async def send_bytewise() -> None:
             for i in range(len(response)):
-                await server_side.send_all(response[i:i + 1])
+                await server_side.send_all(response[i : i + 1])
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_bytewise)
@@ -383,9 +519,12 @@ async def test_http_a_silent_response_times_out() -> None:
 
 # -- retry rules ------------------------------------------------------------------------
 
+
 def test_retry_rules() -> None:
-    assert [classify(s) for s in (200, 201, 400, 401, 403, 404, 409, 413, 408, 429, 500, 503)] \
-        == ["ok", "ok"] + ["fail"] * 6 + ["retry"] * 4
+    assert [classify(s) for s in (200, 201, 400, 401, 403, 404, 409, 413, 408, 429, 500, 503)] == [
+        "ok",
+        "ok",
+    ] + ["fail"] * 6 + ["retry"] * 4
     assert parse_retry_after("2") == 2.0 and parse_retry_after(" 0.5 ") == 0.5
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 10) == 10.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None

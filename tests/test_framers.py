@@ -27,15 +27,33 @@ EPOCH = "Ep0ch_abc-123"
 
 
 def stored(event_id: int, content: str = "hi", flow: str = "general") -> Event:
-    return Event({"id": event_id, "flow": flow, "type": "message", "user": "alice",
-                  "sent": 1_700_000_000_000, "uuid": f"uuid-{event_id:04d}",
-                  "content": content})
+    return Event(
+        {
+            "id": event_id,
+            "flow": flow,
+            "type": "message",
+            "user": "alice",
+            "sent": 1_700_000_000_000,
+            "uuid": f"uuid-{event_id:04d}",
+            "content": content,
+        }
+    )
 
 
 def ready_obj(cursor: int = 41) -> dict[str, Any]:
-    return {"type": "ready", "protocol": 1, "cursor": cursor, "epoch": EPOCH,
-            "reset": False, "flows": ["general"], "client": "c" * 16, "transport": "sse",
-            "heartbeat": 15, "poll_timeout": 25, "presence": {"general": ["alice"]}}
+    return {
+        "type": "ready",
+        "protocol": 1,
+        "cursor": cursor,
+        "epoch": EPOCH,
+        "reset": False,
+        "flows": ["general"],
+        "client": "c" * 16,
+        "transport": "sse",
+        "heartbeat": 15,
+        "poll_timeout": 25,
+        "presence": {"general": ["alice"]},
+    }
 
 
 HOSTILE = [
@@ -60,6 +78,7 @@ HOSTILE = [
 
 
 # -- a WHATWG-conformant event stream decoder -------------------------------------
+
 
 @dataclass
 class SseEvent:
@@ -154,32 +173,55 @@ class SseDecoder:
 def decode_bytewise(stream: bytes) -> SseDecoder:
     decoder = SseDecoder()
     for i in range(len(stream)):
-        decoder.feed(stream[i:i + 1])
+        decoder.feed(stream[i : i + 1])
     return decoder
 
 
 # The decoder is test code: check it against the spec's own examples first,
 # so that the framer tests below cannot pass by a decoder bug.
 
-@pytest.mark.parametrize(("stream", "expected"), [
-    pytest.param(b"data: YHOO\ndata: +2\ndata: 10\n\n", [("message", "YHOO\n+2\n10", "")],
-                 id="multi-line-data"),
-    pytest.param(b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
-                 b"data:  third event\n\n",
-                 [("message", "first event", "1"), ("message", "second event", ""),
-                  ("message", " third event", "")], id="spec-example-ids"),
-    pytest.param(b"data\n\ndata\ndata\n\ndata:", [("message", "", ""), ("message", "\n", "")],
-                 id="spec-example-empty-data"),
-    pytest.param(b"data:test\n\ndata: test\n\n", [("message", "test", "")] * 2,
-                 id="spec-example-space"),
-    pytest.param(b"event: a\r\ndata: 1\r\n\r\nevent: b\rdata: 2\r\rdata: 3\n\n",
-                 [("a", "1", ""), ("b", "2", ""), ("message", "3", "")], id="crlf-cr-lf"),
-    pytest.param(b"\xef\xbb\xbfdata: x\n\n", [("message", "x", "")], id="leading-bom"),
-    pytest.param(b"id: 7\n\nevent: x\n\ndata: y\n\n", [("message", "y", "7")],
-                 id="no-dispatch-without-data"),
-    pytest.param(b"id: a\x00b\ndata: y\n\n", [("message", "y", "")], id="id-with-nul-ignored"),
-    pytest.param(b"data: \xc3\xa9\n\n", [("message", "\u00e9", "")], id="utf-8-split"),
-])
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        pytest.param(
+            b"data: YHOO\ndata: +2\ndata: 10\n\n",
+            [("message", "YHOO\n+2\n10", "")],
+            id="multi-line-data",
+        ),
+        pytest.param(
+            b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
+            b"data:  third event\n\n",
+            [
+                ("message", "first event", "1"),
+                ("message", "second event", ""),
+                ("message", " third event", ""),
+            ],
+            id="spec-example-ids",
+        ),
+        pytest.param(
+            b"data\n\ndata\ndata\n\ndata:",
+            [("message", "", ""), ("message", "\n", "")],
+            id="spec-example-empty-data",
+        ),
+        pytest.param(
+            b"data:test\n\ndata: test\n\n", [("message", "test", "")] * 2, id="spec-example-space"
+        ),
+        pytest.param(
+            b"event: a\r\ndata: 1\r\n\r\nevent: b\rdata: 2\r\rdata: 3\n\n",
+            [("a", "1", ""), ("b", "2", ""), ("message", "3", "")],
+            id="crlf-cr-lf",
+        ),
+        pytest.param(b"\xef\xbb\xbfdata: x\n\n", [("message", "x", "")], id="leading-bom"),
+        pytest.param(
+            b"id: 7\n\nevent: x\n\ndata: y\n\n",
+            [("message", "y", "7")],
+            id="no-dispatch-without-data",
+        ),
+        pytest.param(b"id: a\x00b\ndata: y\n\n", [("message", "y", "")], id="id-with-nul-ignored"),
+        pytest.param(b"data: \xc3\xa9\n\n", [("message", "\u00e9", "")], id="utf-8-split"),
+    ],
+)
 def test_decoder_follows_the_spec(stream: bytes, expected: list[tuple[str, str, str]]) -> None:
     # The spec examples decode "data" with no value as an empty line; the
     # first event of "spec-example-empty-data" has data "" and is still
@@ -212,6 +254,7 @@ def test_decoder_cr_at_chunk_boundary_is_one_line_end() -> None:
 
 # -- SSE framer ----------------------------------------------------------------------
 
+
 def test_sse_preamble_retry_is_randomised_in_range() -> None:
     framer = SseFramer(random.Random(1234))
     values = []
@@ -231,8 +274,9 @@ def test_sse_preamble_retry_is_randomised_in_range() -> None:
 
 def test_sse_preamble_default_rng_in_range() -> None:
     framer = SseFramer()
-    values = {int(re.fullmatch(rb"retry: (\d+)\n\n", framer.preamble()).group(1))
-              for _ in range(500)}
+    values = {
+        int(re.fullmatch(rb"retry: (\d+)\n\n", framer.preamble()).group(1)) for _ in range(500)
+    }
     assert all(1000 <= v <= 5000 for v in values)
     assert len(values) > 10
 
@@ -253,14 +297,27 @@ def test_sse_ready_exact() -> None:
 def test_sse_stored_events_exact() -> None:
     events = [stored(42, "one"), stored(43, "two", flow="random")]
     out = SseFramer().frame(events, EPOCH)
-    assert out == (b"id: " + EPOCH.encode() + b":42\ndata: " + events[0].raw + b"\n\n"
-                   + b"id: " + EPOCH.encode() + b":43\ndata: " + events[1].raw + b"\n\n")
+    assert out == (
+        b"id: "
+        + EPOCH.encode()
+        + b":42\ndata: "
+        + events[0].raw
+        + b"\n\n"
+        + b"id: "
+        + EPOCH.encode()
+        + b":43\ndata: "
+        + events[1].raw
+        + b"\n\n"
+    )
 
 
-@pytest.mark.parametrize("event", [
-    pytest.param(presence_event("general", "alice", "online"), id="presence"),
-    pytest.param(typing_event("general", "bob"), id="typing"),
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(presence_event("general", "alice", "online"), id="presence"),
+        pytest.param(typing_event("general", "bob"), id="typing"),
+    ],
+)
 def test_sse_ephemeral_exact(event: Event) -> None:
     out = SseFramer().frame([event], EPOCH)
     assert out == b"event: " + event.type.encode() + b"\ndata: " + event.raw + b"\n\n"
@@ -273,11 +330,14 @@ def test_sse_heartbeat_exact() -> None:
     assert decoder.events == [] and decoder.comments == [" hb"]
 
 
-@pytest.mark.parametrize("obj", [
-    pytest.param({"type": "close", "reason": "lagging", "retry_ms": 250}, id="close-lagging"),
-    pytest.param({"type": "close", "reason": "superseded"}, id="close-superseded"),
-    pytest.param({"type": "error", "code": "bad_request", "message": "<b>&"}, id="error"),
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param({"type": "close", "reason": "lagging", "retry_ms": 250}, id="close-lagging"),
+        pytest.param({"type": "close", "reason": "superseded"}, id="close-superseded"),
+        pytest.param({"type": "error", "code": "bad_request", "message": "<b>&"}, id="error"),
+    ],
+)
 def test_sse_control_exact(obj: dict[str, Any]) -> None:
     out = SseFramer().control(obj)
     assert out == b"event: " + obj["type"].encode() + b"\ndata: " + encode(obj) + b"\n\n"
@@ -320,8 +380,7 @@ def test_sse_whole_stream_decodes_byte_by_byte() -> None:
                 last_id = f"{EPOCH}:{event.id}"
                 next_id = event.id + 1
             # EventSource: an event without an id line keeps the last event id.
-            expected.append((event.type if event.id is None else "message", event.data,
-                             last_id))
+            expected.append((event.type if event.id is None else "message", event.data, last_id))
         out = framer.frame(batch, EPOCH)
         assert b"\r" not in out
         # Three lines per stored event, three per ephemeral: no extra line.
@@ -368,43 +427,51 @@ def test_sse_hostile_content_one_event_each(text: str) -> None:
 
 # -- Last-Event-ID -----------------------------------------------------------------
 
-@pytest.mark.parametrize(("value", "expected"), [
-    pytest.param("abcdefgh:0", ("abcdefgh", 0), id="zero"),
-    pytest.param("abcdefgh:123", ("abcdefgh", 123), id="number"),
-    pytest.param(f"{EPOCH}:42", (EPOCH, 42), id="framer-epoch"),
-    pytest.param(" abc_-XYZ:5 ", ("abc_-XYZ", 5), id="surrounding-space"),
-    pytest.param("E" * 32 + ":7", ("E" * 32, 7), id="32-char-epoch"),
-    pytest.param("abcdefgh:" + "9" * 18, ("abcdefgh", int("9" * 18)), id="18-digits"),
-])
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("abcdefgh:0", ("abcdefgh", 0), id="zero"),
+        pytest.param("abcdefgh:123", ("abcdefgh", 123), id="number"),
+        pytest.param(f"{EPOCH}:42", (EPOCH, 42), id="framer-epoch"),
+        pytest.param(" abc_-XYZ:5 ", ("abc_-XYZ", 5), id="surrounding-space"),
+        pytest.param("E" * 32 + ":7", ("E" * 32, 7), id="32-char-epoch"),
+        pytest.param("abcdefgh:" + "9" * 18, ("abcdefgh", int("9" * 18)), id="18-digits"),
+    ],
+)
 def test_parse_last_event_id_good(value: str, expected: tuple[str, int]) -> None:
     assert parse_last_event_id(value) == expected
 
 
-@pytest.mark.parametrize("value", [
-    pytest.param("", id="empty"),
-    pytest.param("abcdefgh", id="no-colon"),
-    pytest.param("abcdefgh:", id="no-cursor"),
-    pytest.param(":5", id="no-epoch"),
-    pytest.param("short:5", id="epoch-too-short"),
-    pytest.param("E" * 33 + ":5", id="epoch-too-long"),
-    pytest.param("abc:defgh:5", id="colon-in-epoch"),
-    pytest.param("abcdefgh:-1", id="negative"),
-    pytest.param("abcdefgh:1.5", id="decimal"),
-    pytest.param("abcdefgh:5x", id="trailing-junk"),
-    pytest.param("abcdefgh: 5", id="space-before-cursor"),
-    pytest.param("abcdefgh:" + "9" * 19, id="19-digits"),
-    pytest.param("abcdefgh:\uff11", id="fullwidth-digit"),
-    # Latin-1 superscripts: what a header decoded as ISO-8859-1 can hold.
-    pytest.param("abcdefgh:\u00b2", id="superscript-two"),
-    pytest.param("abcdefgh:1\u00b9", id="superscript-one"),
-    pytest.param("abcd\u00e9fgh:5", id="non-ascii-epoch"),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("abcdefgh", id="no-colon"),
+        pytest.param("abcdefgh:", id="no-cursor"),
+        pytest.param(":5", id="no-epoch"),
+        pytest.param("short:5", id="epoch-too-short"),
+        pytest.param("E" * 33 + ":5", id="epoch-too-long"),
+        pytest.param("abc:defgh:5", id="colon-in-epoch"),
+        pytest.param("abcdefgh:-1", id="negative"),
+        pytest.param("abcdefgh:1.5", id="decimal"),
+        pytest.param("abcdefgh:5x", id="trailing-junk"),
+        pytest.param("abcdefgh: 5", id="space-before-cursor"),
+        pytest.param("abcdefgh:" + "9" * 19, id="19-digits"),
+        pytest.param("abcdefgh:\uff11", id="fullwidth-digit"),
+        # Latin-1 superscripts: what a header decoded as ISO-8859-1 can hold.
+        pytest.param("abcdefgh:\u00b2", id="superscript-two"),
+        pytest.param("abcdefgh:1\u00b9", id="superscript-one"),
+        pytest.param("abcd\u00e9fgh:5", id="non-ascii-epoch"),
+    ],
+)
 def test_parse_last_event_id_bad_names_no_cursor(value: str) -> None:
     # None: an untrusted cursor, which resets the stream instead of failing it (issue 9).
     assert parse_last_event_id(value) is None
 
 
 # -- WebSocket framer ----------------------------------------------------------------
+
 
 def test_ws_registry_framer_is_ws() -> None:
     assert isinstance(FRAMERS["ws"], WebSocketFramer)
@@ -418,8 +485,12 @@ def test_ws_single_event_is_its_raw_bytes() -> None:
 
 
 def test_ws_batch_is_one_object_per_line() -> None:
-    events = [stored(1, "a"), presence_event("general", "alice", "online"),
-              stored(2, "b"), typing_event("general", "bob")]
+    events = [
+        stored(1, "a"),
+        presence_event("general", "alice", "online"),
+        stored(2, "b"),
+        typing_event("general", "bob"),
+    ]
     out = WebSocketFramer().frame(events, EPOCH)
     assert out == b"\n".join(e.raw for e in events)
     lines = out.decode("utf-8").split("\n")
@@ -442,11 +513,14 @@ def test_ws_heartbeat_exact() -> None:
     assert WebSocketFramer().heartbeat() == b'{"type":"heartbeat"}'
 
 
-@pytest.mark.parametrize("obj", [
-    pytest.param(ready_obj(), id="ready"),
-    pytest.param({"type": "pong", "ref": "<r>", "sent": 5}, id="pong"),
-    pytest.param({"type": "close", "reason": "lagging", "retry_ms": 10}, id="close"),
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param(ready_obj(), id="ready"),
+        pytest.param({"type": "pong", "ref": "<r>", "sent": 5}, id="pong"),
+        pytest.param({"type": "close", "reason": "lagging", "retry_ms": 10}, id="close"),
+    ],
+)
 def test_ws_control_and_ready_are_the_encoded_object(obj: dict[str, Any]) -> None:
     framer = WebSocketFramer()
     assert framer.control(obj) == encode(obj)
@@ -454,8 +528,8 @@ def test_ws_control_and_ready_are_the_encoded_object(obj: dict[str, Any]) -> Non
     assert b"\n" not in framer.control(obj)
 
 
-
 # -- registry and headers ------------------------------------------------------------
+
 
 def test_stream_headers_are_the_four_of_the_protocol() -> None:
     assert STREAM_HEADERS == {

@@ -49,16 +49,33 @@ CLOSE = {"type": "close", "reason": "rotate", "retry_ms": 0}
 
 
 def stored(event_id: int, content: str = "hi", flow: str = "general") -> Event:
-    return Event({"id": event_id, "flow": flow, "type": "message", "user": "alice",
-                  "sent": 1_700_000_000_000, "uuid": f"uuid-{event_id:04d}",
-                  "content": content})
+    return Event(
+        {
+            "id": event_id,
+            "flow": flow,
+            "type": "message",
+            "user": "alice",
+            "sent": 1_700_000_000_000,
+            "uuid": f"uuid-{event_id:04d}",
+            "content": content,
+        }
+    )
 
 
 def ready_obj(cursor: int = 41, transport: str = "xhr") -> dict[str, Any]:
-    return {"type": "ready", "protocol": 1, "cursor": cursor, "epoch": EPOCH,
-            "reset": False, "flows": ["general"], "client": "c" * 16,
-            "transport": transport, "heartbeat": 15, "poll_timeout": 25,
-            "presence": {"general": ["alice"]}}
+    return {
+        "type": "ready",
+        "protocol": 1,
+        "cursor": cursor,
+        "epoch": EPOCH,
+        "reset": False,
+        "flows": ["general"],
+        "client": "c" * 16,
+        "transport": transport,
+        "heartbeat": 15,
+        "poll_timeout": 25,
+        "presence": {"general": ["alice"]},
+    }
 
 
 HOSTILE = [
@@ -79,7 +96,7 @@ HOSTILE = [
     "\r\n--" + BOUNDARY + "\r\n",
     "\r\n--" + BOUNDARY + "--\r\n",
     "--" + BOUNDARY,
-    "\r\n--" + BOUNDARY + "\r\nContent-Type: application/json\r\n\r\n[{\"type\":\"close\"}]\r\n",
+    "\r\n--" + BOUNDARY + '\r\nContent-Type: application/json\r\n\r\n[{"type":"close"}]\r\n',
     "\n",
     "\n\n",
     "a\rb",
@@ -87,7 +104,7 @@ HOSTILE = [
     "\r",
     '{"type":"close","reason":"rotate"}\n',
     '"]);p([{"type":"close"}]);//',
-    "]);</script><script>p([{\"type\":\"close\"}]);</script>",
+    ']);</script><script>p([{"type":"close"}]);</script>',
     "\x85\x1c\x1d\x1e\x0b\x0c",
     "\ufeffBOM in the middle",
     "\x00NUL",
@@ -120,38 +137,48 @@ def bound(name: str, callback: str = "cb") -> Framer:
 
 # -- registry, flags, content types --------------------------------------------------
 
+
 def test_registry_holds_exactly_the_seven() -> None:
-    assert sorted(FRAMERS) == sorted(["ws", "sse", "xhr", "multipart", "htmlfile",
-                                      "poll", "jsonp"])
+    assert sorted(FRAMERS) == sorted(["ws", "sse", "xhr", "multipart", "htmlfile", "poll", "jsonp"])
     assert set(FRAMERS) == set(ALL_TRANSPORTS)
     for name, framer in FRAMERS.items():
         assert framer.name == name
 
 
-@pytest.mark.parametrize(("name", "cls", "content_type", "rotates", "polling",
-                          "needs_callback"), [
-    ("ws", WebSocketFramer, "", False, False, False),
-    ("sse", SseFramer, "text/event-stream; charset=utf-8", False, False, False),
-    ("xhr", XhrFramer, "application/x-ndjson; charset=utf-8", True, False, False),
-    ("multipart", MultipartFramer, 'multipart/x-mixed-replace; boundary="rt-mixed-5f0c3a"',
-     True, False, False),
-    ("htmlfile", HtmlFileFramer, "text/html; charset=utf-8", True, False, True),
-    ("poll", PollFramer, "application/json; charset=utf-8", False, True, False),
-    ("jsonp", JsonpFramer, "application/javascript; charset=utf-8", False, True, True),
-])
-def test_framer_kinds_and_content_types(name: str, cls: type, content_type: str,
-                                        rotates: bool, polling: bool,
-                                        needs_callback: bool) -> None:
+@pytest.mark.parametrize(
+    ("name", "cls", "content_type", "rotates", "polling", "needs_callback"),
+    [
+        ("ws", WebSocketFramer, "", False, False, False),
+        ("sse", SseFramer, "text/event-stream; charset=utf-8", False, False, False),
+        ("xhr", XhrFramer, "application/x-ndjson; charset=utf-8", True, False, False),
+        (
+            "multipart",
+            MultipartFramer,
+            'multipart/x-mixed-replace; boundary="rt-mixed-5f0c3a"',
+            True,
+            False,
+            False,
+        ),
+        ("htmlfile", HtmlFileFramer, "text/html; charset=utf-8", True, False, True),
+        ("poll", PollFramer, "application/json; charset=utf-8", False, True, False),
+        ("jsonp", JsonpFramer, "application/javascript; charset=utf-8", False, True, True),
+    ],
+)
+def test_framer_kinds_and_content_types(
+    name: str, cls: type, content_type: str, rotates: bool, polling: bool, needs_callback: bool
+) -> None:
     framer = FRAMERS[name]
     assert type(framer) is cls
     assert framer.content_type == content_type
     assert (framer.rotates, framer.polling, framer.needs_callback) == (
-        rotates, polling, needs_callback)
+        rotates,
+        polling,
+        needs_callback,
+    )
     # Bound to a callback, a framer is still the same kind.
     mine = framer.for_request("cb")
     assert type(mine) is cls and mine.content_type == content_type
-    assert (mine.rotates, mine.polling, mine.needs_callback) == (
-        rotates, polling, needs_callback)
+    assert (mine.rotates, mine.polling, mine.needs_callback) == (rotates, polling, needs_callback)
 
 
 @pytest.mark.parametrize("name", ["ws", "sse", "xhr", "multipart", "poll"])
@@ -161,12 +188,18 @@ def test_for_request_without_callback_is_self(name: str, callback: str | None) -
     assert framer.for_request(callback) is framer
 
 
-@pytest.mark.parametrize(("name", "epilogue"), [
-    ("ws", b""), ("sse", b""), ("xhr", b""),
-    ("multipart", b"--rt-mixed-5f0c3a--\r\n"),
-    ("htmlfile", b"</body></html>\n"),
-    ("poll", b""), ("jsonp", b""),
-])
+@pytest.mark.parametrize(
+    ("name", "epilogue"),
+    [
+        ("ws", b""),
+        ("sse", b""),
+        ("xhr", b""),
+        ("multipart", b"--rt-mixed-5f0c3a--\r\n"),
+        ("htmlfile", b"</body></html>\n"),
+        ("poll", b""),
+        ("jsonp", b""),
+    ],
+)
 def test_epilogues(name: str, epilogue: bytes) -> None:
     assert bound(name).epilogue() == epilogue
 
@@ -199,81 +232,149 @@ EXACT: list[Any] = [
     # xhr: OBJ\n per object, a lone \n as heartbeat
     ("xhr", lambda f: f.preamble(), b"", "preamble"),
     ("xhr", lambda f: f.frame([T], EPOCH), T_RAW + b"\n", "one"),
-    ("xhr", lambda f: f.frame([T, P, M], EPOCH),
-     T_RAW + b"\n" + P_RAW + b"\n" + M_RAW + b"\n", "three"),
+    (
+        "xhr",
+        lambda f: f.frame([T, P, M], EPOCH),
+        T_RAW + b"\n" + P_RAW + b"\n" + M_RAW + b"\n",
+        "three",
+    ),
     ("xhr", lambda f: f.frame([], EPOCH), b"", "empty"),
     ("xhr", lambda f: f.control(CLOSE), CLOSE_RAW + b"\n", "close"),
-    ("xhr", lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
-     b'{"type":"ready","cursor":5}\n', "ready"),
+    (
+        "xhr",
+        lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
+        b'{"type":"ready","cursor":5}\n',
+        "ready",
+    ),
     ("xhr", lambda f: f.heartbeat(), b"\n", "heartbeat"),
     # multipart: one part per batch
     ("multipart", lambda f: f.preamble(), b"", "preamble"),
     ("multipart", lambda f: f.frame([T], EPOCH), PART + b"[" + T_RAW + b"]\r\n", "one"),
-    ("multipart", lambda f: f.frame([T, P, M], EPOCH),
-     PART + b"[" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]\r\n", "three"),
+    (
+        "multipart",
+        lambda f: f.frame([T, P, M], EPOCH),
+        PART + b"[" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]\r\n",
+        "three",
+    ),
     ("multipart", lambda f: f.frame([], EPOCH), b"", "empty"),
     ("multipart", lambda f: f.control(CLOSE), PART + b"[" + CLOSE_RAW + b"]\r\n", "close"),
-    ("multipart", lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
-     PART + b'[{"type":"ready","cursor":5}]\r\n', "ready"),
-    ("multipart", lambda f: f.heartbeat(),
-     b"--rt-mixed-5f0c3a\r\nContent-Type: application/json\r\n\r\n[]\r\n", "heartbeat"),
+    (
+        "multipart",
+        lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
+        PART + b'[{"type":"ready","cursor":5}]\r\n',
+        "ready",
+    ),
+    (
+        "multipart",
+        lambda f: f.heartbeat(),
+        b"--rt-mixed-5f0c3a\r\nContent-Type: application/json\r\n\r\n[]\r\n",
+        "heartbeat",
+    ),
     ("multipart", lambda f: f.epilogue(), b"--rt-mixed-5f0c3a--\r\n", "epilogue"),
     # htmlfile: one script element per batch
-    ("htmlfile", lambda f: f.frame([T], EPOCH),
-     b"<script>p([" + T_RAW + b"]);</script>\n", "one"),
-    ("htmlfile", lambda f: f.frame([T, P, M], EPOCH),
-     b"<script>p([" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]);</script>\n", "three"),
+    ("htmlfile", lambda f: f.frame([T], EPOCH), b"<script>p([" + T_RAW + b"]);</script>\n", "one"),
+    (
+        "htmlfile",
+        lambda f: f.frame([T, P, M], EPOCH),
+        b"<script>p([" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]);</script>\n",
+        "three",
+    ),
     ("htmlfile", lambda f: f.frame([], EPOCH), b"", "empty"),
-    ("htmlfile", lambda f: f.control(CLOSE),
-     b"<script>p([" + CLOSE_RAW + b"]);</script>\n", "close"),
-    ("htmlfile", lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
-     b'<script>p([{"type":"ready","cursor":5}]);</script>\n', "ready"),
+    (
+        "htmlfile",
+        lambda f: f.control(CLOSE),
+        b"<script>p([" + CLOSE_RAW + b"]);</script>\n",
+        "close",
+    ),
+    (
+        "htmlfile",
+        lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
+        b'<script>p([{"type":"ready","cursor":5}]);</script>\n',
+        "ready",
+    ),
     ("htmlfile", lambda f: f.heartbeat(), b"<script>p([]);</script>\n", "heartbeat"),
     ("htmlfile", lambda f: f.epilogue(), b"</body></html>\n", "epilogue"),
     # poll: one JSON array per response
     ("poll", lambda f: f.answer([]), b"[]", "answer-empty"),
     ("poll", lambda f: f.answer([T_RAW]), b"[" + T_RAW + b"]", "answer-one"),
-    ("poll", lambda f: f.answer([T_RAW, P_RAW, M_RAW]),
-     b"[" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]", "answer-three"),
+    (
+        "poll",
+        lambda f: f.answer([T_RAW, P_RAW, M_RAW]),
+        b"[" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]",
+        "answer-three",
+    ),
     ("poll", lambda f: f.frame([T, M], EPOCH), b"[" + T_RAW + b"," + M_RAW + b"]", "frame"),
-    ("poll", lambda f: f.control({"type": "close", "reason": "superseded"}),
-     b'[{"type":"close","reason":"superseded"}]', "close-superseded"),
-    ("poll", lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
-     b'[{"type":"ready","cursor":5}]', "ready"),
+    (
+        "poll",
+        lambda f: f.control({"type": "close", "reason": "superseded"}),
+        b'[{"type":"close","reason":"superseded"}]',
+        "close-superseded",
+    ),
+    (
+        "poll",
+        lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
+        b'[{"type":"ready","cursor":5}]',
+        "ready",
+    ),
     ("poll", lambda f: f.preamble(), b"", "preamble"),
     # jsonp: /**/F([OBJ,...]);
     ("jsonp", lambda f: f.answer([]), b"/**/cb([]);", "answer-empty"),
     ("jsonp", lambda f: f.answer([T_RAW]), b"/**/cb([" + T_RAW + b"]);", "answer-one"),
-    ("jsonp", lambda f: f.answer([T_RAW, P_RAW, M_RAW]),
-     b"/**/cb([" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]);", "answer-three"),
-    ("jsonp", lambda f: f.frame([T, M], EPOCH),
-     b"/**/cb([" + T_RAW + b"," + M_RAW + b"]);", "frame"),
+    (
+        "jsonp",
+        lambda f: f.answer([T_RAW, P_RAW, M_RAW]),
+        b"/**/cb([" + T_RAW + b"," + P_RAW + b"," + M_RAW + b"]);",
+        "answer-three",
+    ),
+    (
+        "jsonp",
+        lambda f: f.frame([T, M], EPOCH),
+        b"/**/cb([" + T_RAW + b"," + M_RAW + b"]);",
+        "frame",
+    ),
     ("jsonp", lambda f: f.control(CLOSE), b"/**/cb([" + CLOSE_RAW + b"]);", "close"),
-    ("jsonp", lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
-     b'/**/cb([{"type":"ready","cursor":5}]);', "ready"),
+    (
+        "jsonp",
+        lambda f: f.ready({"type": "ready", "cursor": 5}, EPOCH),
+        b'/**/cb([{"type":"ready","cursor":5}]);',
+        "ready",
+    ),
     ("jsonp", lambda f: f.preamble(), b"", "preamble"),
 ]
 
 
-@pytest.mark.parametrize(("name", "call", "expected"),
-                         [pytest.param(n, c, e, id=f"{n}-{i}") for n, c, e, i in EXACT])
+@pytest.mark.parametrize(
+    ("name", "call", "expected"), [pytest.param(n, c, e, id=f"{n}-{i}") for n, c, e, i in EXACT]
+)
 def test_exact_bytes(name: str, call: Call, expected: bytes) -> None:
     assert call(bound(name)) == expected
 
 
-@pytest.mark.parametrize(("callback", "expected"), [
-    ("$x.y_z", b"/**/$x.y_z([" + T_RAW + b"]);"),
-    ("a1.b2", b"/**/a1.b2([" + T_RAW + b"]);"),
-    ("CWSabc", b"/**/CWSabc([" + T_RAW + b"]);"),  # never the first bytes of the body
-])
+@pytest.mark.parametrize(
+    ("callback", "expected"),
+    [
+        ("$x.y_z", b"/**/$x.y_z([" + T_RAW + b"]);"),
+        ("a1.b2", b"/**/a1.b2([" + T_RAW + b"]);"),
+        ("CWSabc", b"/**/CWSabc([" + T_RAW + b"]);"),  # never the first bytes of the body
+    ],
+)
 def test_jsonp_callbacks_exact(callback: str, expected: bytes) -> None:
     assert bound("jsonp", callback).answer([T_RAW]) == expected
 
 
 # -- callback validation ----------------------------------------------------------------
 
-GOOD_CALLBACKS = ["cb", "$x.y_z", "a1.b2", "_", "$", "A.B.C", "_rt.streams.s12", "a" * 64,
-                  "a." + "b" * 62]
+GOOD_CALLBACKS = [
+    "cb",
+    "$x.y_z",
+    "a1.b2",
+    "_",
+    "$",
+    "A.B.C",
+    "_rt.streams.s12",
+    "a" * 64,
+    "a." + "b" * 62,
+]
 BAD_CALLBACKS = [
     pytest.param(None, id="missing"),
     pytest.param("", id="empty"),
@@ -324,6 +425,7 @@ def test_bad_callbacks_are_bad_requests(name: str, callback: str | None) -> None
 
 # -- NDJSON (xhr) ------------------------------------------------------------------------
 
+
 @dataclass
 class NdjsonDecoder:
     """Lines split on `\\n` only (as rt's client does); an empty line is a heartbeat."""
@@ -351,7 +453,7 @@ class NdjsonDecoder:
 def ndjson_bytewise(stream: bytes) -> NdjsonDecoder:
     decoder = NdjsonDecoder()
     for i in range(len(stream)):
-        decoder.feed(stream[i:i + 1])
+        decoder.feed(stream[i : i + 1])
     return decoder
 
 
@@ -365,6 +467,7 @@ def test_ndjson_decoder_self_check() -> None:
 
 
 # -- multipart/x-mixed-replace -------------------------------------------------------------
+
 
 @dataclass
 class MultipartDecoder:
@@ -406,7 +509,7 @@ class MultipartDecoder:
                 assert dash.startswith(buf), buf
                 return False
             assert buf.startswith(dash), buf
-            self._buf = buf[len(dash):]
+            self._buf = buf[len(dash) :]
             self._state = "after-boundary"
             return True
         if self._state == "after-boundary":
@@ -421,7 +524,7 @@ class MultipartDecoder:
             if end < 0:
                 return False
             assert buf[:end].strip(b" \t") == b"", buf  # transport padding only
-            self._buf = buf[end + 2:]
+            self._buf = buf[end + 2 :]
             self._headers = {}
             self._state = "headers"
             return True
@@ -429,7 +532,7 @@ class MultipartDecoder:
             end = buf.find(b"\r\n")
             if end < 0:
                 return False
-            line, self._buf = buf[:end], buf[end + 2:]
+            line, self._buf = buf[:end], buf[end + 2 :]
             if line == b"":
                 self._state = "body"
             else:
@@ -443,10 +546,10 @@ class MultipartDecoder:
                 return False
             self._part(buf[:end])
             if self.eager:
-                self._buf = buf[end + 2:]
+                self._buf = buf[end + 2 :]
                 self._state = "delimiter"
             else:
-                self._buf = buf[end + 2 + len(dash):]
+                self._buf = buf[end + 2 + len(dash) :]
                 self._state = "after-boundary"
             return True
         if self._state == "delimiter":
@@ -454,7 +557,7 @@ class MultipartDecoder:
                 assert dash.startswith(buf), buf
                 return False
             assert buf.startswith(dash), buf
-            self._buf = buf[len(dash):]
+            self._buf = buf[len(dash) :]
             self._state = "after-boundary"
             return True
         assert self._state == "epilogue"
@@ -472,18 +575,19 @@ class MultipartDecoder:
         self.objects.extend(value)
 
 
-
 def multipart_bytewise(stream: bytes, eager: bool, boundary: bytes = B) -> MultipartDecoder:
     decoder = MultipartDecoder(boundary, eager)
     for i in range(len(stream)):
-        decoder.feed(stream[i:i + 1])
+        decoder.feed(stream[i : i + 1])
     return decoder
 
 
-MP_SAMPLE = (b"--XyZ\r\nContent-Type: application/json\r\n\r\n[1,2]\r\n"
-             b"--XyZ \t\r\nContent-Type:application/json\r\n\r\n[]\r\n"
-             b"--XyZ\r\ncontent-type: application/json\r\n\r\n[\"--XyZ\"]\r\n"
-             b"--XyZ--\r\n")
+MP_SAMPLE = (
+    b"--XyZ\r\nContent-Type: application/json\r\n\r\n[1,2]\r\n"
+    b"--XyZ \t\r\nContent-Type:application/json\r\n\r\n[]\r\n"
+    b'--XyZ\r\ncontent-type: application/json\r\n\r\n["--XyZ"]\r\n'
+    b"--XyZ--\r\n"
+)
 
 
 @pytest.mark.parametrize("eager", [False, True])
@@ -534,8 +638,7 @@ class HtmlScripts:
     text: str = ""
     tags: list[str] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
-    _decoder: Any = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("strict"))
+    _decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("strict"))
     _state: str = "data"
     _script: str = ""
     _temp: str = ""
@@ -721,8 +824,11 @@ class HtmlScripts:
                 self._temp += c.lower()
                 self._emit(c)
             else:
-                self._state = ("script-escaped" if s == "script-double-escape-start"
-                               else "script-double-escaped")
+                self._state = (
+                    "script-escaped"
+                    if s == "script-double-escape-start"
+                    else "script-double-escaped"
+                )
                 return True
         elif s == "script-double-escaped":
             if c == "-":
@@ -780,29 +886,44 @@ class HtmlScripts:
 def html_bytewise(stream: bytes) -> HtmlScripts:
     parser = HtmlScripts()
     for i in range(len(stream)):
-        parser.feed(stream[i:i + 1])
+        parser.feed(stream[i : i + 1])
     return parser
 
 
-@pytest.mark.parametrize(("html", "scripts", "text"), [
-    pytest.param("<script>a=1</script>", ["a=1"], "", id="plain"),
-    pytest.param('<script>x="</script>";</script>', ['x="'], '";', id="first-end-tag-wins"),
-    pytest.param("<script>a</SCRIPT >b", ["a"], "b", id="upper-case-and-space"),
-    pytest.param("<script>a</script/>b", ["a"], "b", id="end-tag-slash"),
-    pytest.param("<script>a</scriptx>b</script>", ["a</scriptx>b"], "", id="not-script-end"),
-    pytest.param("<script>a</scrip</script>", ["a</scrip"], "", id="partial-end"),
-    pytest.param("<script>a<b</script>", ["a<b"], "", id="lt"),
-    pytest.param("<script><!--a--></script>", ["<!--a-->"], "", id="escaped"),
-    pytest.param("<script><!--<script></script>x</script>y", ["<!--<script></script>x"], "y",
-                 id="double-escaped-end-tag-does-not-end"),
-    pytest.param("<script><!--<script>--></script>", ["<!--<script>-->"], "",
-                 id="double-escape-closed-by-arrow"),
-    pytest.param("<script><!--</script>-->", ["<!--"], "-->", id="escaped-end-tag-ends"),
-    pytest.param("<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>"
-                 "<!-- c --> <p title='a>b'>hi</p>", [], " hi", id="outside-scripts"),
-    pytest.param("<script>'\u00e9\U0001f600'</script>", ["'\u00e9\U0001f600'"], "",
-                 id="utf-8"),
-])
+@pytest.mark.parametrize(
+    ("html", "scripts", "text"),
+    [
+        pytest.param("<script>a=1</script>", ["a=1"], "", id="plain"),
+        pytest.param('<script>x="</script>";</script>', ['x="'], '";', id="first-end-tag-wins"),
+        pytest.param("<script>a</SCRIPT >b", ["a"], "b", id="upper-case-and-space"),
+        pytest.param("<script>a</script/>b", ["a"], "b", id="end-tag-slash"),
+        pytest.param("<script>a</scriptx>b</script>", ["a</scriptx>b"], "", id="not-script-end"),
+        pytest.param("<script>a</scrip</script>", ["a</scrip"], "", id="partial-end"),
+        pytest.param("<script>a<b</script>", ["a<b"], "", id="lt"),
+        pytest.param("<script><!--a--></script>", ["<!--a-->"], "", id="escaped"),
+        pytest.param(
+            "<script><!--<script></script>x</script>y",
+            ["<!--<script></script>x"],
+            "y",
+            id="double-escaped-end-tag-does-not-end",
+        ),
+        pytest.param(
+            "<script><!--<script>--></script>",
+            ["<!--<script>-->"],
+            "",
+            id="double-escape-closed-by-arrow",
+        ),
+        pytest.param("<script><!--</script>-->", ["<!--"], "-->", id="escaped-end-tag-ends"),
+        pytest.param(
+            '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+            "<!-- c --> <p title='a>b'>hi</p>",
+            [],
+            " hi",
+            id="outside-scripts",
+        ),
+        pytest.param("<script>'\u00e9\U0001f600'</script>", ["'\u00e9\U0001f600'"], "", id="utf-8"),
+    ],
+)
 def test_html_tokenizer_self_check(html: str, scripts: list[str], text: str) -> None:
     for parser in (html_bytewise(html.encode()), _html_whole(html.encode())):
         assert parser.scripts == scripts
@@ -854,15 +975,18 @@ def htmlfile_run(stream: bytes) -> tuple[HtmlScripts, HtmlFileClient]:
 
 # -- the htmlfile preamble ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("callback", ["cb", "$x.y_z", "a" * 64, "a." + "b" * 62])
 def test_htmlfile_preamble(callback: str) -> None:
     preamble = bound("htmlfile", callback).preamble()
     assert len(preamble) >= 1024
-    head = (b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
-            b"<script>var p=parent." + callback.encode() + b";</script><!--")
+    head = (
+        b'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+        b"<script>var p=parent." + callback.encode() + b";</script><!--"
+    )
     assert preamble.startswith(head)
     assert preamble.endswith(b"-->\n")
-    assert set(preamble[len(head):-4]) == {ord(" ")}  # padding: spaces in a comment
+    assert set(preamble[len(head) : -4]) == {ord(" ")}  # padding: spaces in a comment
     # The encoding declaration is within the first 1024 bytes (HTML prescan).
     assert preamble.index(b'<meta charset="utf-8">') + 22 <= 1024
     parser, client = htmlfile_run(preamble)
@@ -913,7 +1037,11 @@ def decode_stream(name: str, stream: bytes) -> Decoded:
         strict = multipart_bytewise(stream, eager=False)
         eager = multipart_bytewise(stream, eager=True)
         assert (strict.objects, strict.heartbeats, strict.parts, strict.closed) == (
-            eager.objects, eager.heartbeats, eager.parts, eager.closed)
+            eager.objects,
+            eager.heartbeats,
+            eager.parts,
+            eager.closed,
+        )
         assert strict.closed and strict.epilogue == b"\r\n"
         return Decoded(strict.objects, strict.heartbeats, strict.closed)
     assert name == "htmlfile"
@@ -983,7 +1111,7 @@ def test_each_frame_is_decoded_on_arrival(name: str) -> None:
     ran = 0
     for chunk, objects in zip(chunks, expected, strict=True):
         for i in range(len(chunk)):
-            byte = chunk[i:i + 1]
+            byte = chunk[i : i + 1]
             if name == "xhr":
                 ndjson.feed(byte)
             elif name == "multipart":
@@ -1023,6 +1151,7 @@ def test_hostile_content_is_one_object(name: str, text: str) -> None:
 
 
 # -- polling bodies --------------------------------------------------------------------------
+
 
 def jsonp_call(body: bytes) -> tuple[str, Any]:
     """The callback and argument of a JSONP body `/**/F(ARG);`."""
@@ -1067,26 +1196,30 @@ def test_poll_and_jsonp_answer_and_frame_agree() -> None:
 
 # -- rotation ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("sizes", "budget", "expected"), [
-    pytest.param([], 100, 0, id="empty-batch"),
-    pytest.param([], 0, 0, id="empty-batch-no-budget"),
-    pytest.param([10], 0, 0, id="budget-zero"),
-    pytest.param([10, 10], -5, 0, id="budget-negative"),
-    pytest.param([10, 10, 10], 30, 3, id="exact-fit-whole-batch"),
-    pytest.param([10, 10, 10], 20, 2, id="exact-fit-at-object-boundary"),
-    pytest.param([10, 10, 10], 10, 1, id="exact-fit-first-object"),
-    pytest.param([10, 10, 10], 25, 3, id="last-object-crosses"),
-    pytest.param([10, 10, 10], 15, 2, id="one-crossing-object"),
-    pytest.param([10, 10, 10], 1, 1, id="budget-one"),
-    pytest.param([10, 10, 10], 31, 3, id="all-below-mark"),
-    pytest.param([1] * 100, 10, 10, id="many-small"),
-    pytest.param([1] * 100, 1000, 100, id="many-small-all-fit"),
-    pytest.param([10**6], 10, 1, id="one-huge"),
-    pytest.param([10**6, 5, 5], 10, 1, id="huge-first"),
-    pytest.param([5, 10**6, 5], 10, 2, id="huge-crosses"),
-    pytest.param([0, 0, 0], 1, 3, id="zero-sizes"),
-    pytest.param([10, 0, 0], 10, 1, id="nothing-after-the-mark"),
-])
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "expected"),
+    [
+        pytest.param([], 100, 0, id="empty-batch"),
+        pytest.param([], 0, 0, id="empty-batch-no-budget"),
+        pytest.param([10], 0, 0, id="budget-zero"),
+        pytest.param([10, 10], -5, 0, id="budget-negative"),
+        pytest.param([10, 10, 10], 30, 3, id="exact-fit-whole-batch"),
+        pytest.param([10, 10, 10], 20, 2, id="exact-fit-at-object-boundary"),
+        pytest.param([10, 10, 10], 10, 1, id="exact-fit-first-object"),
+        pytest.param([10, 10, 10], 25, 3, id="last-object-crosses"),
+        pytest.param([10, 10, 10], 15, 2, id="one-crossing-object"),
+        pytest.param([10, 10, 10], 1, 1, id="budget-one"),
+        pytest.param([10, 10, 10], 31, 3, id="all-below-mark"),
+        pytest.param([1] * 100, 10, 10, id="many-small"),
+        pytest.param([1] * 100, 1000, 100, id="many-small-all-fit"),
+        pytest.param([10**6], 10, 1, id="one-huge"),
+        pytest.param([10**6, 5, 5], 10, 1, id="huge-first"),
+        pytest.param([5, 10**6, 5], 10, 2, id="huge-crosses"),
+        pytest.param([0, 0, 0], 1, 3, id="zero-sizes"),
+        pytest.param([10, 0, 0], 10, 1, id="nothing-after-the-mark"),
+    ],
+)
 def test_rotation_cut_table(sizes: list[int], budget: int, expected: int) -> None:
     assert rotation_cut(sizes, budget) == expected
 
@@ -1123,14 +1256,15 @@ def test_object_sizes_are_where_objects_start(name: str) -> None:
     assert sizes[0] == framer.batch_prefix + len(batch[0].raw) + 1
     for k, event in enumerate(batch):
         start = sum(sizes[:k]) if k else framer.batch_prefix
-        assert body[start:start + len(event.raw)] == event.raw
-        assert sum(sizes[:k + 1]) == start + len(event.raw) + 1
+        assert body[start : start + len(event.raw)] == event.raw
+        assert sum(sizes[: k + 1]) == start + len(event.raw) + 1
     # ... and the last one's separator ends at their sum.
-    assert body[sum(sizes) - 1:sum(sizes)] in (b"\n", b"]")
+    assert body[sum(sizes) - 1 : sum(sizes)] in (b"\n", b"]")
 
 
-def rotating_response(framer: Framer, items: list[Any], rotate_bytes: int
-                      ) -> tuple[bytes, list[Any], list[tuple[int, list[tuple[int, int]]]]]:
+def rotating_response(
+    framer: Framer, items: list[Any], rotate_bytes: int
+) -> tuple[bytes, list[Any], list[tuple[int, list[tuple[int, int]]]]]:
     """What a server sends on one rotating response, by the rule of section 3.1.
 
     Returns the body, the objects sent, and for each batch its start and
@@ -1149,11 +1283,16 @@ def rotating_response(framer: Framer, items: list[Any], rotate_bytes: int
         n = rotation_cut(sizes, rotate_bytes - len(body))
         assert n >= 1  # the batch starts before the mark
         start = len(body)
-        spans = [(start + sum(sizes[:k]) + (framer.batch_prefix if k == 0 else 0),
-                  start + sum(sizes[:k + 1])) for k in range(n)]
+        spans = [
+            (
+                start + sum(sizes[:k]) + (framer.batch_prefix if k == 0 else 0),
+                start + sum(sizes[: k + 1]),
+            )
+            for k in range(n)
+        ]
         body += framer.frame(item[:n], EPOCH)
         for (a, b), event in zip(spans, item[:n], strict=True):
-            assert body[a:b - 1] == event.raw
+            assert body[a : b - 1] == event.raw
         batches.append((start, spans))
         sent.extend(e.data for e in item[:n])
         if n < len(item):
@@ -1173,9 +1312,12 @@ def test_rotating_response_follows_the_rule(name: str, rotate_bytes: int) -> Non
     framer = bound(name)
     rng = random.Random(rotate_bytes)
     items = script_of_batches() * 3
-    items = [it if it is HEARTBEAT else it + [stored(900 + i, "x" * rng.randint(0, 300))
-                                             for i in range(rng.randint(0, 6))]
-             for it in items]
+    items = [
+        it
+        if it is HEARTBEAT
+        else it + [stored(900 + i, "x" * rng.randint(0, 300)) for i in range(rng.randint(0, 6))]
+        for it in items
+    ]
     body, sent, batches = rotating_response(framer, items, rotate_bytes)
     # The close comes at the first batch boundary at or after the mark:
     # every batch but the last started before it ...

@@ -67,10 +67,13 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
 # -- connections end as HTTP says ------------------------------------------------------
 
 
-@pytest.mark.parametrize("request_bytes", [
-    pytest.param(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", id="close"),
-    pytest.param(b"GET /health HTTP/1.0\r\n\r\n", id="http-1.0"),
-])
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", id="close"),
+        pytest.param(b"GET /health HTTP/1.0\r\n\r\n", id="http-1.0"),
+    ],
+)
 async def test_the_server_closes_after_the_answer(fast_paths, request_bytes):
     # keep-alive is long here: only the request's own terms may close it
     async with serve_rt(fast_paths=fast_paths, keep_alive_timeout=30) as server:
@@ -108,9 +111,11 @@ async def test_a_request_head_sent_halfway_gets_408(fast_paths):
 async def test_pipelined_requests_are_answered_in_order(fast_paths):
     async with serve_rt(fast_paths=fast_paths, keep_alive_timeout=30) as server:
         sock = await connect(server.port)
-        await sock.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
-                        b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
-                        b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        await sock.send(
+            b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /info HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
         data, _ = await read_to_eof(sock, 5)
         statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
         assert statuses == [200, 404, 200]
@@ -122,8 +127,9 @@ async def test_a_huge_head_gets_431_and_the_server_goes_on(fast_paths):
     async with serve_rt(fast_paths=fast_paths, **SHORT) as server:
         sock = await connect(server.port)
         try:
-            await sock.send(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000
-                            + b"\r\n\r\n")
+            await sock.send(
+                b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+            )
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server may close before it has read everything
         data, _ = await read_to_eof(sock, 5)
@@ -140,8 +146,9 @@ async def test_streams_and_polls_are_not_idle_while_open(fast_paths):
     async with serve_rt(fast_paths=fast_paths, keep_alive_timeout=0.3, poll_timeout=1.5) as s:
         await new_flow(s, "general")
         alice = await new_user(s, "alice")
-        async with httpx.AsyncClient(base_url=s.url, timeout=10,
-                                     headers={"Authorization": f"Bearer {alice.token}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=s.url, timeout=10, headers={"Authorization": f"Bearer {alice.token}"}
+        ) as http:
             params = {"flows": "general", "client": "idle-test-client-0001"}
             with trio.fail_after(10):
                 async with http.stream("GET", "/stream/sse", params=params) as r:
@@ -170,8 +177,10 @@ async def test_a_stream_that_ends_ends_its_connection_on_http_1_0(fast_paths):
         await new_flow(s, "general")
         alice = await new_user(s, "alice")
         sock = await connect(s.port)
-        await sock.send(b"GET /stream/xhr?flows=general&client=rotate-test-client-01 HTTP/1.0\r\n"
-                        b"Authorization: Bearer " + alice.token.encode() + b"\r\n\r\n")
+        await sock.send(
+            b"GET /stream/xhr?flows=general&client=rotate-test-client-01 HTTP/1.0\r\n"
+            b"Authorization: Bearer " + alice.token.encode() + b"\r\n\r\n"
+        )
         for i in range(40):
             await alice.post("general", f"filler {i} " + "x" * 100)
         data, _ = await read_to_eof(sock, 10)
@@ -186,7 +195,9 @@ async def test_a_stream_that_ends_ends_its_connection_on_http_1_0(fast_paths):
 async def test_http2_prior_knowledge_is_refused(fast_paths):
     async with serve_rt(fast_paths=fast_paths, **SHORT) as server:
         sock = await connect(server.port)
-        await sock.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        await sock.send(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        )
         data, took = await read_to_eof(sock, 5)
         assert status_of(data) == 505 and took < 2
         sock.close()
@@ -195,8 +206,10 @@ async def test_http2_prior_knowledge_is_refused(fast_paths):
 async def test_an_h2c_upgrade_is_served_over_http_1_1(fast_paths):
     async with serve_rt(fast_paths=fast_paths, **SHORT) as server:
         sock = await connect(server.port)
-        await sock.send(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings"
-                        b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        await sock.send(
+            b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings"
+            b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
         data, _ = await read_to_eof(sock, 5)
         assert data.startswith(b"HTTP/1.1 200 ") and b"101" not in data.split(b"\r\n")[0]
         sock.close()
@@ -206,8 +219,9 @@ async def test_an_h2c_upgrade_is_served_over_http_1_1(fast_paths):
 
 
 async def test_connections_over_the_caps_are_refused_at_once():
-    async with serve_rt(max_connections=20, max_connections_per_address=8,
-                        head_timeout=5) as server:
+    async with serve_rt(
+        max_connections=20, max_connections_per_address=8, head_timeout=5
+    ) as server:
         port = server.port
         with trio.fail_after(15):
             hogs = [await connect(port, "127.0.0.2") for _ in range(8)]
@@ -246,6 +260,7 @@ async def test_slowloris_does_not_starve_a_normal_client():
                 await sock.send(b"G")
                 lorises.append(sock)
             async with trio.open_nursery() as nursery:
+
                 async def drip() -> None:
                     for byte in b"ET / HTTP/1.1\r\n":
                         await trio.sleep(1)
@@ -254,6 +269,7 @@ async def test_slowloris_does_not_starve_a_normal_client():
                                 await sock.send(bytes([byte]))
                             except OSError:
                                 pass
+
                 nursery.start_soon(drip)
                 async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
                     for _ in range(5):
@@ -283,10 +299,30 @@ def _low_fd_limit() -> None:
 class LowFdServer:
     def __init__(self, tmp_path, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rt", "serve", "--port", "0", "--db", str(tmp_path / "fd.db"),
-             "--user", "ann", "--flow", "general", "--head-timeout", "30", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=_low_fd_limit, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "rt",
+                "serve",
+                "--port",
+                "0",
+                "--db",
+                str(tmp_path / "fd.db"),
+                "--user",
+                "ann",
+                "--flow",
+                "general",
+                "--head-timeout",
+                "30",
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_low_fd_limit,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.token = ""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -320,16 +356,21 @@ def _hold(port: int, count: int) -> list[socket.socket]:
 
 def _get(url: str, path: str, token: str = "", **kw) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request("GET" if "json" not in kw else "POST", url + path, headers=headers,
-                         timeout=5, **kw)
+    return httpx.request(
+        "GET" if "json" not in kw else "POST", url + path, headers=headers, timeout=5, **kw
+    )
 
 
 @pytest.mark.slow
 def test_out_of_file_descriptors_the_server_waits_logs_calmly_and_recovers(tmp_path):
     server = LowFdServer(tmp_path, "--max-connections", "100000")
     try:
-        posted = _get(server.url, "/flows/general/messages", server.token,
-                      json={"content": "kept", "uuid": "fd-test-uuid-1"})
+        posted = _get(
+            server.url,
+            "/flows/general/messages",
+            server.token,
+            json={"content": "kept", "uuid": "fd-test-uuid-1"},
+        )
         assert posted.status_code == 201
         held = _hold(server.port, 200)
         started = time.monotonic()
@@ -384,11 +425,19 @@ def test_the_automatic_cap_keeps_connections_from_exhausting_descriptors(tmp_pat
 # -- /static and the access log against hostile paths ------------------------------------
 
 
-@pytest.mark.parametrize("path", [
-    "/static/rt.js%00", "/static/" + "a" * 5000, "/static/%2e%2e/web/app.py",
-    "/static/..%2F..%2Fetc%2Fpasswd", "/static/rt.js/", "/static/%C0%AE%C0%AE/x",
-    "/static/\u00e9.js", "/static/rt.js%0A",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/rt.js%00",
+        "/static/" + "a" * 5000,
+        "/static/%2e%2e/web/app.py",
+        "/static/..%2F..%2Fetc%2Fpasswd",
+        "/static/rt.js/",
+        "/static/%C0%AE%C0%AE/x",
+        "/static/\u00e9.js",
+        "/static/rt.js%0A",
+    ],
+)
 async def test_bad_static_paths_are_404_without_a_traceback(path, caplog):
     async with serve_rt() as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -417,11 +466,26 @@ async def test_the_access_log_escapes_what_the_path_carries(caplog):
 
 
 def test_the_limits_are_settings_of_rt_serve():
-    out = subprocess.run([sys.executable, "-m", "rt", "serve", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30).stdout
-    for flag in ("--keep-alive-timeout", "--head-timeout", "--max-head", "--max-connections",
-                 "--max-connections-per-address"):
+    out = subprocess.run(
+        [sys.executable, "-m", "rt", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    for flag in (
+        "--keep-alive-timeout",
+        "--head-timeout",
+        "--max-head",
+        "--max-connections",
+        "--max-connections-per-address",
+    ):
         assert flag in out, flag
-    bad = subprocess.run([sys.executable, "-m", "rt", "serve", "--max-connections", "lots"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "rt", "serve", "--max-connections", "lots"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "auto" in bad.stderr and "Traceback" not in bad.stderr

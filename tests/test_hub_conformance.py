@@ -29,6 +29,7 @@ class TestMemoryHub(HubChecks):
 
 # -- invariant 1 through a real store: a reordering hub must make it fire ----------
 
+
 class ReorderingHub(MemoryHub):
     """A broken hub for tests: holds back each batch and publishes it after the next."""
 
@@ -60,8 +61,11 @@ async def test_reordering_hub_makes_invariant_1_fire() -> None:
     results = []
     with trio.fail_after(10):
         with pytest.RaisesGroup(
-            pytest.RaisesExc(AssertionError, match=r"hub got event id 1 after 2: the writer "
-                             r"published out of order.*invariant 1"),
+            pytest.RaisesExc(
+                AssertionError,
+                match=r"hub got event id 1 after 2: the writer "
+                r"published out of order.*invariant 1",
+            ),
             flatten_subgroups=True,
         ):
             async with memory_storage() as store:
@@ -154,9 +158,14 @@ def test_submitter_is_released_when_the_writer_crashes() -> None:
     """The crash must be loud: the submitter of the crashing batch must not hang."""
     root = Path(__file__).resolve().parents[1]
     try:
-        proc = subprocess.run([sys.executable, "-c", _SUBMITTER_SCRIPT], cwd=root,
-                              env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
-                              capture_output=True, text=True, timeout=5)
+        proc = subprocess.run(
+            [sys.executable, "-c", _SUBMITTER_SCRIPT],
+            cwd=root,
+            env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("submit() hung after the writer crashed on an out-of-order publish")
     assert proc.returncode == 0, proc.stderr

@@ -23,8 +23,9 @@ def test_rt_js_unit_tests_pass_under_node():
         if os.environ.get("RT_REQUIRE_NODE") == "1":
             pytest.fail("node is required (RT_REQUIRE_NODE=1) but not installed")
         pytest.skip("node is not installed")
-    result = subprocess.run([node, "--test", "tests/js/"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [node, "--test", "tests/js/"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     passed = re.search(r"^# pass (\d+)", output, re.M)

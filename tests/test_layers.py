@@ -22,8 +22,10 @@ WEB = SERVICE | {"rt.web", "rt"}
 BESIDE = PURE | {"rt.config"}
 
 ALLOWED: dict[str, set[str]] = {
-    "rt.core": PURE, "rt.transports": PURE,
-    "rt.store": STORAGE, "rt.hub": STORAGE,
+    "rt.core": PURE,
+    "rt.transports": PURE,
+    "rt.store": STORAGE,
+    "rt.hub": STORAGE,
     "rt.backend": BACKEND,
     "rt.service": SERVICE,
     "rt.web": WEB,
@@ -63,8 +65,9 @@ def test_imports_point_only_to_earlier_layers(module: str, path: Path) -> None:
     allowed = ALLOWED.get(package_of(module))
     if allowed is None:
         return  # rt, rt.cli, rt.config, rt.__main__: may use anything
-    wrong = sorted(name for name in imports_of(path)
-                   if package_of(name) not in allowed and name != "rt.config")
+    wrong = sorted(
+        name for name in imports_of(path) if package_of(name) not in allowed and name != "rt.config"
+    )
     assert wrong == [], f"{module} imports {wrong}, which its layer may not use"
 
 

@@ -35,8 +35,9 @@ from tests.worlds import FastApi, World
 
 TRANSPORTS = ["ws", "sse", "xhr", "multipart", "htmlfile", "poll", "jsonp"]
 
-_POLL_ONE_BODY = ("a poll is answered with one whole body, then the client polls again "
-                  "(PROTOCOL.md 3.2)")
+_POLL_ONE_BODY = (
+    "a poll is answered with one whole body, then the client polls again (PROTOCOL.md 3.2)"
+)
 _NOT_ROTATING = "rotation is for xhr, multipart and htmlfile only (PROTOCOL.md 3.1: 'ends')"
 _SSE_ONLY = "Last-Event-ID is the SSE resume header (PROTOCOL.md 3); others send cursor and epoch"
 
@@ -52,20 +53,30 @@ EXEMPT: dict[str, dict[str, str]] = {
         "jsonp": "no heartbeat: an idle poll answers F([]) after poll-timeout (PROTOCOL.md 3.1)",
     },
     "takeover": {},
-    "rotation": {"ws": _NOT_ROTATING, "sse": _NOT_ROTATING,
-                 "poll": _POLL_ONE_BODY, "jsonp": _POLL_ONE_BODY},
+    "rotation": {
+        "ws": _NOT_ROTATING,
+        "sse": _NOT_ROTATING,
+        "poll": _POLL_ONE_BODY,
+        "jsonp": _POLL_ONE_BODY,
+    },
     "slow_reader": {
         t: _POLL_ONE_BODY + "; a poller holds no per-connection buffer: stored events come "
-           "from the log by cursor and ephemeral ones wait in the bounded mailbox"
-        for t in POLLING},
+        "from the log by cursor and ephemeral ones wait in the bounded mailbox"
+        for t in POLLING
+    },
     "stopped_reader": {
         t: _POLL_ONE_BODY + "; a poll answer that cannot be written is bounded by the same "
-           "hypercorn write deadline but holds no stream to drop" for t in POLLING},
+        "hypercorn write deadline but holds no stream to drop"
+        for t in POLLING
+    },
     "presence_typing": {},
     "refusals": {},
     "hostile": {},
-    "flush": {t: _POLL_ONE_BODY + ": no batches to flush (the live-delivery row checks that "
-                 "a pending poll answers promptly)" for t in POLLING},
+    "flush": {
+        t: _POLL_ONE_BODY + ": no batches to flush (the live-delivery row checks that "
+        "a pending poll answers promptly)"
+        for t in POLLING
+    },
 }
 
 
@@ -74,13 +85,25 @@ def over(row: str) -> list[str]:
     return [t for t in TRANSPORTS if t not in EXEMPT[row]]
 
 
-READY_FIELDS = {"type", "protocol", "cursor", "epoch", "reset", "flows", "client", "transport",
-                "heartbeat", "poll_timeout", "presence"}
-HOSTILE = ("</script><script>alert(1)</script> \u2028 \u2029 --> ]]> <!-- "
-           f"\r\n--{BOUNDARY}--\r\n\n\ndata: {{}}\n\nevent: close\n\n\");/**/x([")
+READY_FIELDS = {
+    "type",
+    "protocol",
+    "cursor",
+    "epoch",
+    "reset",
+    "flows",
+    "client",
+    "transport",
+    "heartbeat",
+    "poll_timeout",
+    "presence",
+}
+HOSTILE = (
+    "</script><script>alert(1)</script> \u2028 \u2029 --> ]]> <!-- "
+    f'\r\n--{BOUNDARY}--\r\n\n\ndata: {{}}\n\nevent: close\n\n");/**/x(['
+)
 # Short real timings (DESIGN.md: Tier 2 uses short real intervals where time must pass).
-FAST = dict(poll_rate=1000, ops_rate=100000, ops_burst=100000,
-            poll_timeout=1, write_timeout=1)
+FAST = dict(poll_rate=1000, ops_rate=100000, ops_burst=100000, poll_timeout=1, write_timeout=1)
 
 
 def test_the_exemption_table_covers_every_transport_and_gives_reasons():
@@ -136,7 +159,11 @@ async def test_ready_is_first(transport):
                 ready = await expect_ready(s)
                 assert set(ready) == READY_FIELDS
                 assert (ready["protocol"], ready["cursor"], ready["epoch"], ready["reset"]) == (
-                    1, store.head, store.epoch, False)
+                    1,
+                    store.head,
+                    store.epoch,
+                    False,
+                )
                 assert store.head == 2
                 assert ready["flows"] == ["other", "general"]
                 assert (ready["client"], ready["transport"]) == (cid, transport)
@@ -171,20 +198,30 @@ async def test_live_delivery_of_every_stored_type_and_echo(transport):
                 await w.post(w.alice, "other", "not followed")
                 own = await w.post(w.alice, content="own echo")
                 assert await s.stored() == own, "an unfollowed flow's event was delivered"
-                r = await w.alice.http.patch(f"/flows/general/messages/{own['id']}",
-                                             json={"content": "edited", "uuid": uuid()})
+                r = await w.alice.http.patch(
+                    f"/flows/general/messages/{own['id']}",
+                    json={"content": "edited", "uuid": uuid()},
+                )
                 assert r.status_code == 200, r.text
                 assert await s.stored() == r.json()
-                r = await w.alice.http.post(f"/flows/general/messages/{own['id']}/tags",
-                                            json={"add": ["x"], "remove": [], "uuid": uuid()})
+                r = await w.alice.http.post(
+                    f"/flows/general/messages/{own['id']}/tags",
+                    json={"add": ["x"], "remove": [], "uuid": uuid()},
+                )
                 assert r.status_code == 200, r.text
                 assert await s.stored() == r.json()
-                r = await w.bob.http.delete(f"/flows/general/messages/{from_bob['id']}",
-                                            params={"uuid": uuid()})
+                r = await w.bob.http.delete(
+                    f"/flows/general/messages/{from_bob['id']}", params={"uuid": uuid()}
+                )
                 assert r.status_code == 200, r.text
                 assert await s.stored() == r.json()
                 assert [o["type"] for o in s.received if o["type"] in STORED_TYPES] == [
-                    "message", "message", "edit", "tag", "delete"]
+                    "message",
+                    "message",
+                    "edit",
+                    "tag",
+                    "delete",
+                ]
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -218,8 +255,9 @@ async def test_resume_from_cursor_and_epoch_while_two_posters_run(transport):
                 # posts continue while the client is away
                 await wait_for(lambda: w.service.feed.head >= cursor + 3)
                 away = w.service.feed.head
-                async with open_stream(w.alice, transport, ["general"], cid,
-                                       cursor=cursor, epoch=epoch) as s:
+                async with open_stream(
+                    w.alice, transport, ["general"], cid, cursor=cursor, epoch=epoch
+                ) as s:
                     if transport in POLLING:
                         # The session (user, client id) is still alive: a poll with a
                         # cursor continues it, without a new `ready` (PROTOCOL.md 3.2).
@@ -257,9 +295,15 @@ async def test_last_event_id_resumes_an_event_source(transport):
             assert last_event_id == f"{epoch}:{seen[-1]}"
             missed = [(await w.post(w.bob))["id"] for _ in range(3)]
             # the header wins over parameters that alone would reset
-            async with open_stream(w.alice, transport, ["general"], cid, cursor=1,
-                                   epoch="a-stale-epoch",
-                                   headers={"Last-Event-ID": last_event_id}) as s:
+            async with open_stream(
+                w.alice,
+                transport,
+                ["general"],
+                cid,
+                cursor=1,
+                epoch="a-stale-epoch",
+                headers={"Last-Event-ID": last_event_id},
+            ) as s:
                 await expect_ready(s, reset=False, cursor=seen[-1], epoch=epoch)
                 assert [(await s.stored())["id"] for _ in missed] == missed
                 live = await w.post(w.bob)
@@ -273,8 +317,9 @@ async def test_a_stale_epoch_gives_reset(transport):
             for _ in range(3):
                 await w.post(w.bob)
             store = w.service.feed
-            async with open_stream(w.alice, transport, ["general"], cursor=1,
-                                   epoch="an-older-epoch") as s:
+            async with open_stream(
+                w.alice, transport, ["general"], cursor=1, epoch="an-older-epoch"
+            ) as s:
                 await expect_ready(s, reset=True, cursor=3, epoch=store.epoch)
                 live = await w.post(w.bob)
                 assert await s.stored() == live  # nothing of the old cursor's backlog
@@ -308,8 +353,9 @@ async def test_heartbeats_on_an_idle_stream(transport):
 # -- takeover ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("old", "new"),
-                         [(t, t) for t in over("takeover")] + [("poll", "ws"), ("ws", "poll")])
+@pytest.mark.parametrize(
+    ("old", "new"), [(t, t) for t in over("takeover")] + [("poll", "ws"), ("ws", "poll")]
+)
 async def test_takeover_supersedes_the_old_connection(old, new):
     with trio.fail_after(10):
         async with world(write_timeout=0.5) as w:
@@ -340,8 +386,7 @@ def _unit_starts(transport: str, raw: bytes) -> list[int]:
     """Where each batch (xhr: each line) of a rotating response starts."""
     if transport == "xhr":
         return [0] + [i + 1 for i, b in enumerate(raw[:-1]) if b == 0x0A]
-    marker = (b"--" + BOUNDARY.encode() + b"\r\n" if transport == "multipart"
-              else b"<script>p(")
+    marker = b"--" + BOUNDARY.encode() + b"\r\n" if transport == "multipart" else b"<script>p("
     starts, at = [], raw.find(marker)
     while at >= 0:
         starts.append(at)
@@ -349,8 +394,9 @@ def _unit_starts(transport: str, raw: bytes) -> list[int]:
     return starts
 
 
-async def _until_rotation(s: StreamClient, mark: int, posts: list[int] | None = None,
-                          post: Any = None) -> list[int]:
+async def _until_rotation(
+    s: StreamClient, mark: int, posts: list[int] | None = None, post: Any = None
+) -> list[int]:
     """Stored ids up to `close` reason `rotate`, which must end the response cleanly.
 
     With `post`, one more event is posted each time the last one arrived while
@@ -359,8 +405,7 @@ async def _until_rotation(s: StreamClient, mark: int, posts: list[int] | None = 
     """
     got: list[int] = []
     while True:
-        if post is not None and len(s.raw) < mark and (
-                not got or posts and got[-1] == posts[-1]):
+        if post is not None and len(s.raw) < mark and (not got or posts and got[-1] == posts[-1]):
             assert posts is not None
             posts.append((await post())["id"])
         obj = await s.next()
@@ -395,29 +440,32 @@ async def test_rotation_after_rotate_bytes_then_resume(transport):
             cid = client_id()
             epoch = w.service.feed.epoch
             # ~1.15 KB each: more than the mark, and what is left after the cut is less
-            posted = [(await w.post(w.bob, content=f"{i} " + "r" * 1000))["id"]
-                      for i in range(10)]
+            posted = [(await w.post(w.bob, content=f"{i} " + "r" * 1000))["id"] for i in range(10)]
             # 1. catch-up: one big batch, cut at the mark (the rest comes on resume)
-            async with open_stream(w.alice, transport, ["general"], cid, cursor=0,
-                                   epoch=epoch) as s:
+            async with open_stream(
+                w.alice, transport, ["general"], cid, cursor=0, epoch=epoch
+            ) as s:
                 await expect_ready(s, reset=False, cursor=0)
                 got = await _until_rotation(s, mark)
                 _check_rotation_point(transport, bytes(s.raw), mark)
                 cursor = s.cursor
-            assert 0 < len(got) < len(posted) and got == posted[:len(got)]
+            assert 0 < len(got) < len(posted) and got == posted[: len(got)]
             assert cursor == got[-1]
             # 2. resume: the rest of the catch-up, then live batches until the mark
-            async with open_stream(w.alice, transport, ["general"], cid, cursor=cursor,
-                                   epoch=epoch) as s:
+            async with open_stream(
+                w.alice, transport, ["general"], cid, cursor=cursor, epoch=epoch
+            ) as s:
                 await expect_ready(s, reset=False, cursor=cursor)
                 got += await _until_rotation(
-                    s, mark, posted, lambda: w.post(w.bob, content="live " + "r" * 1000))
+                    s, mark, posted, lambda: w.post(w.bob, content="live " + "r" * 1000)
+                )
                 _check_rotation_point(transport, bytes(s.raw), mark)
                 cursor = s.cursor
             assert len(got) > 10, "no live event before the rotation"
             # 3. and on (the event posted last may have come after the close)
-            async with open_stream(w.alice, transport, ["general"], cid, cursor=cursor,
-                                   epoch=epoch) as s:
+            async with open_stream(
+                w.alice, transport, ["general"], cid, cursor=cursor, epoch=epoch
+            ) as s:
                 await expect_ready(s, reset=False, cursor=got[-1])
                 while got[-1] < posted[-1]:
                     got.append((await s.stored())["id"])
@@ -430,8 +478,9 @@ async def test_rotation_after_rotate_bytes_then_resume(transport):
 
 
 async def _raw_after_ready(w: World, transport: str, cid: str):
-    raw = await raw_stream(w.server, transport, {"flows": "general", "client": cid},
-                           w.alice.token, rcvbuf=4096)
+    raw = await raw_stream(
+        w.server, transport, {"flows": "general", "client": cid}, w.alice.token, rcvbuf=4096
+    )
     await raw.read_until(lambda body: b'"type":"ready"' in body)
     await wait_for(lambda: ("alice", cid) in w.service.claims.by_key)
     return raw
@@ -441,8 +490,12 @@ async def _raw_after_ready(w: World, transport: str, cid: str):
 async def test_slow_reader_gets_lagging_or_is_dropped(transport):
     write_timeout = 0.5
     with trio.fail_after(15):
-        async with world(write_timeout=write_timeout, buffer_objects=10,
-                         buffer_bytes=64 * 1024, rotate_bytes=1 << 30) as w:
+        async with world(
+            write_timeout=write_timeout,
+            buffer_objects=10,
+            buffer_bytes=64 * 1024,
+            rotate_bytes=1 << 30,
+        ) as w:
             cid = client_id()
             raw = await _raw_after_ready(w, transport, cid)
             registry = w.service.claims
@@ -461,8 +514,11 @@ async def test_slow_reader_gets_lagging_or_is_dropped(transport):
                         flooded += len(await w.burst("bob", 5, content="s" * 16000))
                     flood_end = trio.current_time()
                     with trio.fail_after(write_timeout + 1):
-                        await wait_for(lambda: ("alice", cid) not in registry.by_key
-                                       and w.service.hub.count() == 0)
+                        await wait_for(
+                            lambda: (
+                                ("alice", cid) not in registry.by_key and w.service.hub.count() == 0
+                            )
+                        )
                     dropped = trio.current_time()
                     nursery.cancel_scope.cancel()
             finally:
@@ -480,8 +536,12 @@ async def test_slow_reader_gets_lagging_or_is_dropped(transport):
 async def test_stopped_reader_is_dropped_within_write_timeout(transport):
     write_timeout = 0.5
     with trio.fail_after(15):
-        async with world(write_timeout=write_timeout, buffer_bytes=1 << 27,
-                         buffer_objects=100000, rotate_bytes=1 << 30) as w:
+        async with world(
+            write_timeout=write_timeout,
+            buffer_bytes=1 << 27,
+            buffer_objects=100000,
+            rotate_bytes=1 << 30,
+        ) as w:
             cid = client_id()
             raw = await _raw_after_ready(w, transport, cid)
             registry = w.service.claims
@@ -514,15 +574,22 @@ async def test_presence_and_typing_reach_every_transport(transport):
                 await expect_ready(s, presence={"general": ["alice"]})
                 async with open_stream(w.bob, "ws", ["general"]) as b:
                     await expect_ready(b)
-                    assert await s.next() == {"type": "presence", "flow": "general",
-                                              "user": "bob", "state": "online"}
+                    assert await s.next() == {
+                        "type": "presence",
+                        "flow": "general",
+                        "user": "bob",
+                        "state": "online",
+                    }
                     r = await w.bob.http.post("/flows/general/typing")
                     assert r.status_code == 204, r.text
-                    assert await s.next() == {"type": "typing", "flow": "general",
-                                              "user": "bob"}
+                    assert await s.next() == {"type": "typing", "flow": "general", "user": "bob"}
                 left = trio.current_time()
-                assert await s.next() == {"type": "presence", "flow": "general",
-                                          "user": "bob", "state": "offline"}
+                assert await s.next() == {
+                    "type": "presence",
+                    "flow": "general",
+                    "user": "bob",
+                    "state": "offline",
+                }
                 assert trio.current_time() - left >= grace * 0.8
                 event = await w.post(w.bob)
                 assert await s.next() == event
@@ -542,14 +609,18 @@ async def test_401_without_a_ticket_or_with_an_expired_one(transport):
             finally:
                 await anonymous.aclose()
             assert await refusal(w.alice, transport, ["general"], ticket="tk_not-a-ticket") == (
-                401, "unauthorized")
+                401,
+                "unauthorized",
+            )
             cid = client_id()
             ticket = await w.alice.ticket(cid)
             async with open_stream(w.alice, transport, ["general"], cid, ticket=ticket) as s:
                 await expect_ready(s)  # the ticket works while fresh (and any number of times)
             await trio.sleep(ttl * 1.5)  # time must pass: beyond ticket-ttl since its last use
-            assert await refusal(w.alice, transport, ["general"], client=cid,
-                                 ticket=ticket) == (401, "unauthorized")
+            assert await refusal(w.alice, transport, ["general"], client=cid, ticket=ticket) == (
+                401,
+                "unauthorized",
+            )
             await w.wait_counts((0, 0))
 
 
@@ -574,8 +645,12 @@ async def test_400_for_bad_parameters(transport):
         {"token": "in-the-url"},
     ]
     if transport in ("htmlfile", "jsonp"):
-        cases += [{"callback": None}, {"callback": "alert(1)//"}, {"callback": "a" * 65},
-                  {"callback": "1abc"}]
+        cases += [
+            {"callback": None},
+            {"callback": "alert(1)//"},
+            {"callback": "a" * 65},
+            {"callback": "1abc"},
+        ]
     with trio.fail_after(10):
         async with world() as w:
             for case in cases:
@@ -596,8 +671,9 @@ async def test_hostile_message_arrives_intact_and_stays_in_its_frame(transport):
             # live, then again from the log (catch-up after a resume from cursor 0)
             for cursor in (None, 0):
                 epoch = w.service.feed.epoch if cursor == 0 else None
-                async with open_stream(w.alice, transport, ["general"], cursor=cursor,
-                                       epoch=epoch) as s:
+                async with open_stream(
+                    w.alice, transport, ["general"], cursor=cursor, epoch=epoch
+                ) as s:
                     await expect_ready(s)
                     if cursor is None:
                         hostile = await w.post(w.bob, content=HOSTILE)
@@ -611,15 +687,21 @@ async def test_hostile_message_arrives_intact_and_stays_in_its_frame(transport):
                 # lines, NDJSON, the exact JSONP call) accepted every byte around them
                 assert [o["type"] for o in s.received] == ["ready", "message", "message"]
                 assert b"\\u003c/script\\u003e\\u003cscript\\u003ealert(1)" in raw
-                for forbidden in (b"<script>alert", "\u2028".encode(), "\u2029".encode(),
-                                  b"]]>", b"</script><script>",
-                                  b"\r\n--" + BOUNDARY.encode() + b"--\r\n\n"):
+                for forbidden in (
+                    b"<script>alert",
+                    "\u2028".encode(),
+                    "\u2029".encode(),
+                    b"]]>",
+                    b"</script><script>",
+                    b"\r\n--" + BOUNDARY.encode() + b"--\r\n\n",
+                ):
                     assert forbidden not in raw, forbidden
                 in_preamble = 1 if transport == "htmlfile" else 0  # its padding comment
                 assert raw.count(b"-->") == in_preamble and raw.count(b"<!--") == in_preamble
                 if transport == "htmlfile":
-                    assert raw.count(b"<script>") == raw.count(b"</script>") == 4 - (
-                        cursor == 0)  # catch-up: both in one batch
+                    assert (
+                        raw.count(b"<script>") == raw.count(b"</script>") == 4 - (cursor == 0)
+                    )  # catch-up: both in one batch
                 if transport == "sse":  # retry, ready, two events: no forged event
                     assert raw.count(b"\n\n") == 4
 
@@ -631,8 +713,9 @@ async def test_hostile_message_arrives_intact_and_stays_in_its_frame(transport):
 async def test_each_event_is_flushed_within_100_ms_of_its_acknowledgement(transport):
     with trio.fail_after(10):
         async with world() as w:
-            raw = await raw_stream(w.server, transport,
-                                   {"flows": "general", "client": client_id()}, w.alice.token)
+            raw = await raw_stream(
+                w.server, transport, {"flows": "general", "client": client_id()}, w.alice.token
+            )
             try:
                 assert raw.status == (101 if transport == "ws" else 200)
                 await raw.read_until(lambda body: b'"type":"ready"' in body)
@@ -641,8 +724,9 @@ async def test_each_event_is_flushed_within_100_ms_of_its_acknowledgement(transp
                     marker = f"flush-{i}-{uuid()}"
                     arrived: list[float] = []
 
-                    async def watch(marker: bytes = marker.encode(),
-                                    arrived: list[float] = arrived) -> None:
+                    async def watch(
+                        marker: bytes = marker.encode(), arrived: list[float] = arrived
+                    ) -> None:
                         await raw.read_until(lambda body: marker in body)
                         arrived.append(trio.current_time())
 

@@ -123,13 +123,27 @@ async def run_nginx(nginx: str, prefix: Path, upstream: str) -> AsyncIterator[in
     for attempt in range(3):  # another process may take the free port first
         port = free_port()
         site = prefix / "rt.conf"
-        site.write_text(site_config(DOC.read_text(), upstream, f"127.0.0.1:{port}",
-                                    prefix / "rt.access.log"))
+        site.write_text(
+            site_config(DOC.read_text(), upstream, f"127.0.0.1:{port}", prefix / "rt.access.log")
+        )
         conf = prefix / "nginx.conf"
         conf.write_text(main_config(prefix, site))
-        proc = subprocess.Popen([nginx, "-p", str(prefix), "-e", str(prefix / "error.log"),
-                                 "-c", str(conf), "-g", "daemon off;"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                nginx,
+                "-p",
+                str(prefix),
+                "-e",
+                str(prefix / "error.log"),
+                "-c",
+                str(conf),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             with trio.fail_after(10):
                 while proc.poll() is None:
@@ -224,14 +238,22 @@ OPENERS: dict[str, Callable[[Proxy, dict[str, Any]], AbstractAsyncContextManager
     "ws": open_ws,
     "sse": open_sse,
     # tests/clients.py's clients for the other five (htmlfile and jsonp get a callback)
-    **{t: lambda proxy, query, t=t: clients.connect(proxy, t, query)
-       for t in ("xhr", "multipart", "htmlfile", "poll", "jsonp")},
+    **{
+        t: lambda proxy, query, t=t: clients.connect(proxy, t, query)
+        for t in ("xhr", "multipart", "htmlfile", "poll", "jsonp")
+    },
 }
 
 
 @asynccontextmanager
-async def stream_via(proxy: Proxy, transport: str, api: Api, client: str | None = None,
-                     ticket: str | None = None, **params: Any) -> AsyncIterator[Any]:
+async def stream_via(
+    proxy: Proxy,
+    transport: str,
+    api: Api,
+    client: str | None = None,
+    ticket: str | None = None,
+    **params: Any,
+) -> AsyncIterator[Any]:
     """A stream of `general` through nginx, authenticated by a ticket in its URL."""
     client = client or client_id()
     ticket = ticket or await api.ticket(client)  # through nginx too
@@ -253,7 +275,10 @@ def test_the_documented_config_is_what_the_tests_run():
     site = site_config(doc, "10.0.0.1:9", "127.0.0.1:1234", Path("/x/a.log"))
     changed = [(a, b) for a, b in zip(doc.splitlines(), site.splitlines(), strict=True) if a != b]
     assert [b.strip() for _, b in changed] == [
-        "server 10.0.0.1:9;", "listen 127.0.0.1:1234;", "access_log /x/a.log rt_noquery;"]
+        "server 10.0.0.1:9;",
+        "listen 127.0.0.1:1234;",
+        "access_log /x/a.log rt_noquery;",
+    ]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -266,7 +291,11 @@ async def test_events_arrive_promptly_through_nginx(proxy, transport):
         async with stream_via(proxy, transport, alice, client, ticket) as s:
             ready = await s.next()
             to_ready = time.monotonic() - opened
-            assert (ready["type"], ready["transport"], ready["reset"]) == ("ready", transport, False)
+            assert (ready["type"], ready["transport"], ready["reset"]) == (
+                "ready",
+                transport,
+                False,
+            )
             lags = []
             for i in range(3):
                 uid = uuid()
@@ -300,8 +329,7 @@ async def test_resume_through_nginx_with_cursor_and_epoch(proxy, transport):
             r = await alice.post("general", f"away {i}")
             assert r.status_code == 201, r.text
             missed.append(r.json()["id"])
-        async with stream_via(proxy, transport, alice, client,
-                              cursor=seen[-1], epoch=epoch) as s:
+        async with stream_via(proxy, transport, alice, client, cursor=seen[-1], epoch=epoch) as s:
             if transport not in clients.POLLING:
                 # (a polling session outlives its poll loop: a poll with a cursor
                 # continues it, and only a new session starts with ready, PROTOCOL.md 3.2)
@@ -329,8 +357,9 @@ async def test_tickets_in_stream_urls_stay_out_of_nginx_logs(proxy, transport):
         # A refused request with a ticket in its URL (here a wrong one) is logged too.
         bogus = "bogus" + secrets.token_urlsafe(16)
         async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as http:
-            r = await http.get(f"/stream/{transport}",
-                               params=stream_query(["general"], client, ticket=bogus))
+            r = await http.get(
+                f"/stream/{transport}", params=stream_query(["general"], client, ticket=bogus)
+            )
             assert r.status_code >= 400
         await alice.aclose()
         # nginx writes a stream's line when the stream ends, after the client left.
@@ -361,7 +390,8 @@ async def test_http_api_through_nginx_and_metrics_refused(proxy):
         assert (again.status_code, again.json()) == (200, first.json())
         history = await alice.history("general")
         assert [(m["id"], m["content"]) for m in history["messages"]] == [
-            (first.json()["id"], "via nginx")]
+            (first.json()["id"], "via nginx")
+        ]
         assert history["cursor"] == first.json()["id"]
         # nginx adds X-Forwarded-For, so rt refuses /metrics without a metrics token
         # (the body shows the 403 is rt's, not nginx's) ...
@@ -389,5 +419,7 @@ async def test_websocket_from_the_proxied_origin(proxy):
                     with pytest.raises(ConnectionClosed) as closed:
                         await conn.get_message()
                     assert (closed.value.reason.code, closed.value.reason.reason) == (
-                        4003, "forbidden")
+                        4003,
+                        "forbidden",
+                    )
         await alice.aclose()

@@ -31,16 +31,25 @@ def plain(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("plain-venv")
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return python
 
 
 def run(python: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "rt", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd or ROOT,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [str(python), "-m", "rt", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd or ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def command_paths(python: Path) -> list[tuple[str, ...]]:
@@ -68,6 +77,7 @@ def no_traceback(result: subprocess.CompletedProcess) -> None:
 
 # -- smoke runs, one per leaf command ------------------------------------------------------
 
+
 def serves(command: str) -> Callable[[Path, Path], None]:
     def smoke(python: Path, tmp: Path) -> None:
         server = RtProcess(db=tmp / f"{command}.db", command=command, python=str(python))
@@ -77,14 +87,20 @@ def serves(command: str) -> Callable[[Path, Path], None]:
             assert server.proc.returncode == 0
         finally:
             server.kill()
+
     return smoke
 
 
 def user_and_flow_commands(python: Path, tmp: Path) -> None:
     db = str(tmp / "cli.db")
-    for args in (["user", "add", "ann"], ["user", "token", "ann"], ["user", "list"],
-                 ["flow", "add", "talk", "--owner", "ann"], ["flow", "list"],
-                 ["user", "token", "ann", "--revoke"]):
+    for args in (
+        ["user", "add", "ann"],
+        ["user", "token", "ann"],
+        ["user", "list"],
+        ["flow", "add", "talk", "--owner", "ann"],
+        ["flow", "list"],
+        ["user", "token", "ann", "--revoke"],
+    ):
         result = run(python, *args, "--db", db)
         assert result.returncode == 0, (args, result.stderr)
         no_traceback(result)
@@ -92,6 +108,7 @@ def user_and_flow_commands(python: Path, tmp: Path) -> None:
 
 def needs_extra(extra: str) -> Callable[[Path, Path, tuple[str, ...]], None]:
     """The command needs an extra the plain install lacks: one line, exit 2."""
+
     def smoke(python: Path, tmp: Path, path: tuple[str, ...]) -> None:
         result = run(python, *path, "--quick", "--out", str(tmp / "out"))
         no_traceback(result)
@@ -99,6 +116,7 @@ def needs_extra(extra: str) -> Callable[[Path, Path, tuple[str, ...]], None]:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, lines
         assert f"pip install -e '.[{extra}]'" in lines[0], lines[0]
+
     return smoke
 
 
@@ -110,8 +128,10 @@ SMOKE: dict[tuple[str, ...], Callable[..., None]] = {
     ("user", "list"): user_and_flow_commands,
     ("flow", "add"): user_and_flow_commands,
     ("flow", "list"): user_and_flow_commands,
-    **{("bench", name): needs_extra("bench")
-       for name in ("latency", "fanout", "connections", "storm", "ingest", "all")},
+    **{
+        ("bench", name): needs_extra("bench")
+        for name in ("latency", "fanout", "connections", "storm", "ingest", "all")
+    },
 }
 
 
@@ -142,22 +162,35 @@ def test_the_plain_install_lacks_the_extras(plain):
 
 def test_demo_takes_every_setting_as_flag_and_variable(tmp_path):
     """Issue 9: `RT_GUEST_RATE=1000 rt demo` refused the eleventh guest of a minute."""
-    server = RtProcess(db=tmp_path / "demo.db", command="demo",
-                       env={"RT_GUEST_RATE": "1000"})
+    server = RtProcess(db=tmp_path / "demo.db", command="demo", env={"RT_GUEST_RATE": "1000"})
     try:
         with httpx.Client(base_url=server.url, timeout=10) as http:
-            made = [http.post("/auth/guest", json={"name": f"guest{i}"}).status_code
-                    for i in range(12)]
+            made = [
+                http.post("/auth/guest", json={"name": f"guest{i}"}).status_code for i in range(12)
+            ]
             assert made == [201] * 12
-            assert [f["name"] for f in http.get(
-                "/flows", headers={"Authorization": "Bearer " + http.post(
-                    "/auth/guest", json={"name": "looker"}).json()["token"]}).json()["flows"]
-                    ] == ["general", "random"]
+            assert [
+                f["name"]
+                for f in http.get(
+                    "/flows",
+                    headers={
+                        "Authorization": "Bearer "
+                        + http.post("/auth/guest", json={"name": "looker"}).json()["token"]
+                    },
+                ).json()["flows"]
+            ] == ["general", "random"]
             assert http.get("/info").json()["limits"]["guest-rate"] == 1000
     finally:
         server.kill()
-    flagged = RtProcess("--ops-burst", "7", "--no-guests", "--flow", "only",
-                        db=tmp_path / "demo2.db", command="demo")
+    flagged = RtProcess(
+        "--ops-burst",
+        "7",
+        "--no-guests",
+        "--flow",
+        "only",
+        db=tmp_path / "demo2.db",
+        command="demo",
+    )
     try:
         with httpx.Client(base_url=flagged.url, timeout=10) as http:
             info = http.get("/info").json()

@@ -18,8 +18,16 @@ CLIENT = "poller-000000000001"
 
 @pytest.fixture
 async def service():
-    config = Config(db=":memory:", presence_grace=GRACE, poll_timeout=25, poll_linger=0.02,
-                    poll_mailbox=5, poll_rate=1000, ops_rate=1000, ops_burst=1000)
+    config = Config(
+        db=":memory:",
+        presence_grace=GRACE,
+        poll_timeout=25,
+        poll_linger=0.02,
+        poll_mailbox=5,
+        poll_rate=1000,
+        ops_rate=1000,
+        ops_burst=1000,
+    )
     async with open_service(config) as svc:
         for name in ("alice", "bob"):
             await svc.directory.create_user(name)
@@ -28,16 +36,31 @@ async def service():
         yield svc
 
 
-async def poll(service, cursor=None, epoch=None, flows=("general",), client=CLIENT,
-               user="alice", transport="poll") -> list[dict]:
-    parts = await service.poll(user=user, token="t", client=client, flows=list(flows),
-                                       transport=transport, cursor=cursor, epoch=epoch)
+async def poll(
+    service,
+    cursor=None,
+    epoch=None,
+    flows=("general",),
+    client=CLIENT,
+    user="alice",
+    transport="poll",
+) -> list[dict]:
+    parts = await service.poll(
+        user=user,
+        token="t",
+        client=client,
+        flows=list(flows),
+        transport=transport,
+        cursor=cursor,
+        epoch=epoch,
+    )
     return [json.loads(p) for p in parts]
 
 
 async def post(service, content: str, n: int, flow: str = "general", user: str = "bob"):
-    return await service.apply(post_op(user, flow, {"content": content,
-                                                    "uuid": f"uuid-{flow}-{n:06d}"}))
+    return await service.apply(
+        post_op(user, flow, {"content": content, "uuid": f"uuid-{flow}-{n:06d}"})
+    )
 
 
 async def test_first_poll_answers_ready_at_once(service, autojump_clock):
@@ -110,8 +133,7 @@ async def test_one_answer_carries_at_most_500_objects(service, autojump_clock):
 async def test_a_cursor_on_a_new_session_gets_ready_and_the_backlog(service, autojump_clock):
     with trio.fail_after(60):
         events = [(await post(service, f"m{n}", n)).event for n in range(3)]
-        answer = await poll(service, events[0].id, service.feed.epoch,
-                            client="poller-000000000009")
+        answer = await poll(service, events[0].id, service.feed.epoch, client="poller-000000000009")
         assert answer[0]["type"] == "ready" and answer[0]["cursor"] == events[0].id
         assert [o["id"] for o in answer[1:]] == [e.id for e in events[1:]]
         stale = await poll(service, 2, "another-epoch", client="poller-00000000000a")
@@ -121,9 +143,15 @@ async def test_a_cursor_on_a_new_session_gets_ready_and_the_backlog(service, aut
 async def test_presence_and_typing_reach_a_polling_client(service, autojump_clock):
     with trio.fail_after(120):
         ready = (await poll(service))[0]
-        bob = await service.open_stream(user="bob", token="t", client="bob-stream-000000001",
-                                        flows=["general"], transport="ws", cursor=None,
-                                        epoch=None)
+        bob = await service.open_stream(
+            user="bob",
+            token="t",
+            client="bob-stream-000000001",
+            flows=["general"],
+            transport="ws",
+            cursor=None,
+            epoch=None,
+        )
         service.typing("bob", "general")
         answer = await poll(service, ready["cursor"], ready["epoch"])
         assert answer == [
@@ -177,9 +205,15 @@ async def test_a_stream_supersedes_a_session_and_back(service, autojump_clock):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poller)
             await trio.sleep(1)
-            stream = await service.open_stream(user="alice", token="t", client=CLIENT,
-                                               flows=["general"], transport="ws",
-                                               cursor=None, epoch=None)
+            stream = await service.open_stream(
+                user="alice",
+                token="t",
+                client=CLIENT,
+                flows=["general"],
+                transport="ws",
+                cursor=None,
+                epoch=None,
+            )
         assert answers == [[{"type": "close", "reason": "superseded"}]]
         # a session's first poll supersedes the stream
         again = await poll(service)

@@ -34,13 +34,19 @@ class Watcher:
         return self.seen
 
     def presence_of(self, user: str) -> list[str]:
-        return [e["state"] for e in self.drain()
-                if e["type"] == "presence" and e["user"] == user]
+        return [e["state"] for e in self.drain() if e["type"] == "presence" and e["user"] == user]
 
 
 async def open_stream(service, user="alice", client="client-0000000001"):
-    return await service.open_stream(user=user, token="t", client=client, flows=["general"],
-                                     transport="ws", cursor=None, epoch=None)
+    return await service.open_stream(
+        user=user,
+        token="t",
+        client=client,
+        flows=["general"],
+        transport="ws",
+        cursor=None,
+        epoch=None,
+    )
 
 
 async def test_reconnect_within_grace_sends_no_offline(service, autojump_clock):
@@ -112,12 +118,17 @@ async def test_typing_above_one_a_second_is_dropped(service, autojump_clock):
 
 async def test_revoked_access_goes_offline_at_once(service, autojump_clock):
     with trio.fail_after(60):
-        await service.directory.create_flow("secret", private=True, owner="bob",
-                                        members=["alice"])
+        await service.directory.create_flow("secret", private=True, owner="bob", members=["alice"])
         watcher = Watcher(service, flows=("secret",))
-        session = await service.open_stream(user="alice", token="t", client="client-0000000001",
-                                            flows=["secret"], transport="ws", cursor=None,
-                                            epoch=None)
+        session = await service.open_stream(
+            user="alice",
+            token="t",
+            client="client-0000000001",
+            flows=["secret"],
+            transport="ws",
+            cursor=None,
+            epoch=None,
+        )
         await service.directory.remove_member("secret", "alice")
         service.revalidate()
         assert session.ended is not None and session.ended.reason == "unauthorized"

@@ -36,8 +36,17 @@ async def all_history(http: httpx.AsyncClient, url: str, token: str) -> list[dic
 
 async def test_acknowledged_posts_survive_sigkill(tmp_path):
     db = tmp_path / "rt.db"
-    server = RtProcess("--user", "alice", "--flow", "general", "--ops-rate", "100000",
-                       "--ops-burst", "100000", db=db)
+    server = RtProcess(
+        "--user",
+        "alice",
+        "--flow",
+        "general",
+        "--ops-rate",
+        "100000",
+        "--ops-burst",
+        "100000",
+        db=db,
+    )
     token = server.tokens["alice"]
     attempted: set[str] = set()
     acknowledged: dict[str, int] = {}
@@ -53,8 +62,10 @@ async def test_acknowledged_posts_survive_sigkill(tmp_path):
                         content = "p" + secrets.token_hex(8)
                         attempted.add(content)
                         try:
-                            r = await http.post(f"{server.url}/flows/general/messages",
-                                                json={"content": content, "uuid": content})
+                            r = await http.post(
+                                f"{server.url}/flows/general/messages",
+                                json={"content": content, "uuid": content},
+                            )
                         except httpx.HTTPError:
                             return  # the server died under us
                         if r.status_code != 201:
@@ -81,14 +92,15 @@ async def test_acknowledged_posts_survive_sigkill(tmp_path):
                 ids = [m["id"] for m in history]
                 assert ids == sorted(set(ids))
                 # ids continue upward
-                r = await http.post(f"{server.url}/flows/general/messages",
-                                    json={"content": "after", "uuid": "after-restart"})
+                r = await http.post(
+                    f"{server.url}/flows/general/messages",
+                    json={"content": "after", "uuid": "after-restart"},
+                )
                 assert r.status_code == 201
                 assert r.json()["id"] > max(ids)
                 # a stream resumes across the restart, in the same epoch
                 client = "c" + secrets.token_hex(10)
-                params = {"flows": "general", "client": client, "cursor": cursor,
-                          "epoch": epoch}
+                params = {"flows": "general", "client": client, "cursor": cursor, "epoch": epoch}
                 async with http.stream("GET", f"{server.url}/stream/sse", params=params) as s:
                     assert s.status_code == 200
                     got: list[int] = []
@@ -118,7 +130,8 @@ def raw_stalled_stream(url: str, token: str) -> socket.socket:
     client = "c" + secrets.token_hex(10)
     sock.sendall(
         f"GET /stream/sse?flows=general&client={client} HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n".encode())
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
     return sock
 
 
@@ -132,9 +145,19 @@ def open_sse_streams(url: str, token: str) -> float:
 
 async def test_stalled_reader_is_dropped_and_sigterm_still_ends_the_server(tmp_path):
     write_timeout = 1.0
-    server = RtProcess("--user", "alice", "--flow", "general", "--write-timeout",
-                       str(write_timeout), "--ops-rate", "100000", "--ops-burst", "100000",
-                       db=tmp_path / "rt.db")
+    server = RtProcess(
+        "--user",
+        "alice",
+        "--flow",
+        "general",
+        "--write-timeout",
+        str(write_timeout),
+        "--ops-rate",
+        "100000",
+        "--ops-burst",
+        "100000",
+        db=tmp_path / "rt.db",
+    )
     token = server.tokens["alice"]
     stalled = raw_stalled_stream(server.url, token)
     try:
@@ -144,8 +167,10 @@ async def test_stalled_reader_is_dropped_and_sigterm_still_ends_the_server(tmp_p
             big = "x" * 16000
             async with httpx.AsyncClient(timeout=10, headers=auth(token)) as http:
                 for i in range(400):  # 6.4 MB: far more than the socket buffers hold
-                    r = await http.post(f"{server.url}/flows/general/messages",
-                                        json={"content": f"{i}{big}", "uuid": f"big-{i:05d}"})
+                    r = await http.post(
+                        f"{server.url}/flows/general/messages",
+                        json={"content": f"{i}{big}", "uuid": f"big-{i:05d}"},
+                    )
                     assert r.status_code == 201
                     if open_sse_streams(server.url, token) == 0:
                         break

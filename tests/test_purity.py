@@ -16,9 +16,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level names that must not be loaded, with their submodules.
-FORBIDDEN = ("trio", "quart", "quart_trio", "hypercorn", "sqlite3", "_sqlite3", "socket",
-             "_socket", "ssl", "_ssl", "asyncio", "_asyncio", "httpx", "trio_websocket",
-             "anyio")
+FORBIDDEN = (
+    "trio",
+    "quart",
+    "quart_trio",
+    "hypercorn",
+    "sqlite3",
+    "_sqlite3",
+    "socket",
+    "_socket",
+    "ssl",
+    "_ssl",
+    "asyncio",
+    "_asyncio",
+    "httpx",
+    "trio_websocket",
+    "anyio",
+)
 # Layers to the right of core and transports. (rt/__init__.py loads rt.config
 # for the public API: a frozen dataclass, checked by FORBIDDEN like the rest.)
 FORBIDDEN_RT = ("rt.store", "rt.hub", "rt.service", "rt.web", "rt.cli")
@@ -30,17 +44,23 @@ def pure_modules() -> list[str]:
     for package in ("core", "transports"):
         directory = ROOT / "rt" / package
         names.append(f"rt.{package}")
-        names += [f"rt.{package}.{p.stem}" for p in sorted(directory.glob("*.py"))
-                  if p.stem != "__init__"]
+        names += [
+            f"rt.{package}.{p.stem}" for p in sorted(directory.glob("*.py")) if p.stem != "__init__"
+        ]
     return names
 
 
 def loaded_modules(code: str) -> set[str]:
     """sys.modules after running `code` in a fresh interpreter like this one."""
     script = code + "\nimport sys as _s\nprint(repr(sorted(_s.modules)))\n"
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
 
@@ -62,9 +82,17 @@ def _matches(module: str, names: tuple[str, ...]) -> bool:
 
 def test_the_module_list_covers_the_pure_layers() -> None:
     names = pure_modules()
-    for expected in ("rt.core.codec", "rt.core.errors", "rt.core.events", "rt.core.grammar",
-                     "rt.core.ops", "rt.core.ratelimit", "rt.transports.base",
-                     "rt.transports.sse", "rt.transports.websocket"):
+    for expected in (
+        "rt.core.codec",
+        "rt.core.errors",
+        "rt.core.events",
+        "rt.core.grammar",
+        "rt.core.ops",
+        "rt.core.ratelimit",
+        "rt.transports.base",
+        "rt.transports.sse",
+        "rt.transports.websocket",
+    ):
         assert expected in names
 
 

@@ -22,11 +22,18 @@ from tests.helpers import client_id, new_flow, serve_rt, stream_query
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-def upgrade(target: str, token: str, *extra: str, version: str = "13",
-            key: str | None = KEY) -> bytes:
-    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Version: {version}",
-             f"Authorization: Bearer {token}", *extra]
+def upgrade(
+    target: str, token: str, *extra: str, version: str = "13", key: str | None = KEY
+) -> bytes:
+    lines = [
+        f"GET {target} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Version: {version}",
+        f"Authorization: Bearer {token}",
+        *extra,
+    ]
     if key is not None:
         lines.append(f"Sec-WebSocket-Key: {key}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -36,8 +43,11 @@ def masked_text(obj: dict[str, Any]) -> bytes:
     payload = json.dumps(obj).encode()
     assert len(payload) < 126
     mask = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(
-        b ^ mask[i % 4] for i, b in enumerate(payload))
+    return (
+        bytes([0x81, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
 
 
 async def read_head(stream: trio.SocketStream, buf: bytearray) -> bytes:
@@ -72,8 +82,9 @@ async def test_fresh_upgrade_takes_the_fast_path_unless_it_is_off(fast_paths):
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             buf = bytearray()
             try:
-                await stream.send_all(upgrade(target(), token,
-                                              "Sec-WebSocket-Extensions: permessage-deflate"))
+                await stream.send_all(
+                    upgrade(target(), token, "Sec-WebSocket-Extensions: permessage-deflate")
+                )
                 head = (await read_head(stream, buf)).lower()
                 assert head.startswith(b"http/1.1 101 ")
                 assert (b"permessage-deflate" in head) is not fast_paths
@@ -98,8 +109,9 @@ async def test_upgrade_with_a_frame_in_the_same_packet_is_served():
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
             buf = bytearray()
             try:
-                await stream.send_all(upgrade(target(), token)
-                                      + masked_text({"op": "ping", "ref": "r1"}))
+                await stream.send_all(
+                    upgrade(target(), token) + masked_text({"op": "ping", "ref": "r1"})
+                )
                 assert (await read_head(stream, buf)).startswith(b"HTTP/1.1 101 ")
                 await read_until(stream, buf, b'"type":"pong"')
                 assert buf.index(b'"type":"ready"') < buf.index(b'"type":"pong"')
@@ -124,7 +136,7 @@ async def test_a_head_that_arrives_byte_by_byte_is_served(request_kind):
             buf = bytearray()
             try:
                 for i in range(len(request)):
-                    await stream.send_all(request[i:i + 1])
+                    await stream.send_all(request[i : i + 1])
                     await trio.sleep(0)
                 head = await read_head(stream, buf)
                 if request_kind == "upgrade":
@@ -149,8 +161,13 @@ async def test_plain_requests_then_keep_alive_reach_quart():
                 for _ in range(2):
                     head = await read_head(stream, buf)
                     assert head.startswith(b"HTTP/1.1 200 ")
-                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                      if line.lower().startswith(b"content-length")))
+                    length = int(
+                        next(
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        )
+                    )
                     while len(buf) < length:
                         buf += await stream.receive_some(65536)
                     del buf[:length]
@@ -158,14 +175,16 @@ async def test_plain_requests_then_keep_alive_reach_quart():
                 await stream.aclose()
 
 
-@pytest.mark.parametrize(("change", "fast_status", "asgi_status"), [
-    ({"key": None}, 400, 400),
-    # RFC 6455 section 4.4 asks for 426 and the version the server speaks; hypercorn
-    # answers 400
-    ({"version": "8"}, 426, 400),
-])
-async def test_bad_handshakes_are_refused_with_an_http_status(change, fast_status,
-                                                                asgi_status):
+@pytest.mark.parametrize(
+    ("change", "fast_status", "asgi_status"),
+    [
+        ({"key": None}, 400, 400),
+        # RFC 6455 section 4.4 asks for 426 and the version the server speaks; hypercorn
+        # answers 400
+        ({"version": "8"}, 426, 400),
+    ],
+)
+async def test_bad_handshakes_are_refused_with_an_http_status(change, fast_status, asgi_status):
     with trio.fail_after(10):
         for fast_paths, status in ((True, fast_status), (False, asgi_status)):
             async with serve_rt(fast_paths=fast_paths) as server:

@@ -51,10 +51,14 @@ async def test_resume_under_fire(db, tmp_path):
     gap = CommitGap()
     seen: list[int] = []
     with trio.fail_after(int(os.environ.get("RT_TEST_DEADLINE", 90))):
-        async with serve_rt(db=str(tmp_path / "rt.db") if db == "sqlite" else ":memory:",
-                            window=200, hooks=Hooks(after_commit=gap),
-                            ops_rate=100000, ops_burst=100000,
-                            heartbeat=1) as server:
+        async with serve_rt(
+            db=str(tmp_path / "rt.db") if db == "sqlite" else ":memory:",
+            window=200,
+            hooks=Hooks(after_commit=gap),
+            ops_rate=100000,
+            ops_burst=100000,
+            heartbeat=1,
+        ) as server:
             await new_flow(server, "general")
             await new_flow(server, "other")
             posters = [await new_user(server, f"poster{i}") for i in range(2)]
@@ -98,8 +102,7 @@ async def test_resume_under_fire(db, tmp_path):
                                 seen.append(obj["id"])
                                 cursor = obj["id"]
                                 budget -= 1
-                            if (done.is_set() and len(seen) >= EXPECTED
-                                    and reconnects >= RECONNECTS):
+                            if done.is_set() and len(seen) >= EXPECTED and reconnects >= RECONNECTS:
                                 return
                     reconnects += 1
                     if want_gap:
@@ -132,7 +135,13 @@ async def test_resume_under_fire(db, tmp_path):
     assert len(seen) == len(set(seen)), message
     assert seen == sorted(seen), message
     missing = sorted(set(history) - set(seen))
-    assert seen == history, (message, "missing", missing[:10], "extra", sorted(set(seen) - set(history))[:10])
+    assert seen == history, (
+        message,
+        "missing",
+        missing[:10],
+        "extra",
+        sorted(set(seen) - set(history))[:10],
+    )
     assert len(seen) == EXPECTED, message
     assert reconnects >= RECONNECTS, (reconnects, message)
     assert in_gap >= IN_GAP, (in_gap, message)

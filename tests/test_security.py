@@ -37,12 +37,9 @@ def assert_error(r: httpx.Response | tuple[int, Any], status: int, code: str) ->
     return body
 
 
-
-
-
-
-async def sse_open(http: httpx.AsyncClient, params: dict[str, Any],
-                   headers: dict[str, str] | None = None) -> tuple[int, dict]:
+async def sse_open(
+    http: httpx.AsyncClient, params: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     """One `/stream/sse` request: (200, its `ready`) or (status, error body). Closed after."""
     async with http.stream("GET", "/stream/sse", params=params, headers=headers or {}) as r:
         if r.status_code == 200:
@@ -50,8 +47,9 @@ async def sse_open(http: httpx.AsyncClient, params: dict[str, Any],
         return r.status_code, json.loads(await r.aread())
 
 
-async def ws_refused(server, params: dict[str, Any],
-                     headers: list[tuple[str, str]] | None = None) -> tuple[int, str]:
+async def ws_refused(
+    server, params: dict[str, Any], headers: list[tuple[str, str]] | None = None
+) -> tuple[int, str]:
     """Open `/stream/ws`, expect it closed before `ready`: (close code, reason)."""
     url = f"{server.ws_url}/stream/ws?{httpx.QueryParams(params)}"
     async with open_websocket_url(url, extra_headers=headers or []) as conn:
@@ -62,8 +60,9 @@ async def ws_refused(server, params: dict[str, Any],
     return reason.code, reason.reason
 
 
-async def ws_ready(server, params: dict[str, Any],
-                   headers: list[tuple[str, str]] | None = None) -> dict:
+async def ws_ready(
+    server, params: dict[str, Any], headers: list[tuple[str, str]] | None = None
+) -> dict:
     url = f"{server.ws_url}/stream/ws?{httpx.QueryParams(params)}"
     async with open_websocket_url(url, extra_headers=headers or []) as conn:
         first = json.loads((await conn.get_message()).split("\n")[0])
@@ -84,18 +83,21 @@ async def test_tokens_are_never_accepted_in_urls(server, anon, alice):
         ticket = await alice.ticket(client)
         for name in ("token", "access_token"):
             # alone, with a valid ticket, and even beside a valid Authorization header
-            for params, headers in (({**base, name: alice.token}, None),
-                                    ({**base, name: alice.token, "ticket": ticket}, None),
-                                    ({**base, name: alice.token}, bearer(alice)),
-                                    ({**base, name: ""}, bearer(alice))):
+            for params, headers in (
+                ({**base, name: alice.token}, None),
+                ({**base, name: alice.token, "ticket": ticket}, None),
+                ({**base, name: alice.token}, bearer(alice)),
+                ({**base, name: ""}, bearer(alice)),
+            ):
                 r = await sse_open(anon.http, params, headers)
                 body = assert_error(r, 400, "bad_request")
                 assert alice.token not in json.dumps(body)
             code, reason = await ws_refused(server, {**base, name: alice.token})
             assert (code, reason) == (4400, "bad_request")
         # a bearer token is not a ticket
-        assert_error(await sse_open(anon.http, {**base, "ticket": alice.token}), 401,
-                     "unauthorized")
+        assert_error(
+            await sse_open(anon.http, {**base, "ticket": alice.token}), 401, "unauthorized"
+        )
         # neither ticket nor header
         assert_error(await sse_open(anon.http, base), 401, "unauthorized")
         assert await ws_refused(server, base) == (4001, "unauthorized")
@@ -117,20 +119,23 @@ async def test_ticket_is_bound_to_its_client_id(server, anon, alice, bob):
         ticket = await alice.ticket(mine)
         r = await sse_open(anon.http, {"flows": "general", "client": other, "ticket": ticket})
         assert_error(r, 401, "unauthorized")
-        assert await ws_refused(server, {"flows": "general", "client": other,
-                                         "ticket": ticket}) == (4001, "unauthorized")
+        assert await ws_refused(
+            server, {"flows": "general", "client": other, "ticket": ticket}
+        ) == (4001, "unauthorized")
         # any number of times for its own client id
         for _ in range(2):
-            status, ready = await sse_open(anon.http, {"flows": "general", "client": mine,
-                                                       "ticket": ticket})
+            status, ready = await sse_open(
+                anon.http, {"flows": "general", "client": mine, "ticket": ticket}
+            )
             assert status == 200 and ready["type"] == "ready" and ready["client"] == mine
         ready = await ws_ready(server, {"flows": "general", "client": mine, "ticket": ticket})
         assert ready["type"] == "ready" and ready["client"] == mine
         # a ticket is not a bearer token
         r = await anon.http.get("/me", headers={"Authorization": f"Bearer {ticket}"})
         assert_error(r, 401, "unauthorized")
-        r = await anon.http.post("/auth/ticket", json={"client": mine},
-                                 headers={"Authorization": f"Bearer {ticket}"})
+        r = await anon.http.post(
+            "/auth/ticket", json={"client": mine}, headers={"Authorization": f"Bearer {ticket}"}
+        )
         assert_error(r, 401, "unauthorized")
         # made-up and mangled tickets
         for fake in ("tk_" + "A" * 32, ticket[:-1], ticket + "x", ticket.upper()):
@@ -156,8 +161,9 @@ async def test_tickets_lapse_after_their_ttl():
                 used = await alice.ticket(used_c)
 
                 async def stream(client: str, ticket: str) -> tuple[int, dict]:
-                    return await sse_open(anon.http, {"flows": "general", "client": client,
-                                                      "ticket": ticket})
+                    return await sse_open(
+                        anon.http, {"flows": "general", "client": client, "ticket": ticket}
+                    )
 
                 assert (await stream(used_c, used))[0] == 200
                 await trio.sleep(ttl * 0.6)  # time must pass: 0.3 s
@@ -188,14 +194,19 @@ async def test_authorization_wins_over_ticket(server, anon, alice, bob):
             r = await sse_open(anon.http, params, {"Authorization": header})
             assert_error(r, 401, "unauthorized")
         assert await ws_refused(server, params, [("Authorization", "Bearer rt_wrong")]) == (
-            4001, "unauthorized")
+            4001,
+            "unauthorized",
+        )
         # bob's header with alice's ticket is bob, who may not read alice's private flow
         assert_error(await sse_open(anon.http, params, bearer(bob)), 403, "forbidden")
-        assert await ws_refused(server, params, [("Authorization", f"Bearer {bob.token}")]) \
-            == (4003, "forbidden")
+        assert await ws_refused(server, params, [("Authorization", f"Bearer {bob.token}")]) == (
+            4003,
+            "forbidden",
+        )
         # a good header makes a bad ticket irrelevant
-        status, ready = await sse_open(anon.http, {**params, "ticket": "tk_nonsense"},
-                                       bearer(alice))
+        status, ready = await sse_open(
+            anon.http, {**params, "ticket": "tk_nonsense"}, bearer(alice)
+        )
         assert status == 200 and ready["flows"] == ["secret"]
 
 
@@ -209,8 +220,9 @@ async def test_revoking_the_token_kills_its_tickets(server, anon, alice):
         assert_error(await sse_open(anon.http, params), 401, "unauthorized")
         assert_error(await alice.http.get("/me"), 401, "unauthorized")
         token = await server.service.directory.add_token("alice")
-        r = await anon.http.post("/auth/ticket", json={"client": client},
-                                 headers={"Authorization": f"Bearer {token}"})
+        r = await anon.http.post(
+            "/auth/ticket", json={"client": client}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert r.status_code == 200
         assert (await sse_open(anon.http, {**params, "ticket": r.json()["ticket"]}))[0] == 200
 
@@ -242,11 +254,12 @@ async def test_only_the_author_or_the_owner_changes_messages(server, alice, bob)
             r = await alice.post("general", "alice's")
             m = r.json()
             # general has no owner: only the author deletes or edits
-            r = await bob.http.delete(f"/flows/general/messages/{m['id']}",
-                                      params={"uuid": uuid()})
+            r = await bob.http.delete(f"/flows/general/messages/{m['id']}", params={"uuid": uuid()})
             assert_error(r, 403, "forbidden")
-            r = await bob.http.patch(f"/flows/general/messages/{m['id']}",
-                                     json={"content": "bob was here", "uuid": uuid()})
+            r = await bob.http.patch(
+                f"/flows/general/messages/{m['id']}",
+                json={"content": "bob was here", "uuid": uuid()},
+            )
             assert_error(r, 403, "forbidden")
             state = (await alice.history("general"))["messages"][0]
             assert state["content"] == "alice's" and not state["deleted"] and not state["edited"]
@@ -256,8 +269,7 @@ async def test_only_the_author_or_the_owner_changes_messages(server, alice, bob)
             mb = (await bob.post("team", "bob's")).json()
             r = await bob.http.delete(f"/flows/team/messages/{ma['id']}", params={"uuid": uuid()})
             assert_error(r, 403, "forbidden")
-            r = await carol.http.delete(f"/flows/team/messages/{mb['id']}",
-                                        params={"uuid": uuid()})
+            r = await carol.http.delete(f"/flows/team/messages/{mb['id']}", params={"uuid": uuid()})
             assert r.status_code == 200 and r.json()["type"] == "delete"
             states = {s["id"]: s for s in (await alice.history("team"))["messages"]}
             assert states[ma["id"]]["deleted"] is False
@@ -271,14 +283,16 @@ async def test_only_the_author_or_the_owner_changes_messages(server, alice, bob)
 
 async def test_non_member_learns_nothing_of_a_private_flow(server, anon, alice, bob):
     with trio.fail_after(10):
-        assert (await alice.http.post("/flows", json={"name": "secret", "private": True})
-                ).status_code == 201
+        assert (
+            await alice.http.post("/flows", json={"name": "secret", "private": True})
+        ).status_code == 201
         secret_uuid = uuid()
         r = await alice.post("secret", "the plan", secret_uuid)
         assert r.status_code == 201
         m = r.json()
-        r = await alice.http.post(f"/flows/secret/messages/{m['id']}/tags",
-                                  json={"add": ["classified"], "uuid": uuid()})
+        r = await alice.http.post(
+            f"/flows/secret/messages/{m['id']}/tags", json={"add": ["classified"], "uuid": uuid()}
+        )
         assert r.status_code == 200
         leaks = ("the plan", "classified", secret_uuid)
 
@@ -292,10 +306,12 @@ async def test_non_member_learns_nothing_of_a_private_flow(server, anon, alice, 
             await bob.http.get("/flows/secret/messages", params={"tag": "classified"}),
             await bob.post("secret", "let me in"),
             await bob.post("secret", "the plan", secret_uuid),  # alice's uuid and content
-            await bob.http.patch(f"/flows/secret/messages/{m['id']}",
-                                 json={"content": "x", "uuid": uuid()}),
-            await bob.http.post(f"/flows/secret/messages/{m['id']}/tags",
-                                json={"add": ["x"], "uuid": uuid()}),
+            await bob.http.patch(
+                f"/flows/secret/messages/{m['id']}", json={"content": "x", "uuid": uuid()}
+            ),
+            await bob.http.post(
+                f"/flows/secret/messages/{m['id']}/tags", json={"add": ["x"], "uuid": uuid()}
+            ),
             await bob.http.delete(f"/flows/secret/messages/{m['id']}", params={"uuid": uuid()}),
             await bob.http.post("/flows/secret/typing"),
             await bob.http.get("/flows/secret/presence"),
@@ -305,12 +321,15 @@ async def test_non_member_learns_nothing_of_a_private_flow(server, anon, alice, 
             assert_error(r, 403, "forbidden")
             assert_no_leak(r)
         # its message ids are not reachable through an open flow either
-        for r in (await bob.http.patch(f"/flows/general/messages/{m['id']}",
-                                       json={"content": "x", "uuid": uuid()}),
-                  await bob.http.post(f"/flows/general/messages/{m['id']}/tags",
-                                      json={"add": ["x"], "uuid": uuid()}),
-                  await bob.http.delete(f"/flows/general/messages/{m['id']}",
-                                        params={"uuid": uuid()})):
+        for r in (
+            await bob.http.patch(
+                f"/flows/general/messages/{m['id']}", json={"content": "x", "uuid": uuid()}
+            ),
+            await bob.http.post(
+                f"/flows/general/messages/{m['id']}/tags", json={"add": ["x"], "uuid": uuid()}
+            ),
+            await bob.http.delete(f"/flows/general/messages/{m['id']}", params={"uuid": uuid()}),
+        ):
             assert_error(r, 404, "not_found")
             assert_no_leak(r)
         # streams refuse before any byte of the flow
@@ -320,9 +339,11 @@ async def test_non_member_learns_nothing_of_a_private_flow(server, anon, alice, 
             r = await sse_open(anon.http, {"flows": flows, "client": client, "ticket": ticket})
             assert_error(r, 403, "forbidden")
             assert_no_leak(r)
-            assert await ws_refused(server, {"flows": flows, "client": client},
-                                    [("Authorization", f"Bearer {bob.token}")]) == (
-                4003, "forbidden")
+            assert await ws_refused(
+                server,
+                {"flows": flows, "client": client},
+                [("Authorization", f"Bearer {bob.token}")],
+            ) == (4003, "forbidden")
         # not listed
         assert "secret" not in (await bob.http.get("/me")).json()["flows"]
         assert all(f["name"] != "secret" for f in (await bob.http.get("/flows")).json()["flows"])
@@ -337,8 +358,9 @@ async def test_non_member_learns_nothing_of_a_private_flow(server, anon, alice, 
 
 async def test_removed_member_is_cut_off_at_once(server, alice, bob):
     with trio.fail_after(10):
-        assert (await alice.http.post("/flows", json={"name": "secret", "private": True})
-                ).status_code == 201
+        assert (
+            await alice.http.post("/flows", json={"name": "secret", "private": True})
+        ).status_code == 201
         r = await alice.http.post("/flows/secret/members", json={"user": "bob"})
         assert r.status_code == 204
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -365,8 +387,14 @@ async def test_removed_member_is_cut_off_at_once(server, alice, bob):
 
 async def test_no_token_or_ticket_in_the_server_log(caplog):
     caplog.set_level(logging.DEBUG)
-    for name in ("rt", "rt.access", "hypercorn.error", "hypercorn.access", "quart.app",
-                 "quart.serving"):
+    for name in (
+        "rt",
+        "rt.access",
+        "hypercorn.error",
+        "hypercorn.access",
+        "quart.app",
+        "quart.serving",
+    ):
         caplog.set_level(logging.DEBUG, logger=name)
     secrets: list[str] = []
     with trio.fail_after(15):
@@ -407,8 +435,12 @@ async def test_no_token_or_ticket_in_the_server_log(caplog):
     assert "GET /stream/sse 400" in messages, messages
     assert "GET /stream/sse 401" in messages, messages
     for record in records:
-        texts = [record.getMessage(), repr(record.args), record.exc_text or "",
-                 caplog.handler.format(record)]
+        texts = [
+            record.getMessage(),
+            repr(record.args),
+            record.exc_text or "",
+            caplog.handler.format(record),
+        ]
         for secret in secrets:
             for text in texts:
                 assert secret not in text, (record.name, text)
@@ -424,16 +456,21 @@ async def exercise(server, anon: Api, alice: Api, guest: Api, secrets: list[str]
         assert (await sse_open(anon.http, {**base, "ticket": ticket}))[0] == 200
         ready = await ws_ready(server, {**base, "ticket": ticket})
         assert ready["type"] == "ready"
-        assert_error(await sse_open(anon.http, {**base, "client": client_id(), "ticket": ticket}),
-                     401, "unauthorized")
+        assert_error(
+            await sse_open(anon.http, {**base, "client": client_id(), "ticket": ticket}),
+            401,
+            "unauthorized",
+        )
         assert_error(await sse_open(anon.http, {**base, "token": api.token}), 400, "bad_request")
-        assert_error(await sse_open(anon.http, {**base, "access_token": api.token}), 400,
-                     "bad_request")
-        assert_error(await sse_open(anon.http, {**base, "ticket": api.token}), 401,
-                     "unauthorized")
+        assert_error(
+            await sse_open(anon.http, {**base, "access_token": api.token}), 400, "bad_request"
+        )
+        assert_error(await sse_open(anon.http, {**base, "ticket": api.token}), 401, "unauthorized")
         assert await ws_refused(server, {**base, "token": api.token}) == (4400, "bad_request")
         assert await ws_refused(server, {**base, "ticket": ticket, "client": client_id()}) == (
-            4001, "unauthorized")
+            4001,
+            "unauthorized",
+        )
         # secrets in bodies, headers and paths of bad requests
         r = await api.http.post("/auth/ticket", json={"client": api.token + "!"})
         assert_error(r, 400, "bad_request")
@@ -448,12 +485,20 @@ async def exercise(server, anon: Api, alice: Api, guest: Api, secrets: list[str]
         r = await api.http.get("/flows/general/messages", params={"tag": ticket, "limit": ticket})
         assert_error(r, 400, "bad_request")
         # a ticket in a stream parameter that is echoed in errors
-        assert_error(await sse_open(anon.http, {"flows": "general", "client": ticket + "!",
-                                                "ticket": ticket}), 400, "bad_request")
+        assert_error(
+            await sse_open(
+                anon.http, {"flows": "general", "client": ticket + "!", "ticket": ticket}
+            ),
+            400,
+            "bad_request",
+        )
     # revoked: the ticket of a revoked token
     client = client_id()
     ticket = await guest.ticket(client)
     secrets.append(ticket)
     await server.service.directory.revoke_tokens("guest1")
-    assert_error(await sse_open(anon.http, {"flows": "general", "client": client,
-                                            "ticket": ticket}), 401, "unauthorized")
+    assert_error(
+        await sse_open(anon.http, {"flows": "general", "client": client, "ticket": ticket}),
+        401,
+        "unauthorized",
+    )

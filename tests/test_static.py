@@ -22,8 +22,9 @@ STATIC = Path(__file__).resolve().parents[1] / "rt" / "static"
 
 
 def modules() -> list[str]:
-    return sorted("/static/" + p.relative_to(STATIC).as_posix()
-                  for p in (STATIC / "rt").rglob("*.js"))
+    return sorted(
+        "/static/" + p.relative_to(STATIC).as_posix() for p in (STATIC / "rt").rglob("*.js")
+    )
 
 
 def test_the_demo_page_preloads_every_module() -> None:

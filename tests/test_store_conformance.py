@@ -43,8 +43,6 @@ class TestSqliteDirectory(DirectoryChecks):
         return SqliteDirectory(tmp_path / "d.db")
 
 
-
-
 async def test_sqlite_reopen_keeps_everything(tmp_path):
     with trio.fail_after(10):
         path = tmp_path / "keep.db"
@@ -70,7 +68,7 @@ async def test_sqlite_reopen_keeps_everything(tmp_path):
                 assert [e.raw for e in await all_events(s)] == events
                 for after in range(head + 1):
                     page = await s.read(["lobby", "side"], after, 3)
-                    assert [e.raw for e in page] == events[after:after + 3]
+                    assert [e.raw for e in page] == events[after : after + 3]
                 assert await s.message(mid) == state
                 assert s.authenticate(tokens["bob"]) == "bob" and s.user_exists("carol")
                 assert s.flow("club").members == {"alice", "bob"} and s.flow("club").private
@@ -119,8 +117,9 @@ async def test_sqlite_history_stops_at_head(tmp_path):
                 # Committed, not yet published: a history page with cursor `head`
                 # must not hold it, or the stream from `head` repeats it.
                 for kw in ({}, {"tag": "x"}, {"after": 0}):
-                    page = await s.history("lobby", before=None, after=kw.get("after"),
-                                           limit=10, tag=kw.get("tag"))
+                    page = await s.history(
+                        "lobby", before=None, after=kw.get("after"), limit=10, tag=kw.get("tag")
+                    )
                     seen.append([m.id for m in page])
 
             s.after_commit = after_commit
@@ -181,7 +180,8 @@ async def test_sqlite_sees_another_process_after_refresh(tmp_path):
                 assert err.value.code == "exists"
                 # The CLI sees the server's events and directory.
                 assert [e.data["content"] for e in await cli.read(["lobby"], 0, 10)] == [
-                    "events are not directory changes"]
+                    "events are not directory changes"
+                ]
                 assert cli.user_exists("mine") is False  # until it refreshes too
                 assert await cli.refresh() is True and cli.user_exists("mine")
 

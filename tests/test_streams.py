@@ -39,8 +39,19 @@ EPHEMERAL_TYPES = {"presence", "typing"}
 # httpx builds a TLS context (loading the CA bundle, ~50 ms) for every client; these
 # clients speak plain HTTP to loopback, so they share one made once.
 
-READY_FIELDS = {"type", "protocol", "cursor", "epoch", "reset", "flows", "client", "transport",
-                "heartbeat", "poll_timeout", "presence"}
+READY_FIELDS = {
+    "type",
+    "protocol",
+    "cursor",
+    "epoch",
+    "reset",
+    "flows",
+    "client",
+    "transport",
+    "heartbeat",
+    "poll_timeout",
+    "presence",
+}
 
 
 # -- clients ---------------------------------------------------------------------------
@@ -49,8 +60,9 @@ READY_FIELDS = {"type", "protocol", "cursor", "epoch", "reset", "flows", "client
 class StreamClosed(Exception):
     """The stream's connection ended: `code`/`reason` of a WebSocket close, None for SSE."""
 
-    def __init__(self, code: int | None = None, reason: str | None = None,
-                 clean: bool = True) -> None:
+    def __init__(
+        self, code: int | None = None, reason: str | None = None, clean: bool = True
+    ) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
@@ -104,8 +116,7 @@ class StreamConn:
             kind = obj.get("type")
             if kind == "close":
                 return obj
-            assert kind == "heartbeat" or kind in EPHEMERAL_TYPES, (
-                f"expected close, got {obj}")
+            assert kind == "heartbeat" or kind in EPHEMERAL_TYPES, f"expected close, got {obj}"
 
     async def closed(self) -> StreamClosed:
         """Wait for the connection to end; anything first but heartbeats and presence fails."""
@@ -116,7 +127,8 @@ class StreamConn:
                 return end
             kind = obj.get("type")
             assert kind == "heartbeat" or kind in EPHEMERAL_TYPES, (
-                f"expected the end of the stream, got {obj}")
+                f"expected the end of the stream, got {obj}"
+            )
 
 
 class WsConn(StreamConn):
@@ -145,8 +157,9 @@ class WsConn(StreamConn):
 
     async def reply(self, ref: str) -> dict[str, Any]:
         """The next ack, error or pong with this ref (events in between are skipped)."""
-        return await self.until(lambda o: o.get("type") in ("ack", "error", "pong")
-                                and o.get("ref") == ref)
+        return await self.until(
+            lambda o: o.get("type") in ("ack", "error", "pong") and o.get("ref") == ref
+        )
 
 
 class SseConn(StreamConn):
@@ -200,8 +213,9 @@ class SseConn(StreamConn):
             else:
                 raise AssertionError(f"unexpected SSE line {line!r}")
 
-    def _check(self, obj: dict[str, Any], event: str | None, event_id: str | None
-               ) -> dict[str, Any]:
+    def _check(
+        self, obj: dict[str, Any], event: str | None, event_id: str | None
+    ) -> dict[str, Any]:
         kind = obj.get("type")
         if kind == "ready":
             assert event == "ready"
@@ -219,9 +233,16 @@ class SseConn(StreamConn):
 
 
 @asynccontextmanager
-async def open_stream(transport: str, api: Api, flows: list[str], client: str | None = None,
-                      *, headers: dict[str, str] | None = None, ticket: bool = False,
-                      **params: Any) -> AsyncIterator[StreamConn]:
+async def open_stream(
+    transport: str,
+    api: Api,
+    flows: list[str],
+    client: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    ticket: bool = False,
+    **params: Any,
+) -> AsyncIterator[StreamConn]:
     """A stream of `api`'s user (Authorization header, or a ticket if `ticket`)."""
     client = client or client_id()
     query = stream_query(flows, client, **params)
@@ -255,12 +276,16 @@ class RawHttp:
         self.ended = False
 
     @classmethod
-    async def get(cls, server: Server, target: str, headers: dict[str, str],
-                  http_version: str = "1.1") -> RawHttp:
+    async def get(
+        cls, server: Server, target: str, headers: dict[str, str], http_version: str = "1.1"
+    ) -> RawHttp:
         raw = cls(await trio.open_tcp_stream(server.host, server.port))
         if http_version == "1.0":  # h11 only sends 1.1: write the request, skip the head
-            lines = [f"GET {target} HTTP/1.0", f"Host: {server.host}:{server.port}",
-                     *(f"{k}: {v}" for k, v in headers.items())]
+            lines = [
+                f"GET {target} HTTP/1.0",
+                f"Host: {server.host}:{server.port}",
+                *(f"{k}: {v}" for k, v in headers.items()),
+            ]
             await raw.stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
             head = b""
             while b"\r\n\r\n" not in head:
@@ -268,14 +293,18 @@ class RawHttp:
             head, _, rest = head.partition(b"\r\n\r\n")
             status_line, *fields = head.decode().split("\r\n")
             raw.response = h11.Response(
-                status_code=int(status_line.split()[1]), http_version="1.0",
-                headers=[tuple(f.split(": ", 1)) for f in fields])
+                status_code=int(status_line.split()[1]),
+                http_version="1.0",
+                headers=[tuple(f.split(": ", 1)) for f in fields],
+            )
             raw.conn = None
             raw.body += rest
             return raw
-        request = h11.Request(method="GET", target=target,
-                              headers=[("Host", f"{server.host}:{server.port}"),
-                                       *headers.items()])
+        request = h11.Request(
+            method="GET",
+            target=target,
+            headers=[("Host", f"{server.host}:{server.port}"), *headers.items()],
+        )
         await raw.stream.send_all(raw.conn.send(request) + raw.conn.send(h11.EndOfMessage()))
         while raw.response is None:
             event = await raw._event()
@@ -327,8 +356,9 @@ class RawWs:
         self._closed: StreamClosed | None = None  # raised once the texts before it are read
 
     @classmethod
-    async def connect(cls, server: Server, query: dict[str, Any], token: str,
-                      rcvbuf: int | None = None) -> RawWs:
+    async def connect(
+        cls, server: Server, query: dict[str, Any], token: str, rcvbuf: int | None = None
+    ) -> RawWs:
         """Upgrade; `rcvbuf` shrinks the client's receive buffer, so that writes block sooner."""
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
         if rcvbuf is not None:
@@ -336,9 +366,15 @@ class RawWs:
         await sock.connect((server.host, server.port))
         raw = cls(trio.SocketStream(sock))
         target = f"/stream/ws?{httpx.QueryParams(query)}"
-        await raw.stream.send_all(raw.ws.send(Request(
-            host=f"{server.host}:{server.port}", target=target,
-            extra_headers=[(b"authorization", f"Bearer {token}".encode())])))
+        await raw.stream.send_all(
+            raw.ws.send(
+                Request(
+                    host=f"{server.host}:{server.port}",
+                    target=target,
+                    extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+                )
+            )
+        )
         accepted = False
         while not accepted:
             for event in await raw._events():
@@ -427,8 +463,9 @@ async def test_ready_is_the_first_frame_with_every_field(transport):
             cid = client_id()
             async with open_stream("ws", w.bob, ["general"]) as bob_stream:
                 await bob_stream.ready()
-                async with open_stream(transport, w.alice, ["other", "general"], cid,
-                                       ticket=(transport == "sse")) as s:
+                async with open_stream(
+                    transport, w.alice, ["other", "general"], cid, ticket=(transport == "sse")
+                ) as s:
                     ready = await s.ready()
                     assert set(ready) == READY_FIELDS
                     assert ready["protocol"] == 1
@@ -453,16 +490,16 @@ async def test_ready_is_the_first_frame_with_every_field(transport):
 
 
 @pytest.mark.parametrize("http_version", ["1.1", "1.0"])
-async def test_sse_events_written_directly_are_exact_on_http_1_1_and_1_0(http_version,
-                                                                          caplog):
+async def test_sse_events_written_directly_are_exact_on_http_1_1_and_1_0(http_version, caplog):
     """Events go straight to the socket as whole chunks (HTTP/1.1, parsed by h11, which
     checks the chunk framing) or as raw bytes (HTTP/1.0, close-delimited): a lone event
     and a batch of five, byte for byte what the framer makes, in order."""
     with trio.fail_after(10):
         async with world() as w:
             target = f"/stream/sse?{httpx.QueryParams(stream_query(['general'], client_id()))}"
-            raw = await RawHttp.get(w.server, target,
-                                    {"Authorization": f"Bearer {w.alice.token}"}, http_version)
+            raw = await RawHttp.get(
+                w.server, target, {"Authorization": f"Bearer {w.alice.token}"}, http_version
+            )
             try:
                 await raw.read_until(lambda b: b"event: ready" in b and b.endswith(b"\n\n"))
                 await w.wait_counts((1, 1))
@@ -471,12 +508,15 @@ async def test_sse_events_written_directly_are_exact_on_http_1_1_and_1_0(http_ve
                 ids = [lone["id"], *await w.burst("bob", 5)]
                 epoch = w.service.feed.epoch.encode()
                 body = await raw.read_until(lambda b: b"%s:%d\n" % (epoch, ids[-1]) in b)
-                events = [json.loads(line[6:]) for line in body[start:].split(b"\n")
-                          if line.startswith(b"data: ")]
+                events = [
+                    json.loads(line[6:])
+                    for line in body[start:].split(b"\n")
+                    if line.startswith(b"data: ")
+                ]
                 assert [e["id"] for e in events] == ids
-                expected = b"".join(b"id: %s:%d\ndata: %s\n\n" % (epoch, e["id"],
-                                                                    encode(e))
-                                    for e in events)
+                expected = b"".join(
+                    b"id: %s:%d\ndata: %s\n\n" % (epoch, e["id"], encode(e)) for e in events
+                )
                 assert body[start:] == expected
             finally:
                 await raw.abort()
@@ -500,10 +540,12 @@ async def test_sse_exact_bytes_preamble_ready_heartbeat_and_events():
                 assert raw.header("x-content-type-options") == "nosniff"
                 assert raw.header("referrer-policy") == "no-referrer"
                 epoch = w.service.feed.epoch
-                body = await raw.read_until(lambda b: re.match(rb"retry: .*?\n\n.*?\n\n", b, re.S)
-                                            is not None)
-                match = re.match(rb"retry: (\d+)\n\nid: ([^\n]+)\nevent: ready\ndata: ([^\n]+)\n\n",
-                                 body)
+                body = await raw.read_until(
+                    lambda b: re.match(rb"retry: .*?\n\n.*?\n\n", b, re.S) is not None
+                )
+                match = re.match(
+                    rb"retry: (\d+)\n\nid: ([^\n]+)\nevent: ready\ndata: ([^\n]+)\n\n", body
+                )
                 assert match, body
                 assert 1000 <= int(match.group(1)) <= 5000
                 assert match.group(2).decode() == f"{epoch}:1"
@@ -513,15 +555,18 @@ async def test_sse_exact_bytes_preamble_ready_heartbeat_and_events():
                 # server sends it: redundant with the snapshot, and allowed on top of it)
                 rest = len(match.group(0))
                 body = await raw.read_until(lambda b: b[rest:].count(b": hb\n\n") >= 2)
-                presence = (b'event: presence\ndata: {"type":"presence","flow":"general",'
-                            b'"user":"alice","state":"online"}\n\n')
+                presence = (
+                    b'event: presence\ndata: {"type":"presence","flow":"general",'
+                    b'"user":"alice","state":"online"}\n\n'
+                )
                 tail = body[rest:]
-                tail = tail[len(presence):] if tail.startswith(presence) else tail
+                tail = tail[len(presence) :] if tail.startswith(presence) else tail
                 assert tail == b": hb\n\n" * 2, body[rest:]
                 mark = len(body)
                 event = await w.post(w.alice, content="<tag> & \u2028")
-                body = await raw.read_until(lambda b: b"data: " in b[mark:]
-                                            and b[mark:].endswith(b"\n\n"))
+                body = await raw.read_until(
+                    lambda b: b"data: " in b[mark:] and b[mark:].endswith(b"\n\n")
+                )
                 frame = body[mark:].replace(b": hb\n\n", b"")
                 match = re.fullmatch(rb"id: ([^\n]+)\ndata: ([^\n]+)\n\n", frame)
                 assert match, frame
@@ -573,13 +618,15 @@ async def test_stored_events_arrive_in_id_order_across_flows(transport):
 async def test_resume_from_cursor_gets_the_rest_then_live_without_duplicate(transport):
     with trio.fail_after(10):
         async with world() as w:
-            ids = [(await w.post(w.alice, "general" if i % 5 else "other"))["id"]
-                   for i in range(30)]
+            ids = [
+                (await w.post(w.alice, "general" if i % 5 else "other"))["id"] for i in range(30)
+            ]
             general = [i for n, i in enumerate(ids) if n % 5]
             epoch = w.service.feed.epoch
             cursor = ids[9]
-            async with open_stream(transport, w.alice, ["general", "other"],
-                                   cursor=cursor, epoch=epoch) as s:
+            async with open_stream(
+                transport, w.alice, ["general", "other"], cursor=cursor, epoch=epoch
+            ) as s:
                 ready = await s.ready()
                 assert ready["cursor"] == cursor and ready["reset"] is False
                 got = [(await s.stored())["id"] for _ in range(20)]
@@ -587,8 +634,9 @@ async def test_resume_from_cursor_gets_the_rest_then_live_without_duplicate(tran
                 live = await w.post(w.bob)
                 assert (await s.stored())["id"] == live["id"] == 31
             # the same from one flow only: only that flow's ids
-            async with open_stream(transport, w.alice, ["general"], cursor=cursor,
-                                   epoch=epoch) as s:
+            async with open_stream(
+                transport, w.alice, ["general"], cursor=cursor, epoch=epoch
+            ) as s:
                 await s.ready()
                 want = [i for i in general if i > cursor] + [31]
                 got = [(await s.stored())["id"] for _ in want]
@@ -613,8 +661,9 @@ async def test_resume_over_many_pages_while_posts_continue(transport):
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(keep_posting)
-                async with open_stream(transport, w.alice, ["general"], cursor=cursor,
-                                       epoch=epoch) as s:
+                async with open_stream(
+                    transport, w.alice, ["general"], cursor=cursor, epoch=epoch
+                ) as s:
                     ready = await s.ready()
                     assert ready["reset"] is False and ready["cursor"] == cursor
                     got: list[int] = []
@@ -635,19 +684,37 @@ async def test_sse_last_event_id_wins_over_parameters():
             ids = [(await w.post(w.alice))["id"] for _ in range(30)]
             epoch = w.service.feed.epoch
             # parameters say "reset" (stale epoch), the header says resume from the 10th
-            async with open_stream("sse", w.alice, ["general"], cursor=ids[2], epoch="stale-epoch",
-                                   headers={"Last-Event-ID": f"{epoch}:{ids[9]}"}) as s:
+            async with open_stream(
+                "sse",
+                w.alice,
+                ["general"],
+                cursor=ids[2],
+                epoch="stale-epoch",
+                headers={"Last-Event-ID": f"{epoch}:{ids[9]}"},
+            ) as s:
                 ready = await s.ready()
                 assert ready["reset"] is False and ready["cursor"] == ids[9]
                 assert (await s.stored())["id"] == ids[10]
             # parameters are valid, the header is stale: the header still wins
-            async with open_stream("sse", w.alice, ["general"], cursor=ids[2], epoch=epoch,
-                                   headers={"Last-Event-ID": f"otherepoch:{ids[9]}"}) as s:
+            async with open_stream(
+                "sse",
+                w.alice,
+                ["general"],
+                cursor=ids[2],
+                epoch=epoch,
+                headers={"Last-Event-ID": f"otherepoch:{ids[9]}"},
+            ) as s:
                 ready = await s.ready()
                 assert ready["reset"] is True and ready["cursor"] == ids[-1]
             # a malformed header is an untrusted cursor: reset, never a refusal (issue 9)
-            async with open_stream("sse", w.alice, ["general"], cursor=ids[2], epoch=epoch,
-                                   headers={"Last-Event-ID": "garbage"}) as s:
+            async with open_stream(
+                "sse",
+                w.alice,
+                ["general"],
+                cursor=ids[2],
+                epoch=epoch,
+                headers={"Last-Event-ID": "garbage"},
+            ) as s:
                 ready = await s.ready()
                 assert ready["reset"] is True and ready["cursor"] == ids[-1]
 
@@ -655,8 +722,17 @@ async def test_sse_last_event_id_wins_over_parameters():
 # What a browser can carry over to /stream/sse in Last-Event-ID: an id another
 # server sent on the same URL, a bare number, junk. EventSource gives up for good
 # on a non-200 answer, so each must be a 200 whose `ready` resets (issue 9).
-FOREIGN_LAST_EVENT_IDS = ["5", "garbage", "otherepoch:5", "otherepoch:abc", ":", "a:b:c",
-                          "abcdefgh:99999999999999999999", "x" * 200, "abcdefgh:-1"]
+FOREIGN_LAST_EVENT_IDS = [
+    "5",
+    "garbage",
+    "otherepoch:5",
+    "otherepoch:abc",
+    ":",
+    "a:b:c",
+    "abcdefgh:99999999999999999999",
+    "x" * 200,
+    "abcdefgh:-1",
+]
 
 
 @pytest.mark.parametrize("value", FOREIGN_LAST_EVENT_IDS)
@@ -664,8 +740,9 @@ async def test_sse_foreign_last_event_id_resets_instead_of_failing(value):
     with trio.fail_after(10):
         async with world() as w:
             ids = [(await w.post(w.alice))["id"] for _ in range(3)]
-            async with open_stream("sse", w.alice, ["general"],
-                                   headers={"Last-Event-ID": value}) as s:  # asserts 200
+            async with open_stream(
+                "sse", w.alice, ["general"], headers={"Last-Event-ID": value}
+            ) as s:  # asserts 200
                 ready = await s.ready()
                 assert ready["reset"] is True and ready["cursor"] == ids[-1]
                 posted = await w.post(w.alice)
@@ -673,8 +750,9 @@ async def test_sse_foreign_last_event_id_resets_instead_of_failing(value):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("case", ["stale_epoch", "cursor_above_head", "cursor_without_epoch",
-                                  "epoch_without_cursor"])
+@pytest.mark.parametrize(
+    "case", ["stale_epoch", "cursor_above_head", "cursor_without_epoch", "epoch_without_cursor"]
+)
 async def test_invalid_resume_resets_to_head(transport, case):
     with trio.fail_after(10):
         async with world() as w:
@@ -781,8 +859,9 @@ async def test_takeover_race_of_three_leaves_exactly_one_delivering(transport):
                 event = await w.post(w.bob)
                 await wait_for(lambda: got[survivor] == [event["id"]])
                 assert all(not got[i] for i in ended)
-                assert all(close == {"type": "close", "reason": "superseded"}
-                           for close in ended.values())
+                assert all(
+                    close == {"type": "close", "reason": "superseded"} for close in ended.values()
+                )
                 nursery.cancel_scope.cancel()
             await w.wait_counts((0, 0))
 
@@ -791,8 +870,10 @@ async def test_takeover_race_of_three_leaves_exactly_one_delivering(transport):
 async def test_third_stream_evicts_the_oldest(transport):
     with trio.fail_after(10):
         async with world(max_streams=2) as w:
-            async with open_stream(transport, w.alice, ["general"]) as s1, \
-                    open_stream("ws", w.bob, ["general"]) as b:
+            async with (
+                open_stream(transport, w.alice, ["general"]) as s1,
+                open_stream("ws", w.bob, ["general"]) as b,
+            ):
                 await s1.ready()
                 await b.ready()
                 async with open_stream(transport, w.alice, ["general"]) as s2:
@@ -840,8 +921,9 @@ async def test_lagging_stream_ends_and_resumes_without_gap(transport, bound):
                 assert 0 <= obj["retry_ms"] <= 1000
                 await expect_end(s, 4010, "lagging")
             assert cursor < ids[-1], "the stream did not lag before the end of the burst"
-            async with open_stream(transport, w.alice, ["general"], cursor=cursor,
-                                   epoch=ready["epoch"]) as s:
+            async with open_stream(
+                transport, w.alice, ["general"], cursor=cursor, epoch=ready["epoch"]
+            ) as s:
                 again = await s.ready()
                 assert again["reset"] is False
                 got = [(await s.stored())["id"] for _ in range(ids[-1] - cursor)]
@@ -855,8 +937,10 @@ async def test_one_batch_over_two_flows_reaches_each_stream_as_its_own_run(trans
     exactly their events, in id order (their runs of the batch are framed separately)."""
     with trio.fail_after(10):
         async with world() as w:
-            async with open_stream(transport, w.alice, ["general", "other"]) as both, \
-                    open_stream(transport, w.bob, ["other"]) as other:
+            async with (
+                open_stream(transport, w.alice, ["general", "other"]) as both,
+                open_stream(transport, w.bob, ["other"]) as other,
+            ):
                 await both.ready()
                 await other.ready()
                 await w.wait_counts((2, 2))
@@ -865,7 +949,8 @@ async def test_one_batch_over_two_flows_reaches_each_stream_as_its_own_run(trans
 
                 async def one(flow: str) -> None:
                     result = await w.service.apply(
-                        post_op("bob", flow, {"content": f"to {flow}", "uuid": uuid()}))
+                        post_op("bob", flow, {"content": f"to {flow}", "uuid": uuid()})
+                    )
                     results.append((result.body["id"], flow))
 
                 async with trio.open_nursery() as nursery:
@@ -884,8 +969,9 @@ async def test_one_batch_over_two_flows_reaches_each_stream_as_its_own_run(trans
 
 async def open_unread_ws(w: World) -> tuple[RawWs, dict[str, Any]]:
     """A WebSocket client with a 4 KiB receive buffer that reads nothing after `ready`."""
-    raw = await RawWs.connect(w.server, stream_query(["general"], client_id()), w.alice.token,
-                              rcvbuf=4096)
+    raw = await RawWs.connect(
+        w.server, stream_query(["general"], client_id()), w.alice.token, rcvbuf=4096
+    )
     ready = await raw.next()
     await w.wait_counts((1, 1))
     return raw, ready
@@ -922,8 +1008,9 @@ async def test_direct_writes_to_a_full_socket_lag_and_resume_without_gap(bound):
             finally:
                 await raw.abort()
             assert cursor < ids[-1], "the stream did not lag before the end of the posts"
-            async with open_stream("ws", w.alice, ["general"], cursor=cursor,
-                                   epoch=ready["epoch"]) as s:
+            async with open_stream(
+                "ws", w.alice, ["general"], cursor=cursor, epoch=ready["epoch"]
+            ) as s:
                 assert (await s.ready())["reset"] is False
                 got = [(await s.stored())["id"] for _ in range(ids[-1] - cursor)]
                 assert got == list(range(cursor + 1, ids[-1] + 1))
@@ -961,8 +1048,9 @@ async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
     """
     heartbeat = 0.5
     with trio.fail_after(20):
-        async with world(heartbeat=heartbeat, write_timeout=5, buffer_bytes=1 << 26,
-                         ops_rate=1e6, ops_burst=1e6) as w:
+        async with world(
+            heartbeat=heartbeat, write_timeout=5, buffer_bytes=1 << 26, ops_rate=1e6, ops_burst=1e6
+        ) as w:
             query = stream_query(["general"], client_id())
             raw = await RawWs.connect(w.server, query, w.alice.token, rcvbuf=4096)
             try:
@@ -975,8 +1063,7 @@ async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
                 # time must pass: the client reads nothing for longer than a heartbeat
                 await trio.sleep(heartbeat * 1.4)
                 assert w.service.feed.head == second[-1]
-                raw.stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF,
-                                             1 << 22)
+                raw.stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 1 << 22)
                 got: list[int] = []
                 sentinel: int | None = None
                 keepalive = trio.current_time()
@@ -988,12 +1075,14 @@ async def test_ws_write_that_outlasts_a_heartbeat_loses_nothing():
                     obj = await raw.next()
                     if obj.get("type") == "message":
                         got.append(obj["id"])
-                    if sentinel is None and (obj.get("type") == "heartbeat"
-                                             or got and got[-1] == second[-1]):
+                    if sentinel is None and (
+                        obj.get("type") == "heartbeat" or got and got[-1] == second[-1]
+                    ):
                         sentinel = (await w.post(w.bob))["id"]
                 assert first[0] == ready["cursor"] + 1
                 assert got == list(range(ready["cursor"] + 1, sentinel + 1)), (
-                    f"gap: {sorted(set(range(ready['cursor'] + 1, sentinel + 1)) - set(got))}")
+                    f"gap: {sorted(set(range(ready['cursor'] + 1, sentinel + 1)) - set(got))}"
+                )
             finally:
                 await raw.abort()
 
@@ -1008,8 +1097,9 @@ async def test_ws_big_batches_fit_the_common_1_mib_message_limit():
     with trio.fail_after(10):
         async with world(ops_rate=1e6, ops_burst=1e6, buffer_bytes=1 << 26) as w:
             stored = await w.burst("bob", 60, content="<" * 16000)  # 96 KB each, escaped
-            async with open_stream("ws", w.alice, ["general"], cursor=0,
-                                   epoch=w.service.feed.epoch) as s:
+            async with open_stream(
+                "ws", w.alice, ["general"], cursor=0, epoch=w.service.feed.epoch
+            ) as s:
                 assert isinstance(s, WsConn)
                 await s.ready()
                 live = await w.burst("bob", 60, content="&" * 16000)
@@ -1040,15 +1130,18 @@ async def _ack_and_echo(s: WsConn, ref: str, uid: str) -> tuple[dict, dict]:
 async def test_ws_ops_ack_and_echo():
     with trio.fail_after(10):
         async with world() as w:
-            async with open_stream("ws", w.alice, ["general"]) as s, \
-                    open_stream("ws", w.bob, ["general"]) as b:
+            async with (
+                open_stream("ws", w.alice, ["general"]) as s,
+                open_stream("ws", w.bob, ["general"]) as b,
+            ):
                 assert isinstance(s, WsConn)
                 await s.ready()
                 await b.ready()
                 # post
                 uid = uuid()
-                await s.send({"op": "post", "ref": "p1", "flow": "general", "content": "hi <3",
-                              "uuid": uid})
+                await s.send(
+                    {"op": "post", "ref": "p1", "flow": "general", "content": "hi <3", "uuid": uid}
+                )
                 ack, echo = await _ack_and_echo(s, "p1", uid)
                 assert set(ack) == {"type", "ref", "event"}
                 assert ack["event"] == echo
@@ -1057,44 +1150,88 @@ async def test_ws_ops_ack_and_echo():
                 assert await b.stored() == echo
                 mid = echo["id"]
                 # a retry of the same post returns the same event and stores nothing
-                await s.send({"op": "post", "ref": "p2", "flow": "general", "content": "hi <3",
-                              "uuid": uid})
+                await s.send(
+                    {"op": "post", "ref": "p2", "flow": "general", "content": "hi <3", "uuid": uid}
+                )
                 assert (await s.reply("p2")) == {"type": "ack", "ref": "p2", "event": echo}
                 # edit
                 uid = uuid()
-                await s.send({"op": "edit", "ref": "e1", "flow": "general", "message": mid,
-                              "content": "hello", "uuid": uid})
+                await s.send(
+                    {
+                        "op": "edit",
+                        "ref": "e1",
+                        "flow": "general",
+                        "message": mid,
+                        "content": "hello",
+                        "uuid": uid,
+                    }
+                )
                 ack, echo = await _ack_and_echo(s, "e1", uid)
                 assert ack["event"] == echo
                 assert echo["type"] == "edit" and echo["message"] == mid
                 # an edit to the same content is a no-op: changed false and the state
-                await s.send({"op": "edit", "ref": "e2", "flow": "general", "message": mid,
-                              "content": "hello", "uuid": uuid()})
+                await s.send(
+                    {
+                        "op": "edit",
+                        "ref": "e2",
+                        "flow": "general",
+                        "message": mid,
+                        "content": "hello",
+                        "uuid": uuid(),
+                    }
+                )
                 noop = await s.reply("e2")
                 assert noop["type"] == "ack" and noop["changed"] is False
                 assert set(noop) == {"type", "ref", "changed", "state"}
-                assert noop["state"] == {"id": mid, "flow": "general", "user": "alice",
-                                         "sent": noop["state"]["sent"], "content": "hello",
-                                         "tags": [], "edited": echo["id"], "deleted": False}
+                assert noop["state"] == {
+                    "id": mid,
+                    "flow": "general",
+                    "user": "alice",
+                    "sent": noop["state"]["sent"],
+                    "content": "hello",
+                    "tags": [],
+                    "edited": echo["id"],
+                    "deleted": False,
+                }
                 # tag
                 uid = uuid()
-                await s.send({"op": "tag", "ref": "t1", "flow": "general", "message": mid,
-                              "add": ["Urgent"], "remove": [], "uuid": uid})
+                await s.send(
+                    {
+                        "op": "tag",
+                        "ref": "t1",
+                        "flow": "general",
+                        "message": mid,
+                        "add": ["Urgent"],
+                        "remove": [],
+                        "uuid": uid,
+                    }
+                )
                 ack, echo = await _ack_and_echo(s, "t1", uid)
                 assert ack["event"] == echo
                 assert echo["type"] == "tag" and echo["tags"] == ["urgent"]
-                await s.send({"op": "tag", "ref": "t2", "flow": "general", "message": mid,
-                              "add": ["urgent"], "remove": [], "uuid": uuid()})
+                await s.send(
+                    {
+                        "op": "tag",
+                        "ref": "t2",
+                        "flow": "general",
+                        "message": mid,
+                        "add": ["urgent"],
+                        "remove": [],
+                        "uuid": uuid(),
+                    }
+                )
                 noop = await s.reply("t2")
                 assert noop["changed"] is False and noop["state"]["tags"] == ["urgent"]
                 # delete
                 uid = uuid()
-                await s.send({"op": "delete", "ref": "d1", "flow": "general", "message": mid,
-                              "uuid": uid})
+                await s.send(
+                    {"op": "delete", "ref": "d1", "flow": "general", "message": mid, "uuid": uid}
+                )
                 ack, echo = await _ack_and_echo(s, "d1", uid)
                 assert ack["event"] == echo and echo["type"] == "delete"
-                await s.send({"op": "delete", "ref": "d2", "flow": "general", "message": mid,
-                              "uuid": uuid()})
+                await s.send(
+                    {"op": "delete", "ref": "d2", "flow": "general", "message": mid, "uuid": uuid()}
+                )
                 noop = await s.reply("d2")
                 assert noop["changed"] is False and noop["state"]["deleted"] is True
                 assert noop["state"]["content"] == ""
@@ -1104,8 +1241,16 @@ async def test_ws_ops_ack_and_echo():
                 last = await w.post(w.bob)
                 assert await b.stored() == last
                 # an op on a missing message is an error that keeps the socket open
-                await s.send({"op": "edit", "ref": "x", "flow": "general", "message": 9999,
-                              "content": "nope", "uuid": uuid()})
+                await s.send(
+                    {
+                        "op": "edit",
+                        "ref": "x",
+                        "flow": "general",
+                        "message": 9999,
+                        "content": "nope",
+                        "uuid": uuid(),
+                    }
+                )
                 error = await s.reply("x")
                 assert error["type"] == "error" and error["code"] == "not_found"
                 assert error["retry"] is False
@@ -1122,8 +1267,15 @@ async def test_ws_ready_comes_before_replies_to_frames_sent_at_once():
                 async with open_stream("ws", w.alice, ["general"], cid) as s:
                     assert isinstance(s, WsConn)
                     await s.send({"op": "ping", "ref": "early"})
-                    await s.send({"op": "post", "ref": "p", "flow": "general", "content": "x",
-                                  "uuid": uuid()})
+                    await s.send(
+                        {
+                            "op": "post",
+                            "ref": "p",
+                            "flow": "general",
+                            "content": "x",
+                            "uuid": uuid(),
+                        }
+                    )
                     await s.ready()
                     assert (await s.reply("early"))["type"] == "pong"
                     assert (await s.reply("p"))["type"] == "ack"
@@ -1134,8 +1286,10 @@ async def test_ws_ready_comes_before_replies_to_frames_sent_at_once():
 async def test_ws_ping_pong_and_typing():
     with trio.fail_after(10):
         async with world() as w:
-            async with open_stream("ws", w.alice, ["general"]) as s, \
-                    open_stream("ws", w.bob, ["general"]) as b:
+            async with (
+                open_stream("ws", w.alice, ["general"]) as s,
+                open_stream("ws", w.bob, ["general"]) as b,
+            ):
                 assert isinstance(s, WsConn)
                 await s.ready()
                 await b.ready()
@@ -1165,8 +1319,11 @@ async def test_ws_ping_pong_and_typing():
 BAD_FRAMES = [
     pytest.param({"op": "nope", "ref": "bad"}, "bad", id="unknown-op"),
     pytest.param({"ref": "bad"}, "bad", id="no-op"),
-    pytest.param({"op": "post", "ref": "bad", "flow": "general", "content": "x"}, "bad",
-                 id="post-without-uuid"),
+    pytest.param(
+        {"op": "post", "ref": "bad", "flow": "general", "content": "x"},
+        "bad",
+        id="post-without-uuid",
+    ),
     pytest.param({"op": "ping", "ref": "r" * 65}, None, id="ref-too-long"),
     pytest.param({"op": "ping", "ref": 7}, None, id="ref-not-a-string"),
     pytest.param("this is not json", None, id="not-json"),
@@ -1228,12 +1385,20 @@ async def test_ws_rate_limited_ops_carry_retry_after_and_ten_close_with_4029():
             async with open_stream("ws", w.alice, ["general"]) as s:
                 assert isinstance(s, WsConn)
                 await s.ready()
-                await s.send({"op": "post", "ref": "ok", "flow": "general", "content": "one",
-                              "uuid": uuid()})
+                await s.send(
+                    {"op": "post", "ref": "ok", "flow": "general", "content": "one", "uuid": uuid()}
+                )
                 assert (await s.reply("ok"))["type"] == "ack"
                 for i in range(9):
-                    await s.send({"op": "post", "ref": f"r{i}", "flow": "general",
-                                  "content": "more", "uuid": uuid()})
+                    await s.send(
+                        {
+                            "op": "post",
+                            "ref": f"r{i}",
+                            "flow": "general",
+                            "content": "more",
+                            "uuid": uuid(),
+                        }
+                    )
                 for i in range(9):
                     error = await s.reply(f"r{i}")
                     assert error["type"] == "error" and error["code"] == "rate_limited"
@@ -1243,8 +1408,15 @@ async def test_ws_rate_limited_ops_carry_retry_after_and_ten_close_with_4029():
                 await s.send({"op": "ping", "ref": "alive"})
                 assert (await s.reply("alive"))["type"] == "pong"
                 for i in range(10):
-                    await s.send({"op": "post", "ref": f"q{i}", "flow": "general",
-                                  "content": "more", "uuid": uuid()})
+                    await s.send(
+                        {
+                            "op": "post",
+                            "ref": f"q{i}",
+                            "flow": "general",
+                            "content": "more",
+                            "uuid": uuid(),
+                        }
+                    )
                 errors = 0
                 with pytest.raises(StreamClosed) as end:
                     while True:
@@ -1270,8 +1442,15 @@ async def test_ws_close_by_the_server_while_other_replies_are_due_is_clean(caplo
             try:
                 assert (await raw.next())["type"] == "ready"
                 for i in range(30):
-                    await raw.send({"op": "post", "ref": f"q{i}", "flow": "general",
-                                    "content": "more", "uuid": uuid()})
+                    await raw.send(
+                        {
+                            "op": "post",
+                            "ref": f"q{i}",
+                            "flow": "general",
+                            "content": "more",
+                            "uuid": uuid(),
+                        }
+                    )
                 errors = 0
                 with pytest.raises(StreamClosed) as end:
                     while True:
@@ -1299,8 +1478,9 @@ async def test_ws_connection_closed_by_the_server_ends_while_the_client_floods(r
             raw = await RawWs.connect(w.server, query, w.alice.token)
             try:
                 assert (await raw.next())["type"] == "ready"
-                await raw.stream.send_all(b"".join(
-                    raw.ws.send(TextMessage(data="not json")) for _ in range(60)))
+                await raw.stream.send_all(
+                    b"".join(raw.ws.send(TextMessage(data="not json")) for _ in range(60))
+                )
                 with pytest.raises(StreamClosed) as end:
                     while True:
                         await raw.next()
@@ -1322,11 +1502,19 @@ async def test_ws_frame_larger_than_max_body_closes_with_1009():
             async with open_stream("ws", w.alice, ["general"]) as s:
                 assert isinstance(s, WsConn)
                 await s.ready()
-                await s.send({"op": "post", "flow": "general", "content": "x" * 900,
-                              "uuid": uuid(), "ref": "fits"})
+                await s.send(
+                    {
+                        "op": "post",
+                        "flow": "general",
+                        "content": "x" * 900,
+                        "uuid": uuid(),
+                        "ref": "fits",
+                    }
+                )
                 assert (await s.reply("fits"))["type"] == "ack"
-                await s.send({"op": "post", "flow": "general", "content": "x" * 2000,
-                              "uuid": uuid()})
+                await s.send(
+                    {"op": "post", "flow": "general", "content": "x" * 2000, "uuid": uuid()}
+                )
                 with pytest.raises(StreamClosed) as end:
                     while True:
                         await s.next()
@@ -1341,18 +1529,25 @@ REFUSALS = [
     pytest.param(dict(auth="bad_ticket"), 4001, 401, "unauthorized", id="bad-ticket"),
     pytest.param(dict(auth="none"), 4001, 401, "unauthorized", id="no-credentials"),
     pytest.param(dict(auth="bad_token"), 4001, 401, "unauthorized", id="bad-token"),
-    pytest.param(dict(auth="other_clients_ticket"), 4001, 401, "unauthorized",
-                 id="ticket-of-another-client"),
+    pytest.param(
+        dict(auth="other_clients_ticket"), 4001, 401, "unauthorized", id="ticket-of-another-client"
+    ),
     pytest.param(dict(flows=["nope"]), 4004, 404, "not_found", id="unknown-flow"),
     pytest.param(dict(flows=["general", "secret"]), 4003, 403, "forbidden", id="private-flow"),
     pytest.param(dict(client="short"), 4400, 400, "bad_request", id="bad-client-id"),
     pytest.param(dict(client=None), 4400, 400, "bad_request", id="no-client-id"),
     pytest.param(dict(params={"v": "2"}), 4400, 400, "bad_request", id="v2"),
-    pytest.param(dict(params={"cursor": "-1", "epoch": "abcdefgh"}), 4400, 400, "bad_request",
-                 id="bad-cursor"),
+    pytest.param(
+        dict(params={"cursor": "-1", "epoch": "abcdefgh"}),
+        4400,
+        400,
+        "bad_request",
+        id="bad-cursor",
+    ),
     pytest.param(dict(flows=["Bad Flow"]), 4400, 400, "bad_request", id="bad-flow-name"),
-    pytest.param(dict(flows=[f"f{i}" for i in range(101)]), 4400, 400, "bad_request",
-                 id="too-many-flows"),
+    pytest.param(
+        dict(flows=[f"f{i}" for i in range(101)]), 4400, 400, "bad_request", id="too-many-flows"
+    ),
     pytest.param(dict(flows=[]), 4400, 400, "bad_request", id="no-flows"),
     pytest.param(dict(auth="token_in_url"), 4400, 400, "bad_request", id="token-in-url"),
 ]
@@ -1425,8 +1620,7 @@ async def test_ws_origin_is_checked():
             end = await _ws_refusal(w, base, {**auth, "Origin": "https://evil.example"})
             assert (end.code, end.reason) == (4003, "forbidden")
             for origin in ("https://app.example", f"http://{w.server.host}:{w.server.port}"):
-                async with open_stream("ws", w.alice, ["general"],
-                                       headers={"Origin": origin}) as s:
+                async with open_stream("ws", w.alice, ["general"], headers={"Origin": origin}) as s:
                     assert (await s.ready())["type"] == "ready"
 
 
@@ -1478,6 +1672,7 @@ async def test_ws_client_that_sends_ping_frames_stays_open():
                 assert isinstance(s, WsConn)
                 await s.ready()
                 async with trio.open_nursery() as nursery:
+
                     async def drain() -> None:
                         while True:
                             await s.raw_next()
@@ -1496,8 +1691,9 @@ async def test_ws_client_that_sends_ping_frames_stays_open():
 async def test_client_that_stops_reading_is_dropped_after_write_timeout(transport):
     write_timeout = 0.5
     with trio.fail_after(10):
-        async with world(write_timeout=write_timeout, ops_rate=1e6, ops_burst=1e6,
-                         buffer_bytes=1 << 26) as w:
+        async with world(
+            write_timeout=write_timeout, ops_rate=1e6, ops_burst=1e6, buffer_bytes=1 << 26
+        ) as w:
             async with open_stream(transport, w.bob, ["general"]) as b:
                 await b.ready()
                 query = stream_query(["general"], client_id())
@@ -1505,8 +1701,11 @@ async def test_client_that_stops_reading_is_dropped_after_write_timeout(transpor
                     raw: Any = await RawWs.connect(w.server, query, w.alice.token, rcvbuf=4096)
                     assert (await raw.next())["type"] == "ready"
                 else:
-                    raw = await RawHttp.get(w.server, f"/stream/sse?{httpx.QueryParams(query)}",
-                                            {"Authorization": f"Bearer {w.alice.token}"})
+                    raw = await RawHttp.get(
+                        w.server,
+                        f"/stream/sse?{httpx.QueryParams(query)}",
+                        {"Authorization": f"Bearer {w.alice.token}"},
+                    )
                     await raw.read_until(lambda body: b"event: ready" in body)
                 try:
                     await w.wait_counts((2, 2))
@@ -1529,9 +1728,10 @@ async def test_client_that_stops_reading_is_dropped_after_write_timeout(transpor
 async def test_revoked_token_ends_streams_with_unauthorized(transport):
     with trio.fail_after(10):
         async with world(presence_grace=30) as w:
-            async with open_stream(transport, w.alice, ["general"],
-                                   ticket=transport == "sse") as s, \
-                    open_stream("ws", w.bob, ["general"]) as b:
+            async with (
+                open_stream(transport, w.alice, ["general"], ticket=transport == "sse") as s,
+                open_stream("ws", w.bob, ["general"]) as b,
+            ):
                 await s.ready()
                 await b.ready()
                 await w.service.directory.revoke_tokens("alice")
@@ -1540,10 +1740,15 @@ async def test_revoked_token_ends_streams_with_unauthorized(transport):
                 assert close == {"type": "close", "reason": "unauthorized"}
                 await expect_end(s, 4001, "unauthorized")
                 # alice goes offline at once, not after the 30 s grace
-                offline = await b.until(lambda o: o.get("type") == "presence"
-                                        and o.get("state") == "offline")
-                assert offline == {"type": "presence", "flow": "general", "user": "alice",
-                                   "state": "offline"}
+                offline = await b.until(
+                    lambda o: o.get("type") == "presence" and o.get("state") == "offline"
+                )
+                assert offline == {
+                    "type": "presence",
+                    "flow": "general",
+                    "user": "alice",
+                    "state": "offline",
+                }
                 event = await w.post(w.bob)
                 assert await b.stored() == event
                 await w.wait_counts((1, 1))
@@ -1558,8 +1763,10 @@ async def test_removed_member_stream_ends_with_unauthorized(transport, remover):
             assert r.status_code == 201, r.text
             r = await w.alice.http.post("/flows/secret/members", json={"user": "bob"})
             assert r.status_code == 204, r.text
-            async with open_stream(transport, w.bob, ["secret", "general"]) as s, \
-                    open_stream("ws", w.alice, ["secret"]) as a:
+            async with (
+                open_stream(transport, w.bob, ["secret", "general"]) as s,
+                open_stream("ws", w.alice, ["secret"]) as a,
+            ):
                 await s.ready()
                 await a.ready()
                 who = w.alice if remover == "owner" else w.bob
@@ -1568,8 +1775,9 @@ async def test_removed_member_stream_ends_with_unauthorized(transport, remover):
                 close = await s.close_frame()
                 assert close == {"type": "close", "reason": "unauthorized"}
                 await expect_end(s, 4001, "unauthorized")
-                offline = await a.until(lambda o: o.get("type") == "presence"
-                                        and o.get("user") == "bob")
+                offline = await a.until(
+                    lambda o: o.get("type") == "presence" and o.get("user") == "bob"
+                )
                 # bob was online before alice connected, so the first presence about him
                 # on alice's stream is his going offline
                 assert offline["state"] == "offline" and offline["flow"] == "secret"
@@ -1622,8 +1830,12 @@ async def test_presence_once_per_user_and_flow_with_grace(transport):
 
                 async def next_on_bob() -> dict[str, Any]:
                     """The next presence or message on bob's stream (his own skipped)."""
-                    return await b.until(lambda o: o.get("type") == "message" or (
-                        o.get("type") == "presence" and o.get("user") == "alice"))
+                    return await b.until(
+                        lambda o: (
+                            o.get("type") == "message"
+                            or (o.get("type") == "presence" and o.get("user") == "alice")
+                        )
+                    )
 
                 async with open_stream(transport, w.alice, ["general"]) as s1:
                     await s1.ready()
@@ -1640,8 +1852,12 @@ async def test_presence_once_per_user_and_flow_with_grace(transport):
                     assert await next_on_bob() == sentinel, "presence flapped on a reconnect"
                 closed = trio.current_time()
                 offline = await next_on_bob()
-                assert offline == {"type": "presence", "flow": "general", "user": "alice",
-                                   "state": "offline"}
+                assert offline == {
+                    "type": "presence",
+                    "flow": "general",
+                    "user": "alice",
+                    "state": "offline",
+                }
                 assert trio.current_time() - closed >= grace * 0.8
                 sentinel = await w.post(w.bob)
                 assert await next_on_bob() == sentinel, "offline announced twice"
@@ -1679,8 +1895,12 @@ async def test_client_that_goes_away_is_cleaned_up_at_once(transport, how):
                 await w.wait_counts((1, 1), deadline=2.0)
                 assert ("alice", cid) not in w.service.claims.by_key
                 # alice's presence follows (after the short grace) on bob's stream
-                offline = await b.until(lambda o: o.get("type") == "presence"
-                                        and o.get("user") == "alice"
-                                        and o.get("state") == "offline")
+                offline = await b.until(
+                    lambda o: (
+                        o.get("type") == "presence"
+                        and o.get("user") == "alice"
+                        and o.get("state") == "offline"
+                    )
+                )
                 assert offline["flow"] == "general"
             await w.wait_counts((0, 0))

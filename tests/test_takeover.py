@@ -30,8 +30,10 @@ ROUNDS = 200
 
 def count_tasks() -> int:
     def walk(task) -> int:
-        return 1 + sum(walk(child) for nursery in task.child_nurseries
-                       for child in nursery.child_tasks)
+        return 1 + sum(
+            walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+        )
+
     return walk(trio.lowlevel.current_root_task())
 
 
@@ -69,8 +71,9 @@ class Deliveries:
 async def test_takeover_race_never_overlaps_and_cleans_up():
     with trio.fail_after(120):
         deliveries = Deliveries()
-        async with serve_rt(ops_rate=100000, ops_burst=100000, max_streams=64,
-                            hooks=Hooks(on_delivery=deliveries)) as server:
+        async with serve_rt(
+            ops_rate=100000, ops_burst=100000, max_streams=64, hooks=Hooks(on_delivery=deliveries)
+        ) as server:
             await new_flow(server, "general")
             poster = await new_user(server, "poster")
             reader = await new_user(server, "reader")
@@ -100,8 +103,9 @@ async def test_takeover_race_never_overlaps_and_cleans_up():
                     outcomes: list[str] = []
                     async with trio.open_nursery() as nursery:
                         for _ in range(streams):
-                            nursery.start_soon(one_stream, opener, reader, client, streams,
-                                               outcomes)
+                            nursery.start_soon(
+                                one_stream, opener, reader, client, streams, outcomes
+                            )
                     assert sorted(outcomes) == ["superseded"] * (streams - 1) + ["won"], outcomes
                     superseded += streams - 1
                     winners += 1

@@ -51,8 +51,9 @@ class World:
         value = self.service.metrics.registry.get_sample_value(name, {"transport": transport})
         return value or 0.0
 
-    async def post(self, api: Api, flow: str = "general", content: str | None = None,
-                   uid: str | None = None) -> dict[str, Any]:
+    async def post(
+        self, api: Api, flow: str = "general", content: str | None = None, uid: str | None = None
+    ) -> dict[str, Any]:
         r = await api.post(flow, content or f"m-{uuid()}", uid)
         assert r.status_code == 201, r.text
         return r.json()
@@ -63,18 +64,21 @@ class World:
         ids = []
         for _ in range(count):
             result = await self.service.apply(
-                post_op(user, "general", {"content": content, "uuid": uuid()}))
+                post_op(user, "general", {"content": content, "uuid": uuid()})
+            )
             ids.append(result.body["id"])
         return ids
 
-    async def burst(self, user: str, count: int, flow: str = "general",
-                    content: str | None = None) -> list[int]:
+    async def burst(
+        self, user: str, count: int, flow: str = "general", content: str | None = None
+    ) -> list[int]:
         """`count` posts queued in one scheduler batch, so the writer stores them in one batch."""
         ids: list[int] = []
 
         async def one(i: int) -> None:
             result = await self.service.apply(
-                post_op(user, flow, {"content": content or f"burst {i}", "uuid": uuid()}))
+                post_op(user, flow, {"content": content or f"burst {i}", "uuid": uuid()})
+            )
             ids.append(result.body["id"])
 
         async with trio.open_nursery() as nursery:

@@ -48,9 +48,13 @@ async def open_backend(config: Config, hub: Hub) -> AsyncIterator[Backend]:
     async with open_storage(config.db, sync=config.sync) as (log, directory):
         bus = LocalBus(hub)
         yield Backend(
-            log=log, directory=directory, tickets=LocalTickets(config.ticket_ttl),
+            log=log,
+            directory=directory,
+            tickets=LocalTickets(config.ticket_ttl),
             presence=LocalPresence(config.presence_grace, bus.publish),
-            claims=LocalClaims(config.write_timeout, config.max_streams), bus=bus)
+            claims=LocalClaims(config.write_timeout, config.max_streams),
+            bus=bus,
+        )
 
 
 __all__ = ["Backend", "open_backend"]

@@ -43,8 +43,10 @@ class LocalTickets:
         now = trio.current_time()
         if record is None or record.lapses_at <= now:
             self._tickets.pop(ticket, None)
-            raise RtError("unauthorized", "the ticket is unknown or has lapsed; get a new one "
-                                          "from POST /auth/ticket")
+            raise RtError(
+                "unauthorized",
+                "the ticket is unknown or has lapsed; get a new one from POST /auth/ticket",
+            )
         if record.client != client:
             raise RtError("unauthorized", "the ticket was issued for another client id")
         record.lapses_at = now + self.ttl

@@ -83,17 +83,31 @@ def _server_preexec() -> None:
 
 # Every client is user `bench`: lift the per-user limits. Stream buffers keep their
 # defaults, so a subscriber the server cannot keep up with gets `lagging`, as in production.
-BENCH_LIMITS = ["--ops-rate", "10000000", "--ops-burst", "10000000", "--poll-rate", "100000",
-                "--max-streams", "1000000", "--heartbeat", "300",
-                # every load generator connects from 127.0.0.1, thousands at a time
-                "--max-connections-per-address", "0", "--max-connections", "0"]
+BENCH_LIMITS = [
+    "--ops-rate",
+    "10000000",
+    "--ops-burst",
+    "10000000",
+    "--poll-rate",
+    "100000",
+    "--max-streams",
+    "1000000",
+    "--heartbeat",
+    "300",
+    # every load generator connects from 127.0.0.1, thousands at a time
+    "--max-connections-per-address",
+    "0",
+    "--max-connections",
+    "0",
+]
 
 
 class Server:
     """`python -m rt serve` on 127.0.0.1:0: user `bench`, flows `bench` and `pub` (publishers follow `pub`)."""
 
-    def __init__(self, store: str = "sqlite", *extra: str, tmp: Path | None = None,
-                 cut_signal: bool = False) -> None:
+    def __init__(
+        self, store: str = "sqlite", *extra: str, tmp: Path | None = None, cut_signal: bool = False
+    ) -> None:
         self._tmp = None
         if store == "memory":
             db = ":memory:"
@@ -103,14 +117,39 @@ class Server:
                 tmp = Path(self._tmp.name)
             db = str(tmp / "bench.db")
         self.store = store
-        args = [sys.executable, "-m", "rt", "serve", "--host", HOST, "--port", "0", "--db", db,
-                "--user", "bench", "--flow", "bench", "--flow", "pub", *BENCH_LIMITS, *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "rt",
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--db",
+            db,
+            "--user",
+            "bench",
+            "--flow",
+            "bench",
+            "--flow",
+            "pub",
+            *BENCH_LIMITS,
+            *extra,
+        ]
         if cut_signal:
             args += ["--chaos", "signal"]
         server_cores, _ = cores()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, cwd=ROOT, env=env, preexec_fn=_server_preexec)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            preexec_fn=_server_preexec,
+        )
         if server_cores:
             os.sched_setaffinity(self.proc.pid, server_cores)
         self.token = ""
@@ -198,7 +237,7 @@ async def read_head(stream: trio.SocketStream, buf: bytearray, deadline: float =
                 raise EOFError("connection closed before the response head")
             buf += data
     head = bytes(buf[:end])
-    del buf[:end + 4]
+    del buf[: end + 4]
     return head
 
 
@@ -226,8 +265,9 @@ class Http:
         if self.stream is None:
             await self.connect()
         assert self.stream is not None
-        head = (f"{method} {target} HTTP/1.1\r\nHost: {HOST}\r\n"
-                f"Authorization: Bearer {self.token}\r\n")
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {self.token}\r\n"
+        )
         if body:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         await self.stream.send_all(head.encode() + b"\r\n" + body)
@@ -286,8 +326,8 @@ class WsFrames:
                 pos = 10
             if len(buf) < pos + length:
                 break
-            payload = bytes(buf[pos:pos + length])
-            del buf[:pos + length]
+            payload = bytes(buf[pos : pos + length])
+            del buf[: pos + length]
             if opcode in (0x1, 0x0):
                 out.append(payload)
             elif opcode == 0x8:
@@ -346,17 +386,18 @@ class Stream:
         await trio.aclose_forcefully(self.stream)
 
 
-async def open_stream(port: int, token: str, transport: str, q: str,
-                      timeout: float = 30) -> Stream:
+async def open_stream(port: int, token: str, transport: str, q: str, timeout: float = 30) -> Stream:
     """Open a stream (Authorization header) and return once the response head arrived."""
     with trio.fail_after(timeout):
         sock = await trio.open_tcp_stream(HOST, port)
         auth = f"Authorization: Bearer {token}\r\n"
         if transport == "ws":
             key = base64.b64encode(os.urandom(16)).decode()
-            request = (f"GET /stream/ws?{q} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                       f"Sec-WebSocket-Version: 13\r\n{auth}\r\n")
+            request = (
+                f"GET /stream/ws?{q} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
+            )
         else:
             request = f"GET /stream/{transport}?{q} HTTP/1.0\r\nHost: {HOST}\r\n{auth}\r\n"
         await sock.send_all(request.encode())
@@ -385,21 +426,34 @@ def percentiles(samples: Iterable[float], scale: float = 1e6, unit: str = "us") 
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * scale
 
-    return {f"p50_{unit}": at(0.50), f"p90_{unit}": at(0.90), f"p99_{unit}": at(0.99),
-            f"mean_{unit}": statistics.fmean(ordered) * scale, "n": len(ordered)}
+    return {
+        f"p50_{unit}": at(0.50),
+        f"p90_{unit}": at(0.90),
+        f"p99_{unit}": at(0.99),
+        f"mean_{unit}": statistics.fmean(ordered) * scale,
+        "n": len(ordered),
+    }
 
 
 def progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), transient=False)
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=False,
+    )
 
 
 @contextmanager
 def deadline_guard(seconds: float):
     """A wall-clock bound for a whole subcommand (SIGALRM), so no run can hang."""
+
     def on_alarm(signum: int, frame: Any) -> None:
         raise TimeoutError(f"benchmark exceeded its {seconds:.0f} s bound")
+
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(int(seconds))
     try:
@@ -415,8 +469,9 @@ def deadline_guard(seconds: float):
 def machine() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), "?")
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?"
+            )
     except OSError:
         model = "?"
     return f"{model}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
@@ -424,8 +479,16 @@ def machine() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, timeout=5).stdout.strip() or "?"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=ROOT,
+                text=True,
+                capture_output=True,
+                timeout=5,
+            ).stdout.strip()
+            or "?"
+        )
     except OSError:
         return "?"
 
@@ -450,16 +513,25 @@ class Report:
 
     def write(self, columns: list[tuple[str, str, str]], notes: str = "") -> Path:
         """columns: (key, header, format spec). Writes .jsonl and .md, prints the table."""
-        meta = {"bench": self.bench, "quick": self.quick, "commit": git_commit(),
-                "machine": machine(), "time": self.stamp}
+        meta = {
+            "bench": self.bench,
+            "quick": self.quick,
+            "commit": git_commit(),
+            "machine": machine(),
+            "time": self.stamp,
+        }
         jsonl = self.path(".jsonl")
         with jsonl.open("w") as f:
             for row in self.rows:
                 f.write(json.dumps({**meta, **row}) + "\n")
-        lines = [f"## rt bench {self.bench}{' (--quick: figures mean nothing)' if self.quick else ''}",
-                 "", f"commit {meta['commit']}, {meta['machine']}, {self.stamp}", "",
-                 "| " + " | ".join(h for _, h, _ in columns) + " |",
-                 "|" + "---|" * len(columns)]
+        lines = [
+            f"## rt bench {self.bench}{' (--quick: figures mean nothing)' if self.quick else ''}",
+            "",
+            f"commit {meta['commit']}, {meta['machine']}, {self.stamp}",
+            "",
+            "| " + " | ".join(h for _, h, _ in columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
         for row in self.rows:
             cells = []
             for key, _, spec in columns:
@@ -482,8 +554,10 @@ class Report:
 
 def pyplot():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -492,6 +566,7 @@ def pyplot():
 
 def spawn_context():
     import multiprocessing
+
     return multiprocessing.get_context("spawn")
 
 

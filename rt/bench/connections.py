@@ -65,8 +65,11 @@ def measure(transport: str, n: int, progress, task) -> dict:
         workers = []
         for share in common.split(n, WORKERS):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=holder_worker, args=(server.port, server.token, transport,
-                                                        share, child), daemon=True)
+            p = ctx.Process(
+                target=holder_worker,
+                args=(server.port, server.token, transport, share, child),
+                daemon=True,
+            )
             p.start()
             workers.append((p, parent))
         ok = errors = 0
@@ -91,10 +94,16 @@ def measure(transport: str, n: int, progress, task) -> dict:
                 p.join(10)
                 if p.is_alive():
                     p.kill()
-    return {"transport": transport, "n": n, "connected": ok, "errors": errors,
-            "rss_before_mb": before / 1024, "rss_after_mb": after / 1024,
-            "peak_rss_mb": hwm / 1024,
-            "kb_per_connection": (after - before) / ok if ok else None}
+    return {
+        "transport": transport,
+        "n": n,
+        "connected": ok,
+        "errors": errors,
+        "rss_before_mb": before / 1024,
+        "rss_after_mb": after / 1024,
+        "peak_rss_mb": hwm / 1024,
+        "kb_per_connection": (after - before) / ok if ok else None,
+    }
 
 
 def main(quick: bool, out: Path) -> Report:
@@ -106,10 +115,17 @@ def main(quick: bool, out: Path) -> Report:
         for transport in ("ws", "sse"):
             progress.update(task, description=f"connections: {n} idle {transport}")
             report.rows.append(measure(transport, n, progress, task))
-    report.write([("transport", "transport", ""), ("n", "N", "d"), ("connected", "connected", "d"),
-                  ("errors", "errors", "d"), ("rss_before_mb", "RSS before MB", ".1f"),
-                  ("rss_after_mb", "RSS after MB", ".1f"),
-                  ("kb_per_connection", "KB per idle connection", ".1f")])
+    report.write(
+        [
+            ("transport", "transport", ""),
+            ("n", "N", "d"),
+            ("connected", "connected", "d"),
+            ("errors", "errors", "d"),
+            ("rss_before_mb", "RSS before MB", ".1f"),
+            ("rss_after_mb", "RSS after MB", ".1f"),
+            ("kb_per_connection", "KB per idle connection", ".1f"),
+        ]
+    )
     chart(report.rows, report.path(".png"), quick)
     return report
 
@@ -119,7 +135,7 @@ def chart(rows: list[dict], path: Path, quick: bool) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     names = [f"{r['transport']}\n({r['connected']:,} open)" for r in rows]
     values = [r["kb_per_connection"] or 0 for r in rows]
-    bars = ax.bar(names, values, color=["#3b75af", "#ef8636"][:len(rows)])
+    bars = ax.bar(names, values, color=["#3b75af", "#ef8636"][: len(rows)])
     for b, v in zip(bars, values, strict=False):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f} KB", ha="center", va="bottom")
     ax.axhline(17, color="#c0392b", linestyle="--", label="target: 17 KB (socket.io)")

@@ -77,7 +77,7 @@ async def _subscriber_main(port, token, transport, n, conn) -> None:
             if transport != "ws":
                 data = tail + data
                 cut = data.rfind(b"\n")
-                data, tail = data[:cut + 1], data[cut + 1:]
+                data, tail = data[: cut + 1], data[cut + 1 :]
             stamps = STAMPS.findall(data)
             if stamps:
                 state["count"] += len(stamps)
@@ -118,9 +118,11 @@ async def _publish(port, token, rate, seconds, conn) -> int:
     await trio.sleep_until(trio.current_time() + start_at - time.monotonic())
     sent = 0
     async with trio.open_nursery() as nursery:
+
         async def drain() -> None:
             while await stream.receive():
                 pass
+
         nursery.start_soon(drain)
         start = time.monotonic()
         total = max(1, int(rate * seconds))
@@ -129,7 +131,8 @@ async def _publish(port, token, rate, seconds, conn) -> int:
             uid = f"p{i:08d}{os.getpid()}"
             await stream.send_text(
                 b'{"op":"post","flow":"bench","content":"t%d","uuid":"%s"}'
-                % (time.monotonic_ns(), uid.encode()))
+                % (time.monotonic_ns(), uid.encode())
+            )
             sent += 1
         await trio.sleep(0.5)  # let the acks come before the socket closes
         nursery.cancel_scope.cancel()
@@ -192,10 +195,14 @@ def _trivial_fanout(transport: str, n: int, seconds: float, batch: int) -> tuple
     CPU µs per write). It runs pinned to the server's core, like `rt serve`.
     """
     server_cores, _ = common.cores()
-    proc = subprocess.Popen([sys.executable, "-c", TRIVIAL_FANOUT, str(n), transport,
-                             str(seconds), str(batch)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            preexec_fn=common.raise_nofile)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRIVIAL_FANOUT, str(n), transport, str(seconds), str(batch)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=common.raise_nofile,
+    )
     if server_cores:
         os.sched_setaffinity(proc.pid, server_cores)
     assert proc.stdin is not None and proc.stdout is not None
@@ -248,8 +255,9 @@ class Pool:
         self.connected = 0
         for share in common.split(n, min(WORKERS, n)):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=subscriber_worker, args=(port, token, transport, share, child),
-                            daemon=True)
+            p = ctx.Process(
+                target=subscriber_worker, args=(port, token, transport, share, child), daemon=True
+            )
             p.start()
             self.workers.append((p, parent))
         for _p, parent in self.workers:
@@ -283,12 +291,12 @@ class Pool:
                 p.join()
 
 
-def run_cell(server: Server, pool: Pool, n: int, rate: float, seconds: float,
-             grace: float) -> dict:
+def run_cell(server: Server, pool: Pool, n: int, rate: float, seconds: float, grace: float) -> dict:
     ctx = common.spawn_context()
     parent, child = ctx.Pipe()
-    publisher = ctx.Process(target=publisher_worker,
-                            args=(server.port, server.token, rate, seconds, child), daemon=True)
+    publisher = ctx.Process(
+        target=publisher_worker, args=(server.port, server.token, rate, seconds, child), daemon=True
+    )
     publisher.start()
     if not parent.poll(60) or parent.recv() != "ready":
         raise TimeoutError("the publisher did not connect")
@@ -304,16 +312,22 @@ def run_cell(server: Server, pool: Pool, n: int, rate: float, seconds: float,
     lat_s = [x / 1e9 for x in lat]
     stats = common.percentiles(lat_s, scale=1e3, unit="ms")
     expected = sent * pool.connected
-    return {"sent": sent, "delivered": count,
-            "delivered_fraction": count / expected if expected else None,
-            "events_per_s": count / seconds, "latency_p50_ms": stats["p50_ms"],
-            "latency_p99_ms": stats["p99_ms"],
-            "cpu_us_per_event": cpu / count * 1e6 if count else None,
-            "server_cpu_s": cpu, "peak_rss_mb": server.hwm_kb() / 1024}
+    return {
+        "sent": sent,
+        "delivered": count,
+        "delivered_fraction": count / expected if expected else None,
+        "events_per_s": count / seconds,
+        "latency_p50_ms": stats["p50_ms"],
+        "latency_p99_ms": stats["p99_ms"],
+        "cpu_us_per_event": cpu / count * 1e6 if count else None,
+        "server_cpu_s": cpu,
+        "peak_rss_mb": server.hwm_kb() / 1024,
+    }
 
 
-def main(quick: bool, out: Path, ns: tuple[int, ...] | None = None,
-         rates: tuple[int, ...] | None = None) -> Report:
+def main(
+    quick: bool, out: Path, ns: tuple[int, ...] | None = None, rates: tuple[int, ...] | None = None
+) -> Report:
     """`ns` and `rates` pick cells (default: the whole matrix, or N=100 R=100 with --quick)."""
     report = Report("fanout", out, quick)
     ns = ns or ((100,) if quick else (100, 1000, 5000))
@@ -327,16 +341,24 @@ def main(quick: bool, out: Path, ns: tuple[int, ...] | None = None,
         task = progress.add_task("fanout", total=len(transports) * (len(ns) * (len(rates) + 1)))
         for transport in transports:
             for n in ns:
-                progress.update(task, description=f"fanout {transport}: load generator limit, N={n}")
+                progress.update(
+                    task, description=f"fanout {transport}: load generator limit, N={n}"
+                )
                 limit = load_generator_limit(transport, n, 0.5 if quick else 3.0)
                 floor = write_floor(transport, n, 0.5 if quick else 2.0)
                 progress.advance(task)
                 runnable = [r for r in rates if n * r <= limit]
                 for r in rates:
                     if r not in runnable:
-                        report.add(transport=transport, n=n, rate=r, offered=n * r,
-                                   lg_limit=limit, write_floor_us=floor,
-                                   status="skipped: load generator limit")
+                        report.add(
+                            transport=transport,
+                            n=n,
+                            rate=r,
+                            offered=n * r,
+                            lg_limit=limit,
+                            write_floor_us=floor,
+                            status="skipped: load generator limit",
+                        )
                         progress.advance(task)
                 if not runnable:
                     continue
@@ -348,28 +370,44 @@ def main(quick: bool, out: Path, ns: tuple[int, ...] | None = None,
                             progress.update(task, description=f"fanout {transport} N={n} R={r}")
                             row = run_cell(server, pool, n, r, seconds, 1.0 if quick else 3.0)
                             cpu = row["cpu_us_per_event"]
-                            report.add(transport=transport, n=n, rate=r, offered=n * r,
-                                       lg_limit=limit, connected=pool.connected, status="ok",
-                                       write_floor_us=floor,
-                                       cpu_x_floor=cpu / floor if cpu else None, **row)
+                            report.add(
+                                transport=transport,
+                                n=n,
+                                rate=r,
+                                offered=n * r,
+                                lg_limit=limit,
+                                connected=pool.connected,
+                                status="ok",
+                                write_floor_us=floor,
+                                cpu_x_floor=cpu / floor if cpu else None,
+                                **row,
+                            )
                             progress.advance(task)
                     finally:
                         pool.close()
     report.rows.sort(key=lambda r: (r["transport"], r["n"], r["rate"]))
-    report.write([("transport", "transport", ""), ("n", "N", "d"), ("rate", "R /s", "d"),
-                  ("status", "status", ""), ("events_per_s", "delivered /s", ",.0f"),
-                  ("delivered_fraction", "delivered", ".1%"),
-                  ("latency_p50_ms", "p50 ms", ".1f"), ("latency_p99_ms", "p99 ms", ".1f"),
-                  ("cpu_us_per_event", "server CPU µs/event", ".1f"),
-                  ("write_floor_us", "write floor µs", ".1f"),
-                  ("cpu_x_floor", "× floor", ".1f"),
-                  ("peak_rss_mb", "server peak RSS MB", ".0f"),
-                  ("lg_limit", "load gen limit /s", ",.0f")],
-                 notes="load gen limit: events a second the subscriber processes received from "
-                       "a trivial local fan-out at the same N. write floor: CPU µs per write of "
-                       "that trivial fan-out writing one event per write (the kernel's loopback "
-                       "TCP cost plus the least Python), pinned like the server; × floor is rt's "
-                       "CPU per delivered event over it.")
+    report.write(
+        [
+            ("transport", "transport", ""),
+            ("n", "N", "d"),
+            ("rate", "R /s", "d"),
+            ("status", "status", ""),
+            ("events_per_s", "delivered /s", ",.0f"),
+            ("delivered_fraction", "delivered", ".1%"),
+            ("latency_p50_ms", "p50 ms", ".1f"),
+            ("latency_p99_ms", "p99 ms", ".1f"),
+            ("cpu_us_per_event", "server CPU µs/event", ".1f"),
+            ("write_floor_us", "write floor µs", ".1f"),
+            ("cpu_x_floor", "× floor", ".1f"),
+            ("peak_rss_mb", "server peak RSS MB", ".0f"),
+            ("lg_limit", "load gen limit /s", ",.0f"),
+        ],
+        notes="load gen limit: events a second the subscriber processes received from "
+        "a trivial local fan-out at the same N. write floor: CPU µs per write of "
+        "that trivial fan-out writing one event per write (the kernel's loopback "
+        "TCP cost plus the least Python), pinned like the server; × floor is rt's "
+        "CPU per delivered event over it.",
+    )
     chart(report.rows, report.path(".png"), quick)
     return report
 
@@ -393,8 +431,7 @@ def chart(rows: list[dict], path: Path, quick: bool) -> None:
             axes[2].plot(xs, [100 * (r["delivered_fraction"] or 0) for r in cell], **kw)
     axes[0].axhline(10, color="#c0392b", linestyle="--", label="target 10 µs")
     axes[1].axhline(100, color="#c0392b", linestyle="--", label="target 100 ms")
-    titles = ("server CPU per delivered event (µs)", "end-to-end latency p99 (ms)",
-              "delivered (%)")
+    titles = ("server CPU per delivered event (µs)", "end-to-end latency p99 (ms)", "delivered (%)")
     for ax, title in zip(axes, titles, strict=False):
         ax.set_xscale("log")
         ax.set_xlabel("publisher rate R (messages/s)")
@@ -404,8 +441,10 @@ def chart(rows: list[dict], path: Path, quick: bool) -> None:
         axes[1].set_yscale("log")
     axes[2].set_ylim(0, 105)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Fan-out: one publisher, N subscribers on one flow"
-                 + (" (--quick: meaningless)" if quick else ""))
+    fig.suptitle(
+        "Fan-out: one publisher, N subscribers on one flow"
+        + (" (--quick: meaningless)" if quick else "")
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,8 +22,9 @@ WORKERS = 2
 CLIENTS = 32
 
 
-def ingest_worker(port: int, token: str, transport: str, clients: int, start_at: float,
-                  seconds: float, conn) -> None:
+def ingest_worker(
+    port: int, token: str, transport: str, clients: int, start_at: float, seconds: float, conn
+) -> None:
     common.pin_load_generator()
     conn.send(trio.run(_ingest, port, token, transport, clients, start_at, seconds))
 
@@ -45,8 +46,11 @@ async def _ingest(port, token, transport, clients, start_at, seconds):
         while trio.current_time() < end:
             uid = common.uuid()
             t0 = time.perf_counter()
-            await stream.send_text(json.dumps({"op": "post", "flow": "bench", "content": "x",
-                                               "uuid": uid, "ref": uid}).encode())
+            await stream.send_text(
+                json.dumps(
+                    {"op": "post", "flow": "bench", "content": "x", "uuid": uid, "ref": uid}
+                ).encode()
+            )
             while True:
                 data = await stream.receive()
                 if not data:
@@ -89,8 +93,11 @@ def run_cell(server: Server, transport: str, seconds: float, clients: int) -> di
     pipes = []
     for share in common.split(clients, WORKERS):
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=ingest_worker, args=(server.port, server.token, transport, share,
-                                                    start_at, seconds, child), daemon=True)
+        p = ctx.Process(
+            target=ingest_worker,
+            args=(server.port, server.token, transport, share, start_at, seconds, child),
+            daemon=True,
+        )
         p.start()
         pipes.append((p, parent))
     time.sleep(max(0.0, start_at - time.monotonic()))
@@ -106,10 +113,17 @@ def run_cell(server: Server, transport: str, seconds: float, clients: int) -> di
         p.join(10)
     cpu = server.cpu_seconds() - cpu0
     stats = common.percentiles(lat, scale=1e3, unit="ms")
-    return {"transport": transport, "store": server.store, "clients": clients,
-            "acked": acked, "errors": errors, "posts_per_s": acked / seconds,
-            "ack_p50_ms": stats["p50_ms"], "ack_p99_ms": stats["p99_ms"],
-            "cpu_us_per_post": cpu / acked * 1e6 if acked else None}
+    return {
+        "transport": transport,
+        "store": server.store,
+        "clients": clients,
+        "acked": acked,
+        "errors": errors,
+        "posts_per_s": acked / seconds,
+        "ack_p50_ms": stats["p50_ms"],
+        "ack_p99_ms": stats["p99_ms"],
+        "cpu_us_per_post": cpu / acked * 1e6 if acked else None,
+    }
 
 
 def main(quick: bool, out: Path) -> Report:
@@ -124,11 +138,19 @@ def main(quick: bool, out: Path) -> Report:
                     progress.update(task, description=f"ingest: {transport}, {store}")
                     report.rows.append(run_cell(server, transport, seconds, clients))
                     progress.advance(task)
-    report.write([("transport", "transport", ""), ("store", "store", ""),
-                  ("clients", "clients", "d"), ("posts_per_s", "acked posts /s", ",.0f"),
-                  ("ack_p50_ms", "ack p50 ms", ".1f"), ("ack_p99_ms", "ack p99 ms", ".1f"),
-                  ("cpu_us_per_post", "server CPU µs/post", ".0f"), ("errors", "errors", "d")],
-                 notes="closed loop: each client waits for its ack before its next post.")
+    report.write(
+        [
+            ("transport", "transport", ""),
+            ("store", "store", ""),
+            ("clients", "clients", "d"),
+            ("posts_per_s", "acked posts /s", ",.0f"),
+            ("ack_p50_ms", "ack p50 ms", ".1f"),
+            ("ack_p99_ms", "ack p99 ms", ".1f"),
+            ("cpu_us_per_post", "server CPU µs/post", ".0f"),
+            ("errors", "errors", "d"),
+        ],
+        notes="closed loop: each client waits for its ack before its next post.",
+    )
     chart(report.rows, report.path(".png"), quick)
     return report
 
@@ -141,8 +163,7 @@ def chart(rows: list[dict], path: Path, quick: bool) -> None:
         by = {r["transport"]: r for r in rows if r["store"] == store}
         xs = [i + (k - 0.5) * width for i in range(2)]
         vals = [by[t]["posts_per_s"] for t in ("ws", "http")]
-        bars = ax.bar(xs, vals, width, label=f"{store} store",
-                      color=["#3b75af", "#ef8636"][k])
+        bars = ax.bar(xs, vals, width, label=f"{store} store", color=["#3b75af", "#ef8636"][k])
         for b, v in zip(bars, vals, strict=False):
             ax.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom")
     ax.set_xticks([0, 1], ["WebSocket post ops", "HTTP POST"])

@@ -49,10 +49,10 @@ def rounds_for(transport: str, quick: bool) -> int:
 
 async def tcp_floor(rounds: int, tick) -> list[float]:
     server_cores, _ = common.cores()
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     if server_cores:
         import os
+
         os.sched_setaffinity(proc.pid, server_cores)
     try:
         assert proc.stdout is not None
@@ -103,8 +103,9 @@ async def _open_ready(server: Server, transport: str) -> common.Stream:
     return stream
 
 
-async def streaming_round_trips(server: Server, transport: str, rounds: int, tick,
-                                notes: dict) -> list[float]:
+async def streaming_round_trips(
+    server: Server, transport: str, rounds: int, tick, notes: dict
+) -> list[float]:
     """Round trips on one stream; a rotated stream (xhr, multipart, htmlfile end after
     --rotate-bytes) is reopened, and a round cut by it or slower than 10 s is not counted."""
     stream = await _open_ready(server, transport)
@@ -119,18 +120,24 @@ async def streaming_round_trips(server: Server, transport: str, rounds: int, tic
             with trio.move_on_after(10) as timer:
                 started = time.perf_counter()
                 if transport == "ws":
-                    await stream.send_text(json.dumps(
-                        {"op": "post", "flow": "bench", "content": "x", "uuid": uid,
-                         "ref": uid}).encode())
+                    await stream.send_text(
+                        json.dumps(
+                            {"op": "post", "flow": "bench", "content": "x", "uuid": uid, "ref": uid}
+                        ).encode()
+                    )
                 else:
                     if poster.stream is None:
                         await poster.connect()
                     body = json.dumps({"content": "x", "uuid": uid}).encode()
                     await poster.conn.send_all(
-                        (f"POST /flows/bench/messages HTTP/1.1\r\nHost: {HOST}\r\n"
-                         f"Authorization: Bearer {server.token}\r\n"
-                         f"Content-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+                        (
+                            f"POST /flows/bench/messages HTTP/1.1\r\nHost: {HOST}\r\n"
+                            f"Authorization: Bearer {server.token}\r\n"
+                            f"Content-Type: application/json\r\n"
+                            f"Content-Length: {len(body)}\r\n\r\n"
+                        ).encode()
+                        + body
+                    )
                 while True:
                     data = await stream.receive()
                     if not data:
@@ -198,8 +205,9 @@ def _poll_answer(transport: str, body: bytes) -> list[dict]:
     return json.loads(body)
 
 
-async def polling_round_trips(server: Server, transport: str, rounds: int, tick,
-                              notes: dict) -> list[float]:
+async def polling_round_trips(
+    server: Server, transport: str, rounds: int, tick, notes: dict
+) -> list[float]:
     client = common.client_id()
     extra = "&callback=rtcb" if transport == "jsonp" else ""
     poller = Http(server.port, server.token)
@@ -216,18 +224,24 @@ async def polling_round_trips(server: Server, transport: str, rounds: int, tick,
             started = time.perf_counter()
             await poller.conn.send_all(
                 f"GET {target}&cursor={cursor}&epoch={epoch} HTTP/1.1\r\nHost: {HOST}\r\n"
-                f"Authorization: Bearer {server.token}\r\n\r\n".encode())
+                f"Authorization: Bearer {server.token}\r\n\r\n".encode()
+            )
             body = json.dumps({"content": "x", "uuid": uid}).encode()
             await poster.conn.send_all(
-                (f"POST /flows/bench/messages HTTP/1.1\r\nHost: {HOST}\r\n"
-                 f"Authorization: Bearer {server.token}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+                (
+                    f"POST /flows/bench/messages HTTP/1.1\r\nHost: {HOST}\r\n"
+                    f"Authorization: Bearer {server.token}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            )
             first = True
             for _poll in range(50):  # bounded: each poll answers within --poll-timeout
                 if not first:
                     await poller.conn.send_all(
                         f"GET {target}&cursor={cursor}&epoch={epoch} HTTP/1.1\r\nHost: {HOST}\r\n"
-                        f"Authorization: Bearer {server.token}\r\n\r\n".encode())
+                        f"Authorization: Bearer {server.token}\r\n\r\n".encode()
+                    )
                 first = False
                 await _read_poll(poller)
                 objects = _poll_answer(transport, poller.last)
@@ -268,8 +282,11 @@ async def measure(quick: bool, progress) -> list[dict]:
     WARMUP = 10 if quick else 50
     common.pin_load_generator()
     floor_rounds = 100 if quick else 2000
-    total = (floor_rounds + 2 * sum(rounds_for(t, quick) for t in TRANSPORTS)
-             + sum(rounds_for(t, quick) for t in POLLING))
+    total = (
+        floor_rounds
+        + 2 * sum(rounds_for(t, quick) for t in TRANSPORTS)
+        + sum(rounds_for(t, quick) for t in POLLING)
+    )
     task = progress.add_task("latency", total=total)
 
     def tick() -> None:
@@ -284,14 +301,19 @@ async def measure(quick: bool, progress) -> list[dict]:
             for transport in TRANSPORTS:
                 progress.update(task, description=f"latency: {transport}, {store}")
                 rounds = rounds_for(transport, quick)
-                measure_one = polling_round_trips if transport in POLLING else \
-                    streaming_round_trips
+                measure_one = polling_round_trips if transport in POLLING else streaming_round_trips
                 notes: dict = {}
                 with trio.fail_after(300):
                     stats = percentiles(await measure_one(server, transport, rounds, tick, notes))
-                rows.append({"transport": transport, "store": store, **stats,
-                             "timeouts": notes.get("timeouts", 0),
-                             "reopened": notes.get("reopened", 0)})
+                rows.append(
+                    {
+                        "transport": transport,
+                        "store": store,
+                        **stats,
+                        "timeouts": notes.get("timeouts", 0),
+                        "reopened": notes.get("reopened", 0),
+                    }
+                )
     # The polling transports once more without the protocol's gathering wait
     # (--poll-linger, 20 ms by default, which a lone event waits out in full; the
     # flag must be > 0, so 1 ms):
@@ -300,8 +322,11 @@ async def measure(quick: bool, progress) -> list[dict]:
         for transport in POLLING:
             progress.update(task, description=f"latency: {transport}, sqlite, linger 1 ms")
             with trio.fail_after(300):
-                stats = percentiles(await polling_round_trips(
-                    server, transport, rounds_for(transport, quick), tick, {}))
+                stats = percentiles(
+                    await polling_round_trips(
+                        server, transport, rounds_for(transport, quick), tick, {}
+                    )
+                )
             rows.append({"transport": transport, "store": LINGER_1MS, **stats})
     for row in rows:
         row["p50_x_floor"] = row["p50_us"] / floor["p50_us"]
@@ -321,19 +346,51 @@ def chart(rows: list[dict], path: Path, quick: bool) -> None:
         p50 = [by[t]["p50_us"] / 1000 for t in TRANSPORTS]
         p99 = [by[t]["p99_us"] / 1000 for t in TRANSPORTS]
         pos = [x + (k - 0.5) * width for x in xs]
-        ax.bar(pos, p50, width, label=f"p50, {store} store (whisker: p99)", color=colours[store],
-               yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99, strict=False)]], capsize=3,
-               error_kw={"elinewidth": 1, "ecolor": "#555"})
+        ax.bar(
+            pos,
+            p50,
+            width,
+            label=f"p50, {store} store (whisker: p99)",
+            color=colours[store],
+            yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99, strict=False)]],
+            capsize=3,
+            error_kw={"elinewidth": 1, "ecolor": "#555"},
+        )
         for x, v in zip(pos, p50, strict=False):
-            ax.text(x, v / 1.15, f"{v:.2f}" if v < 10 else f"{v:.0f}", ha="center",
-                    va="top", fontsize=8, color="white", fontweight="bold")
+            ax.text(
+                x,
+                v / 1.15,
+                f"{v:.2f}" if v < 10 else f"{v:.0f}",
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="white",
+                fontweight="bold",
+            )
     f50, f99 = floor["p50_us"] / 1000, floor["p99_us"] / 1000
-    ax.bar([-1], [f50], width * 1.4, color="#c0392b", yerr=[[0], [f99 - f50]], capsize=3,
-           label="raw TCP ping-pong (the floor)", error_kw={"elinewidth": 1, "ecolor": "#555"})
+    ax.bar(
+        [-1],
+        [f50],
+        width * 1.4,
+        color="#c0392b",
+        yerr=[[0], [f99 - f50]],
+        capsize=3,
+        label="raw TCP ping-pong (the floor)",
+        error_kw={"elinewidth": 1, "ecolor": "#555"},
+    )
     ax.text(-1, f50 * 1.1, f"{floor['p50_us']:.0f} µs", ha="center", va="bottom", fontsize=8)
     ax.axhline(f50, color="#c0392b", linestyle="--", linewidth=0.8)
     ax.set_yscale("log")
-    ax.set_xticks([-1, *xs], ["TCP floor", *[f"{t}\n×{next(r['p50_x_floor'] for r in rows if r['transport'] == t and r['store'] == 'sqlite'):.1f} floor" for t in TRANSPORTS]])
+    ax.set_xticks(
+        [-1, *xs],
+        [
+            "TCP floor",
+            *[
+                f"{t}\n×{next(r['p50_x_floor'] for r in rows if r['transport'] == t and r['store'] == 'sqlite'):.1f} floor"
+                for t in TRANSPORTS
+            ],
+        ],
+    )
     ax.set_ylabel("round trip, ms (log scale); × floor: SQLite p50")
     title = "Round-trip latency: post → echo, per transport"
     ax.set_title(title + (" (--quick: meaningless)" if quick else ""))
@@ -349,11 +406,19 @@ def main(quick: bool, out: Path) -> Report:
     with common.deadline_guard(60 if quick else 900), common.progress() as progress:
         rows = trio.run(measure, quick, progress)
     report.rows = rows
-    report.write([("transport", "transport", ""), ("store", "store", ""),
-                  ("n", "n", "d"), ("p50_us", "p50 µs", ".0f"), ("p90_us", "p90 µs", ".0f"),
-                  ("p99_us", "p99 µs", ".0f"), ("p50_x_floor", "p50 × floor", ".1f"),
-                  ("p99_x_floor", "p99 × floor", ".1f")],
-                 notes="ws posts over the socket; the other transports post by HTTP POST "
-                       "and see the echo on their stream.")
+    report.write(
+        [
+            ("transport", "transport", ""),
+            ("store", "store", ""),
+            ("n", "n", "d"),
+            ("p50_us", "p50 µs", ".0f"),
+            ("p90_us", "p90 µs", ".0f"),
+            ("p99_us", "p99 µs", ".0f"),
+            ("p50_x_floor", "p50 × floor", ".1f"),
+            ("p99_x_floor", "p99 × floor", ".1f"),
+        ],
+        notes="ws posts over the socket; the other transports post by HTTP POST "
+        "and see the echo on their stream.",
+    )
     chart(rows, report.path(".png"), quick)
     return report

@@ -79,7 +79,7 @@ async def _clients(port, token, n, conn) -> None:
                     if c.transport != "ws":
                         data = tail + data
                         cut = data.rfind(b"\n")
-                        data, tail = data[:cut + 1], data[cut + 1:]
+                        data, tail = data[: cut + 1], data[cut + 1 :]
                     if c.epoch is None or b'"ready"' in data:
                         m = READY.search(data)
                         if m:
@@ -135,8 +135,18 @@ async def _clients(port, token, n, conn) -> None:
             stuck += 1
         else:
             catch_up.append((t - cut_ns) / 1e9)
-    conn.send(("done", lost, dup, unexpected, catch_up, stuck,
-               sum(c.connections for c in clients), never_cut))
+    conn.send(
+        (
+            "done",
+            lost,
+            dup,
+            unexpected,
+            catch_up,
+            stuck,
+            sum(c.connections for c in clients),
+            never_cut,
+        )
+    )
 
 
 class Publisher(threading.Thread):
@@ -160,9 +170,15 @@ class Publisher(threading.Thread):
             body = json.dumps({"content": f"storm {i}", "uuid": f"storm{i:08d}"})
             for _attempt in range(100):
                 try:
-                    conn.request("POST", "/flows/bench/messages", body,
-                                 {"Authorization": f"Bearer {self.token}",
-                                  "Content-Type": "application/json"})
+                    conn.request(
+                        "POST",
+                        "/flows/bench/messages",
+                        body,
+                        {
+                            "Authorization": f"Bearer {self.token}",
+                            "Content-Type": "application/json",
+                        },
+                    )
                     r = conn.getresponse()
                     data = r.read()
                     if r.status in (200, 201):
@@ -188,14 +204,18 @@ def main(quick: bool, out: Path) -> Report:
     workers = 2 if quick else WORKERS
     common.raise_nofile()
     ctx = common.spawn_context()
-    with common.deadline_guard(60 if quick else 600), common.progress() as progress, \
-            Server("sqlite", cut_signal=True) as server:
+    with (
+        common.deadline_guard(60 if quick else 600),
+        common.progress() as progress,
+        Server("sqlite", cut_signal=True) as server,
+    ):
         task = progress.add_task(f"storm: connecting {n}", total=5)
         procs = []
         for share in common.split(n, workers):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=client_worker, args=(server.port, server.token, share, child),
-                            daemon=True)
+            p = ctx.Process(
+                target=client_worker, args=(server.port, server.token, share, child), daemon=True
+            )
             p.start()
             procs.append((p, parent))
         connected = 0
@@ -239,23 +259,40 @@ def main(quick: bool, out: Path) -> Report:
             p.join(10)
         progress.advance(task, 2)
     stats = common.percentiles(catch_up, scale=1e3, unit="ms")
-    report.add(clients=n, connected=connected, publish_rate=rate, posted=len(acked),
-               publisher_retries=publisher.retries, connections=connections,
-               reconnected=connections - connected, not_caught_up=stuck,
-               never_cut=never_cut,
-               catch_up_p50_ms=stats["p50_ms"], catch_up_p99_ms=stats["p99_ms"],
-               catch_up_all_ms=max(catch_up) * 1e3 if catch_up else None,
-               lost=lost, duplicated=dup, unexpected=unexpected)
-    report.write([("clients", "clients", "d"), ("connected", "connected", "d"),
-                  ("reconnected", "reconnections", "d"), ("posted", "events posted", "d"),
-                  ("catch_up_p50_ms", "caught up p50 ms", ".0f"),
-                  ("catch_up_p99_ms", "caught up p99 ms", ".0f"),
-                  ("catch_up_all_ms", "every client caught up ms", ".0f"),
-                  ("not_caught_up", "not caught up", "d"),
-                  ("never_cut", "still on the old connection", "d"),
-                  ("lost", "lost", "d"), ("duplicated", "duplicated", "d")],
-                 notes="half the clients WebSocket, half SSE; caught up = received, on a "
-                       "connection opened after the cut, an event acked after the cut.")
+    report.add(
+        clients=n,
+        connected=connected,
+        publish_rate=rate,
+        posted=len(acked),
+        publisher_retries=publisher.retries,
+        connections=connections,
+        reconnected=connections - connected,
+        not_caught_up=stuck,
+        never_cut=never_cut,
+        catch_up_p50_ms=stats["p50_ms"],
+        catch_up_p99_ms=stats["p99_ms"],
+        catch_up_all_ms=max(catch_up) * 1e3 if catch_up else None,
+        lost=lost,
+        duplicated=dup,
+        unexpected=unexpected,
+    )
+    report.write(
+        [
+            ("clients", "clients", "d"),
+            ("connected", "connected", "d"),
+            ("reconnected", "reconnections", "d"),
+            ("posted", "events posted", "d"),
+            ("catch_up_p50_ms", "caught up p50 ms", ".0f"),
+            ("catch_up_p99_ms", "caught up p99 ms", ".0f"),
+            ("catch_up_all_ms", "every client caught up ms", ".0f"),
+            ("not_caught_up", "not caught up", "d"),
+            ("never_cut", "still on the old connection", "d"),
+            ("lost", "lost", "d"),
+            ("duplicated", "duplicated", "d"),
+        ],
+        notes="half the clients WebSocket, half SSE; caught up = received, on a "
+        "connection opened after the cut, an event acked after the cut.",
+    )
     chart(catch_up, report.rows[0], report.path(".png"), quick)
     return report
 
@@ -269,9 +306,10 @@ def chart(catch_up: list[float], row: dict, path: Path, quick: bool) -> None:
     ax.set_xlabel("ms since the cut")
     ax.set_ylabel("% of clients caught up")
     ax.set_ylim(0, 105)
-    ax.set_title(f"Reconnection storm: {row['clients']:,} clients cut at once — "
-                 f"lost {row['lost']}, duplicated {row['duplicated']}"
-                 + (" (--quick)" if quick else ""))
+    ax.set_title(
+        f"Reconnection storm: {row['clients']:,} clients cut at once — "
+        f"lost {row['lost']}, duplicated {row['duplicated']}" + (" (--quick)" if quick else "")
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -196,9 +196,15 @@ class ClientActivity:
 
     def counts(self) -> Counts:
         views = len(self.views)
-        return Counts(asked=len(self.asked), acked=len({c for _, c, _ in self.acked}),
-                      gave_up=len(self.gave_up), seen=sum(len(v.shown) for v in self.views),
-                      views=views, resets=max(0, views - 1), bad=self.bad)
+        return Counts(
+            asked=len(self.asked),
+            acked=len({c for _, c, _ in self.acked}),
+            gave_up=len(self.gave_up),
+            seen=sum(len(v.shown) for v in self.views),
+            views=views,
+            resets=max(0, views - 1),
+            bad=self.bad,
+        )
 
 
 @dataclass(slots=True)
@@ -301,13 +307,18 @@ def _no_gap(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
         stored = ctx.history.by_id[missing[0]].get("sent")
         stored_at = ctx.w.at(stored / 1000) if isinstance(stored, int | float) else "?"
         yield Violation(
-            "no_gap", a.spec.lab_id, view.index, tuple(missing[:_IDS_SHOWN]),
-            (after[0],), after[0],
+            "no_gap",
+            a.spec.lab_id,
+            view.index,
+            tuple(missing[:_IDS_SHOWN]),
+            (after[0],),
+            after[0],
             f"{a.spec.lab_id}'s view {view.index} (from cursor {view.cursor}) showed "
             f"{after[1]} at {ctx.w.at(after[0])} but never {ctx.w.ids(missing)} "
             f"({len(missing)} event(s) of its flows, the first stored at {stored_at}): "
             "the server's replay skipped them or the client resumed past them; check that "
-            "it reconnects with the cursor and epoch of the last event it showed.")
+            "it reconnects with the cursor and epoch of the last event it showed.",
+        )
 
 
 def _no_duplicate(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
@@ -319,11 +330,17 @@ def _no_duplicate(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
                 first_shown[i] = t
                 continue
             yield Violation(
-                "no_duplicate", a.spec.lab_id, view.index, (i,), (first_shown[i], t), t,
+                "no_duplicate",
+                a.spec.lab_id,
+                view.index,
+                (i,),
+                (first_shown[i], t),
+                t,
                 f"{a.spec.lab_id}'s view {view.index} showed {i} twice, at "
                 f"{ctx.w.at(first_shown[i])} and again at {ctx.w.at(t)}: the client resumed "
                 "from a cursor below the last event it showed (or the server replayed it); "
-                "resume from the last id shown and drop any id at or below it.")
+                "resume from the last id shown and drop any id at or below it.",
+            )
 
 
 def _order(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
@@ -337,16 +354,28 @@ def _order(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
             shown.add(i)
             if i <= view.cursor:
                 yield Violation(
-                    "order", a.spec.lab_id, view.index, (i, view.cursor), (t,), t,
+                    "order",
+                    a.spec.lab_id,
+                    view.index,
+                    (i, view.cursor),
+                    (t,),
+                    t,
                     f"{a.spec.lab_id}'s view {view.index} showed {i} at {ctx.w.at(t)}, at or "
                     f"below its own cursor {view.cursor}: a view starts after its cursor; the "
-                    "client showed an event from before the ready it began at.")
+                    "client showed an event from before the ready it began at.",
+                )
             elif i < highest:
                 yield Violation(
-                    "order", a.spec.lab_id, view.index, (i, highest), (highest_t, t), t,
+                    "order",
+                    a.spec.lab_id,
+                    view.index,
+                    (i, highest),
+                    (highest_t, t),
+                    t,
                     f"{a.spec.lab_id}'s view {view.index} showed {i} at {ctx.w.at(t)} after "
                     f"it had shown {highest} at {ctx.w.at(highest_t)}: events must be shown in "
-                    "id order; check how the client merges catch-up with live events.")
+                    "id order; check how the client merges catch-up with live events.",
+                )
             if i > highest:
                 highest, highest_t = i, t
 
@@ -357,9 +386,15 @@ def _caught_up(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
     if not a.views:
         t = info.faults_stopped or info.started
         yield Violation(
-            "caught_up", name, None, (), (), t,
+            "caught_up",
+            name,
+            None,
+            (),
+            (),
+            t,
             f"{name} never printed a view line: it never got a ready through the proxy, or it "
-            "does not speak the driver interface (LAB.md section 2); see its stderr.")
+            "does not speak the driver interface (LAB.md section 2); see its stderr.",
+        )
         return
     ids = ctx.history.ids(a.flows)
     if not ids:
@@ -374,24 +409,38 @@ def _caught_up(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
         reached: float | None = last.t
     else:
         reached = next((t for t, e in last.shown if e["id"] == head["id"]), None)
-    why = (f"it had until {ctx.w.at(deadline)} (the later of faults stopped at "
-           f"{ctx.w.at(faults_stopped)} and the head stored at {ctx.w.at(stored)}, plus "
-           f"{info.catch_up_limit:g} s)")
+    why = (
+        f"it had until {ctx.w.at(deadline)} (the later of faults stopped at "
+        f"{ctx.w.at(faults_stopped)} and the head stored at {ctx.w.at(stored)}, plus "
+        f"{info.catch_up_limit:g} s)"
+    )
     if reached is None:
         got = max((e["id"] for _, e in last.shown), default=last.cursor)
         got_t = max((t for t, _ in last.shown), default=last.t)
         yield Violation(
-            "caught_up", name, last.index, (head["id"], got), (deadline, got_t), deadline,
+            "caught_up",
+            name,
+            last.index,
+            (head["id"], got),
+            (deadline, got_t),
+            deadline,
             f"{name}'s last view (view {last.index}, from cursor {last.cursor}) never reached "
             f"the head of its flows, {head['id']}: it got to {got} by {ctx.w.at(got_t)}, and "
             f"{why}; the client is stuck (a stream it never reconnected, or a reset it "
-            "never followed).")
+            "never followed).",
+        )
     elif reached > deadline:
         yield Violation(
-            "caught_up", name, last.index, (head["id"],), (reached, deadline), reached,
+            "caught_up",
+            name,
+            last.index,
+            (head["id"],),
+            (reached, deadline),
+            reached,
             f"{name}'s last view reached the head {head['id']} only at {ctx.w.at(reached)}, "
             f"{reached - deadline:.2f} s late: {why}; the client recovers too slowly (check "
-            "its reconnect backoff and heartbeat timeout).")
+            "its reconnect backoff and heartbeat timeout).",
+        )
 
 
 _COMPARED = ("type", "flow", "content", "tags")
@@ -405,24 +454,43 @@ def _faithful(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
             stored = by_id.get(i)
             if stored is None:
                 yield Violation(
-                    "faithful", a.spec.lab_id, view.index, (i,), (t,), t,
+                    "faithful",
+                    a.spec.lab_id,
+                    view.index,
+                    (i,),
+                    (t,),
+                    t,
                     f"{a.spec.lab_id}'s view {view.index} showed {i} at {ctx.w.at(t)}, but "
                     "history has no event with that id in the run's flows: the client "
-                    "invented it or mislabelled its id.")
+                    "invented it or mislabelled its id.",
+                )
                 continue
             if event == stored:
                 continue  # the usual case, compared at C speed
-            differs = [k for k in _COMPARED
-                       if (k in event or k in ("type", "flow")) and event.get(k) != stored.get(k)
-                       and not (k == "content" and ctx.history.content_was_blanked(stored))]
+            differs = [
+                k
+                for k in _COMPARED
+                if (k in event or k in ("type", "flow"))
+                and event.get(k) != stored.get(k)
+                and not (k == "content" and ctx.history.content_was_blanked(stored))
+            ]
             if differs:
-                what = "; ".join(f"{k} {ctx.w.value(event.get(k))} where history has "
-                                 f"{ctx.w.value(stored.get(k))}" for k in differs)
+                what = "; ".join(
+                    f"{k} {ctx.w.value(event.get(k))} where history has "
+                    f"{ctx.w.value(stored.get(k))}"
+                    for k in differs
+                )
                 yield Violation(
-                    "faithful", a.spec.lab_id, view.index, (i,), (t,), t,
+                    "faithful",
+                    a.spec.lab_id,
+                    view.index,
+                    (i,),
+                    (t,),
+                    t,
                     f"{a.spec.lab_id}'s view {view.index} showed {i} at {ctx.w.at(t)} with "
                     f"{what}: the client altered or mis-parsed a stored event; show events "
-                    "exactly as received.")
+                    "exactly as received.",
+                )
 
 
 def _exactly_once(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
@@ -431,26 +499,44 @@ def _exactly_once(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
         ids = ctx.history.stored.get(content, [])
         if len(ids) > 1:
             yield Violation(
-                "exactly_once", name, None, tuple(ids[:_IDS_SHOWN]), (t,), t,
+                "exactly_once",
+                name,
+                None,
+                tuple(ids[:_IDS_SHOWN]),
+                (t,),
+                t,
                 f"the post {ctx.w.value(content)} asked of {name} at {ctx.w.at(t)} is stored "
                 f"{len(ids)} times (ids {ctx.w.ids(ids)}): a retry went out with a new uuid; "
-                "a client must resend a post with the uuid of its first attempt.")
+                "a client must resend a post with the uuid of its first attempt.",
+            )
     for t, content, i in a.acked:
         ids = ctx.history.stored.get(content, [])
         if not ids and i in ctx.history.deleted:
             continue  # deleted since: history blanked its content, so it cannot be matched
         if not ids:
             yield Violation(
-                "exactly_once", name, None, (i,), (t,), t,
+                "exactly_once",
+                name,
+                None,
+                (i,),
+                (t,),
+                t,
                 f"{name} reported {ctx.w.value(content)} acknowledged as {i} at {ctx.w.at(t)}, "
                 "but history has no such post: the client claimed an ack the server never "
-                "gave (or the server lost a stored event).")
+                "gave (or the server lost a stored event).",
+            )
         elif i not in ids:
             yield Violation(
-                "exactly_once", name, None, (i, *ids[:_IDS_SHOWN]), (t,), t,
+                "exactly_once",
+                name,
+                None,
+                (i, *ids[:_IDS_SHOWN]),
+                (t,),
+                t,
                 f"{name} reported {ctx.w.value(content)} acknowledged as {i} at {ctx.w.at(t)}, "
                 f"but history stores it as {ctx.w.ids(ids)}: the client matched the ack to "
-                "the wrong post; match acks by uuid.")
+                "the wrong post; match acks by uuid.",
+            )
 
 
 def _no_limbo(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
@@ -466,15 +552,25 @@ def _no_limbo(ctx: _Context, a: ClientActivity) -> Iterator[Violation]:
         ids = ctx.history.stored.get(content, [])
         stored = f" (the server stored it as {ids[0]})" if ids else " (history has no such post)"
         yield Violation(
-            "no_limbo", name, None, tuple(ids[:1]), (t, end), t,
+            "no_limbo",
+            name,
+            None,
+            tuple(ids[:1]),
+            (t, end),
+            t,
             f"{name} was asked to post {ctx.w.value(content)} at {ctx.w.at(t)} and neither "
             f"acknowledged nor gave it up {when}{stored}: a client must settle every post "
-            "before it stops.")
+            "before it stops.",
+        )
 
 
 # Per-client invariants: (check, whether it applies to this client at all).
-_PER_CLIENT: dict[str, tuple[Callable[[_Context, ClientActivity], Iterator[Violation]],
-                             Callable[[ClientActivity], str]]] = {
+_PER_CLIENT: dict[
+    str,
+    tuple[
+        Callable[[_Context, ClientActivity], Iterator[Violation]], Callable[[ClientActivity], str]
+    ],
+] = {
     "no_gap": (_no_gap, lambda a: "" if a.views else "no view"),
     "no_duplicate": (_no_duplicate, lambda a: "" if a.views else "no view"),
     "order": (_order, lambda a: "" if a.views else "no view"),
@@ -526,14 +622,19 @@ def _overlap(ctx: _Context, key: tuple[str, str], old: _Span, new: _Span) -> Vio
     t, first, last = min(b for b in new.batches if b[0] <= old.end)
     owner = ", ".join(ctx.owners(user, client)) or f"{user}/{client}"
     return Violation(
-        "one_live_stream", owner, None, (first, last), (old.start, old.end, new.start, new.end),
+        "one_live_stream",
+        owner,
+        None,
+        (first, last),
+        (old.start, old.end, new.start, new.end),
         t,
         f"user {user!r} client id {client!r} ({owner}): stream {new.name} ({new.transport}) "
         f"delivered {first}..{last} at {ctx.w.at(t)} while stream {old.name} "
         f"({old.transport}) was still delivering ({ctx.w.at(old.start)} to "
         f"{ctx.w.at(old.end)}): the server let two streams of one client id deliver at once; "
         "takeover must detach the old stream before the new one delivers (PROTOCOL.md "
-        "section 3).")
+        "section 3).",
+    )
 
 
 # --- the whole run ------------------------------------------------------------------------
@@ -577,14 +678,16 @@ def check_run(run: Run) -> CheckResult:
         for name, (check, not_applicable) in _PER_CLIENT.items():
             reason = not_applicable(a)
             if reason:
-                verdicts[name][spec.lab_id] = Verdict(name, spec.lab_id, NOT_APPLICABLE,
-                                                      note=reason)
+                verdicts[name][spec.lab_id] = Verdict(
+                    name, spec.lab_id, NOT_APPLICABLE, note=reason
+                )
                 continue
             found = sorted(check(ctx, a), key=lambda v: v.t)
             totals[name] += len(found)
             kept[name] += found[:FIRST_VIOLATIONS]
-            verdicts[name][spec.lab_id] = Verdict(name, spec.lab_id,
-                                                  VIOLATED if found else HELD, len(found))
+            verdicts[name][spec.lab_id] = Verdict(
+                name, spec.lab_id, VIOLATED if found else HELD, len(found)
+            )
 
     _judge_streams(ctx, verdicts, kept, totals, counts)
 
@@ -596,16 +699,21 @@ def check_run(run: Run) -> CheckResult:
     return CheckResult(run, verdicts, first, totals, counts, total, activity, head)
 
 
-def _judge_streams(ctx: _Context, verdicts: dict[str, dict[str, Verdict]],
-                   kept: dict[str, list[Violation]], totals: dict[str, int],
-                   counts: dict[str, Counts]) -> None:
+def _judge_streams(
+    ctx: _Context,
+    verdicts: dict[str, dict[str, Verdict]],
+    kept: dict[str, list[Violation]],
+    totals: dict[str, int],
+    counts: dict[str, Counts],
+) -> None:
     """One live stream, from the delivery record: verdicts, violations, deliveries counts."""
     name = "one_live_stream"
     run = ctx.run
     if run.deliveries is None:
         for spec in run.info.clients:
-            verdicts[name][spec.lab_id] = Verdict(name, spec.lab_id, NOT_APPLICABLE,
-                                                  note="no delivery record")
+            verdicts[name][spec.lab_id] = Verdict(
+                name, spec.lab_id, NOT_APPLICABLE, note="no delivery record"
+            )
         return
     delivered: dict[str, int] = defaultdict(int)
     for d in run.deliveries:
@@ -623,7 +731,7 @@ def _judge_streams(ctx: _Context, verdicts: dict[str, dict[str, Verdict]],
         n = per_owner.pop(spec.lab_id, 0)
         status = VIOLATED if n else HELD if delivered.get(spec.lab_id) else NOT_APPLICABLE
         verdicts[name][spec.lab_id] = Verdict(
-            name, spec.lab_id, status, n, note="" if delivered.get(spec.lab_id) else
-            "no deliveries")
+            name, spec.lab_id, status, n, note="" if delivered.get(spec.lab_id) else "no deliveries"
+        )
     for owner, n in per_owner.items():  # keys that belong to no lab client
         verdicts[name][owner] = Verdict(name, owner, VIOLATED, n, note="not a lab client")

@@ -98,8 +98,9 @@ CLEAN = Shaping()
 class Pipe:
     """One direction of a connection: `src` to `dst`, shaped by the connection's faults."""
 
-    def __init__(self, conn: Connection, direction: str, src: trio.SocketStream,
-                 dst: trio.SocketStream) -> None:
+    def __init__(
+        self, conn: Connection, direction: str, src: trio.SocketStream, dst: trio.SocketStream
+    ) -> None:
         self.conn = conn
         self.direction = direction
         self.src = src
@@ -275,8 +276,9 @@ class Connection:
     (a cut or a limit), "silent" (the stall rule), "proxy" (the proxy shut).
     """
 
-    def __init__(self, conn_id: int, label: str, peer: tuple[str, int],
-                 client: trio.SocketStream) -> None:
+    def __init__(
+        self, conn_id: int, label: str, peer: tuple[str, int], client: trio.SocketStream
+    ) -> None:
         self.id = conn_id
         self.label = label
         self.peer = peer
@@ -298,10 +300,17 @@ class Connection:
 
     def info(self) -> dict[str, Any]:
         """The connection as the control API lists it."""
-        return {"id": self.id, "label": self.label, "peer": f"{self.peer[0]}:{self.peer[1]}",
-                "opened": self.opened, "age": round(trio.current_time() - self.started, 3),
-                "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "state": self.state,
-                "faults": sorted(self.faults)}
+        return {
+            "id": self.id,
+            "label": self.label,
+            "peer": f"{self.peer[0]}:{self.peer[1]}",
+            "opened": self.opened,
+            "age": round(trio.current_time() - self.started, 3),
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "state": self.state,
+            "faults": sorted(self.faults),
+        }
 
     # -- faults ----------------------------------------------------------------------------
 
@@ -359,8 +368,15 @@ class Connection:
                 limits.append((self._limits[fault_id], spec.mode or "fin"))
             elif spec.name == "slow_close":
                 hold = max(hold, spec.duration)
-        return Shaping(stalled=stalled, latency=latency, rate=rate, slice=piece,
-                       slice_pause=pause, limits=tuple(limits), slow_close=hold)
+        return Shaping(
+            stalled=stalled,
+            latency=latency,
+            rate=rate,
+            slice=piece,
+            slice_pause=pause,
+            limits=tuple(limits),
+            slow_close=hold,
+        )
 
     # -- ends ------------------------------------------------------------------------------
 

@@ -41,8 +41,14 @@ from rt.chaos.proxy import FaultProxy
 
 MAX_BODY = 64 * 1024  # bytes; a fault spec is a line
 IDLE_TIMEOUT = 30.0  # seconds a kept-alive connection may sit without a request
-ROUTES = ["GET /", "GET /connections", "GET /faults", "POST /faults", "DELETE /faults/{id}",
-          "DELETE /faults"]
+ROUTES = [
+    "GET /",
+    "GET /connections",
+    "GET /faults",
+    "POST /faults",
+    "DELETE /faults/{id}",
+    "DELETE /faults",
+]
 
 Answer = tuple[int, dict[str, Any], list[tuple[str, str]]]  # status, body, extra headers
 
@@ -69,7 +75,10 @@ class ControlAPI:
             return self._allow(method, ["GET"]) or (200, {"routes": ROUTES}, [])
         if path == "/connections":
             return self._allow(method, ["GET"]) or (
-                200, {"connections": [c.info() for c in self.proxy.connections()]}, [])
+                200,
+                {"connections": [c.info() for c in self.proxy.connections()]},
+                [],
+            )
         if path == "/faults":
             refused = self._allow(method, ["GET", "POST", "DELETE"])
             if refused:
@@ -83,14 +92,19 @@ class ControlAPI:
             refused = self._allow(method, ["DELETE"])
             if refused:
                 return refused
-            text = path[len("/faults/"):]
+            text = path[len("/faults/") :]
             if not text.isdigit():
-                return _error(400, f"fault ids are integers, not {text!r}: GET /faults "
-                                   f"lists the faults in force")
+                return _error(
+                    400,
+                    f"fault ids are integers, not {text!r}: GET /faults lists the faults in force",
+                )
             fault = self.proxy.stop(int(text))
             if fault is None:
-                return _error(404, f"no fault {text} in force (an instant cut, or one that "
-                                   f"stopped already): GET /faults lists them")
+                return _error(
+                    404,
+                    f"no fault {text} in force (an instant cut, or one that "
+                    f"stopped already): GET /faults lists them",
+                )
             return 200, fault.to_json(), []
         return _error(404, f"no route {path!r}: the routes are {', '.join(ROUTES)}")
 
@@ -98,8 +112,11 @@ class ControlAPI:
     def _allow(method: str, allowed: list[str]) -> Answer | None:
         if method in allowed:
             return None
-        return _error(405, f"{method} is not allowed here: use {', '.join(allowed)}",
-                      [("Allow", ", ".join(allowed))])
+        return _error(
+            405,
+            f"{method} is not allowed here: use {', '.join(allowed)}",
+            [("Allow", ", ".join(allowed))],
+        )
 
     def _post_fault(self, body: bytes) -> Answer:
         example = 'such as {"spec": "stall:for=3s:scope=all"}'
@@ -108,16 +125,19 @@ class ControlAPI:
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"the body must be a JSON object, {example} ({exc})")
         if not isinstance(request, dict) or not isinstance(request.get("spec"), str):
-            return _error(400, f"the body must be a JSON object with a string \"spec\", {example}")
+            return _error(400, f'the body must be a JSON object with a string "spec", {example}')
         unknown = sorted(set(request) - {"spec", "seed"})
         if unknown:
-            return _error(400, f"unknown field(s) {', '.join(unknown)}: the body takes \"spec\" "
-                               f"and, optionally, an integer \"seed\"")
+            return _error(
+                400,
+                f'unknown field(s) {", ".join(unknown)}: the body takes "spec" '
+                f'and, optionally, an integer "seed"',
+            )
         seed = request.get("seed")
         if seed is None:
             seed = random.Random(f"rt-chaos-control:{self.seed}:{self._started}").getrandbits(32)
         elif isinstance(seed, bool) or not isinstance(seed, int):
-            return _error(400, f"\"seed\" must be an integer, not {seed!r}")
+            return _error(400, f'"seed" must be an integer, not {seed!r}')
         try:
             fault = self.proxy.start_spec(request["spec"], seed)
         except FaultSpecError as exc:
@@ -151,32 +171,44 @@ class ControlServer:
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 # The request was not read to its end: answer, then close.
-                await _respond(stream, conn, exc.error_status_hint,
-                               {"error": f"bad HTTP request: {exc}"}, [("Connection", "close")])
+                await _respond(
+                    stream,
+                    conn,
+                    exc.error_status_hint,
+                    {"error": f"bad HTTP request: {exc}"},
+                    [("Connection", "close")],
+                )
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _read_request(self, stream: trio.SocketStream,
-                            conn: h11.Connection) -> tuple[str, str, bytes] | None:
+    async def _read_request(
+        self, stream: trio.SocketStream, conn: h11.Connection
+    ) -> tuple[str, str, bytes] | None:
         event = await _next_event(stream, conn)
         if not isinstance(event, h11.Request):
             return None  # the client closed between requests
         body = b""
         while True:
             if conn.client_is_waiting_for_100_continue:
-                await stream.send_all(conn.send(h11.InformationalResponse(status_code=100,
-                                                                          headers=[])))
+                await stream.send_all(
+                    conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                )
             part = await _next_event(stream, conn)
             if isinstance(part, h11.Data):
                 body += part.data
                 if len(body) > MAX_BODY:
-                    raise h11.RemoteProtocolError(f"the body is over {MAX_BODY} bytes; a fault "
-                                                  f"spec is one line", error_status_hint=413)
+                    raise h11.RemoteProtocolError(
+                        f"the body is over {MAX_BODY} bytes; a fault spec is one line",
+                        error_status_hint=413,
+                    )
             elif isinstance(part, h11.EndOfMessage):
-                return event.method.decode("ascii", "replace"), \
-                    event.target.decode("ascii", "replace"), body
+                return (
+                    event.method.decode("ascii", "replace"),
+                    event.target.decode("ascii", "replace"),
+                    body,
+                )
             else:
                 return None
 
@@ -189,11 +221,20 @@ async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
         conn.receive_data(await stream.receive_some(65536))
 
 
-async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
-                   payload: dict[str, Any], headers: list[tuple[str, str]]) -> None:
+async def _respond(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    status: int,
+    payload: dict[str, Any],
+    headers: list[tuple[str, str]],
+) -> None:
     body = json.dumps(payload).encode() + b"\n"
-    head = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"), *headers]
+    head = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        *headers,
+    ]
     data = conn.send(h11.Response(status_code=status, headers=head))
     data += conn.send(h11.Data(data=body))
     data += conn.send(h11.EndOfMessage())
@@ -201,8 +242,9 @@ async def _respond(stream: trio.SocketStream, conn: h11.Connection, status: int,
 
 
 @asynccontextmanager
-async def open_control(proxy: FaultProxy, host: str = "127.0.0.1", port: int = 0, *,
-                       seed: int = 0) -> AsyncIterator[ControlServer]:
+async def open_control(
+    proxy: FaultProxy, host: str = "127.0.0.1", port: int = 0, *, seed: int = 0
+) -> AsyncIterator[ControlServer]:
     """Serve the control API over `proxy` on (host, port) (port 0: an
     ephemeral one, see `.address`) until the block is left."""
     async with trio.open_nursery() as nursery:

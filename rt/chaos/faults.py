@@ -67,8 +67,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-NETWORK_FAULTS = ("cut", "stall", "latency", "bandwidth", "slice", "limit", "slow_close",
-                  "refuse")
+NETWORK_FAULTS = ("cut", "stall", "latency", "bandwidth", "slice", "limit", "slow_close", "refuse")
 PROCESS_FAULTS = ("kill", "pause", "server")
 FAULT_NAMES = NETWORK_FAULTS + PROCESS_FAULTS
 
@@ -78,14 +77,41 @@ FAULT_NAMES = NETWORK_FAULTS + PROCESS_FAULTS
 DEFAULTS: dict[str, dict[str, str]] = {
     "cut": {"every": "5s..15s", "mode": "fin", "scope": "one", "p": "1"},
     "stall": {"every": "20s", "for": "3s", "scope": "one", "dir": "both", "p": "1"},
-    "latency": {"every": "30s", "for": "10s", "delay": "100ms", "jitter": "20ms",
-                "scope": "all", "dir": "both", "p": "1"},
-    "bandwidth": {"every": "30s", "for": "10s", "rate": "16k", "scope": "all", "dir": "both",
-                  "p": "1"},
-    "slice": {"every": "30s", "for": "5s", "bytes": "1", "delay": "2ms", "scope": "all",
-              "dir": "both", "p": "1"},
-    "limit": {"every": "30s", "for": "10s", "bytes": "1k..3k", "mode": "fin", "scope": "one",
-              "dir": "both", "p": "1"},
+    "latency": {
+        "every": "30s",
+        "for": "10s",
+        "delay": "100ms",
+        "jitter": "20ms",
+        "scope": "all",
+        "dir": "both",
+        "p": "1",
+    },
+    "bandwidth": {
+        "every": "30s",
+        "for": "10s",
+        "rate": "16k",
+        "scope": "all",
+        "dir": "both",
+        "p": "1",
+    },
+    "slice": {
+        "every": "30s",
+        "for": "5s",
+        "bytes": "1",
+        "delay": "2ms",
+        "scope": "all",
+        "dir": "both",
+        "p": "1",
+    },
+    "limit": {
+        "every": "30s",
+        "for": "10s",
+        "bytes": "1k..3k",
+        "mode": "fin",
+        "scope": "one",
+        "dir": "both",
+        "p": "1",
+    },
     "slow_close": {"every": "30s", "for": "5s", "scope": "all", "dir": "both", "p": "1"},
     "refuse": {"every": "30s", "for": "2s", "p": "1"},
     "kill": {"every": "30s"},
@@ -136,7 +162,7 @@ class FaultSpec:
 
     @property
     def kind(self) -> str:
-        """"network" (the proxy applies it) or "process" (the lab runner does)."""
+        """ "network" (the proxy applies it) or "process" (the lab runner does)."""
         return "process" if self.name in PROCESS_FAULTS else "network"
 
     @property
@@ -187,7 +213,7 @@ class FaultWindow:
 
     @property
     def kind(self) -> str:
-        """"network" or "process" (kill, pause, server: the lab runner's to apply)."""
+        """ "network" or "process" (kill, pause, server: the lab runner's to apply)."""
         return self.spec.kind
 
     @property
@@ -225,9 +251,19 @@ class FaultWindow:
 
     def to_json(self) -> dict[str, Any]:
         """The window as one line of the lab's `faults.jsonl` (and of the report)."""
-        return {"id": self.id, "fault": self.name, "kind": self.kind, "start": self.start,
-                "end": self.end, "params": self.params, "scope": self.scope, "dir": self.dir,
-                "p": self.p, "seed": self.seed, "spec": self.spec.text}
+        return {
+            "id": self.id,
+            "fault": self.name,
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "params": self.params,
+            "scope": self.scope,
+            "dir": self.dir,
+            "p": self.p,
+            "seed": self.seed,
+            "spec": self.spec.text,
+        }
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -251,7 +287,8 @@ def parse_faults(text: str | None) -> list[FaultSpec]:
         if not item.strip():
             raise FaultSpecError(
                 f"empty fault in --faults {text!r}: write NAME or NAME:key=value, "
-                f"separated by single commas")
+                f"separated by single commas"
+            )
         spec = parse_fault(item)
         seen[spec.name] = seen.get(spec.name, 0) + 1
         n = seen[spec.name]
@@ -270,7 +307,8 @@ def parse_fault(item: str) -> FaultSpec:
     name, *pieces = [p.strip() for p in item.split(":")]
     if name not in DEFAULTS:
         raise FaultSpecError(
-            f"unknown fault {name!r} in {item!r}: the faults are {', '.join(FAULT_NAMES)}")
+            f"unknown fault {name!r} in {item!r}: the faults are {', '.join(FAULT_NAMES)}"
+        )
     allowed = DEFAULTS[name]
     given: dict[str, str] = {}
     for piece in pieces:
@@ -279,22 +317,28 @@ def parse_fault(item: str) -> FaultSpec:
         if not eq or not key or not value:
             raise FaultSpecError(
                 f"bad piece {piece!r} in {item!r}: write key=value, "
-                f"with a key of {name}: {', '.join(allowed)}")
+                f"with a key of {name}: {', '.join(allowed)}"
+            )
         if key not in KEYS:
             raise FaultSpecError(
-                f"unknown key {key!r} in {item!r}: the keys of {name} are {', '.join(allowed)}")
+                f"unknown key {key!r} in {item!r}: the keys of {name} are {', '.join(allowed)}"
+            )
         if key not in allowed:
             raise FaultSpecError(
-                f"{name} takes no {key!r} (in {item!r}): its keys are {', '.join(allowed)}")
+                f"{name} takes no {key!r} (in {item!r}): its keys are {', '.join(allowed)}"
+            )
         if key in given:
             raise FaultSpecError(f"{key!r} given twice in {item!r}: give each key once")
         given[key] = value
-    values = {k: _parse_value(name, k, given.get(k, default), item)
-              for k, default in allowed.items()}
+    values = {
+        k: _parse_value(name, k, given.get(k, default), item) for k, default in allowed.items()
+    }
     duration = values.pop("for", 0.0)
     if name in _LASTING and duration <= 0:
-        raise FaultSpecError(f"for={given.get('for')} in {item!r}: {name} must last, "
-                             f"give a duration above 0 such as for=3s")
+        raise FaultSpecError(
+            f"for={given.get('for')} in {item!r}: {name} must last, "
+            f"give a duration above 0 such as for=3s"
+        )
     return FaultSpec(name=name, duration=duration, **values)
 
 
@@ -306,7 +350,8 @@ def _parse_value(name: str, key: str, value: str, item: str) -> Any:
             lo, hi = _duration(low, where), _duration(high, where)
             if lo <= 0 or hi < lo:
                 raise FaultSpecError(
-                    f"{where}: a range goes from a duration above 0 up, such as 2s..8s")
+                    f"{where}: a range goes from a duration above 0 up, such as 2s..8s"
+                )
             return (lo, hi)
         mean = _duration(value, where)
         if mean <= 0:
@@ -326,7 +371,8 @@ def _parse_value(name: str, key: str, value: str, item: str) -> Any:
         if size < 1:
             raise FaultSpecError(
                 f"{where}: {'a rate in bytes a second' if key == 'rate' else 'a size in bytes'}"
-                f" of at least 1, such as 512, 64k or 1m")
+                f" of at least 1, such as 512, 64k or 1m"
+            )
         return size
     if key == "p":
         try:
@@ -348,8 +394,9 @@ def _duration(value: str, where: str) -> float:
     match = _DURATION.match(value.strip())
     if not match:
         also = " (every also takes a range such as 2s..8s)" if where.startswith("every=") else ""
-        raise FaultSpecError(f"{where}: a duration is a number with a unit, such as 500ms, "
-                             f"10s or 2m{also}")
+        raise FaultSpecError(
+            f"{where}: a duration is a number with a unit, such as 500ms, 10s or 2m{also}"
+        )
     return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
@@ -381,8 +428,9 @@ def format_duration(seconds: float) -> str:
 DEFAULT_START_DELAY = 2.0  # seconds for the clients to connect before the first fault
 
 
-def draw_schedule(specs: list[FaultSpec], seed: int, duration: float,
-                  start_delay: float = DEFAULT_START_DELAY) -> list[FaultWindow]:
+def draw_schedule(
+    specs: list[FaultSpec], seed: int, duration: float, start_delay: float = DEFAULT_START_DELAY
+) -> list[FaultWindow]:
     """Every window of every spec within `duration` seconds, in order of start.
 
     Deterministic: the same specs, seed, duration and start_delay give an
@@ -400,22 +448,23 @@ def draw_schedule(specs: list[FaultSpec], seed: int, duration: float,
             number += 1
             begin = round(start, 3)
             end = round(min(begin + spec.duration, duration), 3)
-            windows.append(_window(f"{key}#{number}", begin, end, spec, rng.getrandbits(32),
-                                   index))
+            windows.append(_window(f"{key}#{number}", begin, end, spec, rng.getrandbits(32), index))
             start = max(start + rng.uniform(lo, hi), start + spec.duration)
     windows.sort(key=lambda w: (w.start, w.spec_index))
     return windows
 
 
-def _window(id: str, start: float, end: float, spec: FaultSpec, seed: int,
-            spec_index: int = 0) -> FaultWindow:
+def _window(
+    id: str, start: float, end: float, spec: FaultSpec, seed: int, spec_index: int = 0
+) -> FaultWindow:
     # A `bytes` range is drawn from the window's own seed, not the spec's
     # stream: the spec's other windows stay the same whatever it draws.
     size = spec.bytes
     if isinstance(size, tuple):
         size = random.Random(f"rt-chaos-bytes:{seed}").randint(*size)
-    return FaultWindow(id=id, start=start, end=end, spec=spec, seed=seed,
-                       spec_index=spec_index, bytes=size)
+    return FaultWindow(
+        id=id, start=start, end=end, spec=spec, seed=seed, spec_index=spec_index, bytes=size
+    )
 
 
 def window_now(spec: FaultSpec, seed: int, id: str, start: float = 0.0) -> FaultWindow:
@@ -425,6 +474,7 @@ def window_now(spec: FaultSpec, seed: int, id: str, start: float = 0.0) -> Fault
 
 
 # -- targets -------------------------------------------------------------------------------
+
 
 def _kept_by_p(window: FaultWindow, conn_id: int) -> bool:
     p = 1.0 if window.p is None else window.p

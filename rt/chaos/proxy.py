@@ -84,19 +84,35 @@ class ActiveFault:
         ends_in = None
         if self.active and self.stops_at is not None:
             ends_in = round(max(0.0, self.stops_at - trio.current_time()), 3)
-        return {"id": self.id, "fault": w.name, "window": w.id, "spec": w.spec.text,
-                "params": w.params, "scope": w.scope, "dir": w.dir, "p": w.p,
-                "conns": list(self.conns), "active": self.active, "started": self.started,
-                "ends_in": ends_in}
+        return {
+            "id": self.id,
+            "fault": w.name,
+            "window": w.id,
+            "spec": w.spec.text,
+            "params": w.params,
+            "scope": w.scope,
+            "dir": w.dir,
+            "p": w.p,
+            "conns": list(self.conns),
+            "active": self.active,
+            "started": self.started,
+            "ends_in": ends_in,
+        }
 
 
 class FaultProxy:
     """The running proxy (made by `open_proxy`). `addresses` maps each
     listener's label to the (host, port) it is bound to."""
 
-    def __init__(self, upstream: tuple[str, int], nursery: trio.Nursery, *,
-                 on_connection: Hook | None, on_fault: Hook | None,
-                 connect_timeout: float) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        nursery: trio.Nursery,
+        *,
+        on_connection: Hook | None,
+        on_fault: Hook | None,
+        connect_timeout: float,
+    ) -> None:
         self.upstream = upstream
         self.addresses: dict[str, tuple[str, int]] = {}
         self.connect_timeout = connect_timeout
@@ -128,8 +144,10 @@ class FaultProxy:
         for `stop_after` seconds if given. Raises ValueError for a process
         window (the lab runner applies those, not the proxy)."""
         if window.kind != "network":
-            raise ValueError(f"{window.name} is a process fault: the lab runner applies it "
-                             f"(rt chaos run), not the proxy")
+            raise ValueError(
+                f"{window.name} is a process fault: the lab runner applies it "
+                f"(rt chaos run), not the proxy"
+            )
         fault = ActiveFault(self._next_fault, window, time.time())
         self._next_fault += 1
         open_ids = [c.id for c in self.connections() if c.state == "open"]
@@ -157,7 +175,8 @@ class FaultProxy:
             raise FaultSpecError(
                 f"{spec.name} is a process fault: rt chaos run applies it to the server; "
                 f"the proxy takes cut, stall, latency, bandwidth, slice, limit, slow_close, "
-                f"refuse")
+                f"refuse"
+            )
         window = window_now(spec, seed, id=f"manual#{self._next_fault}")
         return self.start(window, stop_after=spec.duration if window.lasting else None)
 
@@ -184,13 +203,22 @@ class FaultProxy:
         await trio.sleep_until(deadline)
         self.stop(fault_id)
 
-    def record(self, window: FaultWindow, action: str, conns: Sequence[int],
-               fault_id: int | None = None) -> None:
+    def record(
+        self, window: FaultWindow, action: str, conns: Sequence[int], fault_id: int | None = None
+    ) -> None:
         """Hand one application record to `on_fault` (see the module docstring)."""
         if self._on_fault is not None:
-            self._on_fault({"t": time.time(), "fault": window.name, "action": action,
-                            "conns": list(conns), "id": fault_id, "window": window.id,
-                            "spec": window.spec.text})
+            self._on_fault(
+                {
+                    "t": time.time(),
+                    "fault": window.name,
+                    "action": action,
+                    "conns": list(conns),
+                    "id": fault_id,
+                    "window": window.id,
+                    "spec": window.spec.text,
+                }
+            )
 
     # -- connections ----------------------------------------------------------------------
 
@@ -217,8 +245,9 @@ class FaultProxy:
             self._emit(conn, "close")
 
     async def _serve(self, conn: Connection, client: trio.SocketStream) -> None:
-        refusing = [f for f in self.faults()
-                    if f.window.name == "refuse" and takes_new(f.window, conn.id)]
+        refusing = [
+            f for f in self.faults() if f.window.name == "refuse" and takes_new(f.window, conn.id)
+        ]
         if refusing:
             conn.state = conn.close_mode = "refused"
             for fault in refusing:
@@ -244,9 +273,14 @@ class FaultProxy:
 
 
 @asynccontextmanager
-async def open_proxy(upstream: tuple[str, int], listeners: Sequence[tuple[str, str, int]], *,
-                     on_connection: Hook | None = None, on_fault: Hook | None = None,
-                     connect_timeout: float = 5.0) -> AsyncIterator[FaultProxy]:
+async def open_proxy(
+    upstream: tuple[str, int],
+    listeners: Sequence[tuple[str, str, int]],
+    *,
+    on_connection: Hook | None = None,
+    on_fault: Hook | None = None,
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[FaultProxy]:
     """Run a fault proxy to `upstream` with one listener per (label, host,
     port) (port 0: an ephemeral one; see `FaultProxy.addresses`).
 
@@ -258,8 +292,13 @@ async def open_proxy(upstream: tuple[str, int], listeners: Sequence[tuple[str, s
     if len(set(labels)) != len(labels):
         raise ValueError(f"listener labels must be unique, got {labels}")
     async with trio.open_nursery() as nursery:
-        proxy = FaultProxy(upstream, nursery, on_connection=on_connection, on_fault=on_fault,
-                           connect_timeout=connect_timeout)
+        proxy = FaultProxy(
+            upstream,
+            nursery,
+            on_connection=on_connection,
+            on_fault=on_fault,
+            connect_timeout=connect_timeout,
+        )
         for label, host, port in listeners:
             sockets = await trio.open_tcp_listeners(port, host=host)
             if port == 0:
@@ -267,16 +306,27 @@ async def open_proxy(upstream: tuple[str, int], listeners: Sequence[tuple[str, s
                     await extra.aclose()
                 sockets = sockets[:1]
             proxy.addresses[label] = tuple(sockets[0].socket.getsockname()[:2])
-            nursery.start_soon(partial(trio.serve_listeners, partial(proxy._handle, label),
-                                       sockets, handler_nursery=nursery))
+            nursery.start_soon(
+                partial(
+                    trio.serve_listeners,
+                    partial(proxy._handle, label),
+                    sockets,
+                    handler_nursery=nursery,
+                )
+            )
         try:
             yield proxy
         finally:
             nursery.cancel_scope.cancel()
 
 
-async def run_schedule(proxy: FaultProxy, windows: Sequence[FaultWindow], t0: float, *,
-                       on_process_fault: ProcessHook | None = None) -> None:
+async def run_schedule(
+    proxy: FaultProxy,
+    windows: Sequence[FaultWindow],
+    t0: float,
+    *,
+    on_process_fault: ProcessHook | None = None,
+) -> None:
     """Apply every window at `t0 + window.start` (t0 on trio's clock) and stop
     the lasting ones at `t0 + window.end`; return when the last has ended.
 
@@ -290,8 +340,10 @@ async def run_schedule(proxy: FaultProxy, windows: Sequence[FaultWindow], t0: fl
     windows = sorted(windows, key=lambda w: w.start)
     process = [w.name for w in windows if w.kind == "process"]
     if process and on_process_fault is None:
-        raise ValueError(f"the schedule has process faults ({', '.join(sorted(set(process)))})"
-                         f" but no on_process_fault to apply them")
+        raise ValueError(
+            f"the schedule has process faults ({', '.join(sorted(set(process)))})"
+            f" but no on_process_fault to apply them"
+        )
     started: list[int] = []
 
     async def stop_at(fault_id: int, deadline: float) -> None:

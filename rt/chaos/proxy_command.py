@@ -46,8 +46,7 @@ def parse_hostport(text: str, option: str = "address") -> tuple[str, int]:
 
     Raises HostPortError naming `option` (such as "--listen") and the text.
     """
-    how = ("write HOST:PORT, such as 127.0.0.1:9000 (a port from 0 to 65535; "
-           "[::1]:9000 for IPv6)")
+    how = "write HOST:PORT, such as 127.0.0.1:9000 (a port from 0 to 65535; [::1]:9000 for IPv6)"
     host, colon, port = text.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -65,13 +64,21 @@ def format_hostport(address: tuple[str, int]) -> str:
 
 def fault_line(record: dict[str, Any], started: float) -> str:
     """One printed line for an `on_fault` record (times from the start of the command)."""
-    line = (f"+{record['t'] - started:.3f}s {record['action']} {record['window']} "
-            f"conns={record['conns']}")
+    line = (
+        f"+{record['t'] - started:.3f}s {record['action']} {record['window']} "
+        f"conns={record['conns']}"
+    )
     return line + (f" {record['spec']}" if record["action"] == "start" else "")
 
 
-async def serve_proxy(listen: str, upstream: str, faults: str | None, seed: int | None,
-                      control: str | None, duration: float | None) -> None:
+async def serve_proxy(
+    listen: str,
+    upstream: str,
+    faults: str | None,
+    seed: int | None,
+    control: str | None,
+    duration: float | None,
+) -> None:
     """Run `rt chaos proxy` until cancelled, or for `duration` seconds.
 
     Raises HostPortError or FaultSpecError (both ValueError: the caller's
@@ -86,10 +93,12 @@ async def serve_proxy(listen: str, upstream: str, faults: str | None, seed: int 
         raise FaultSpecError(
             f"{', '.join(process)}: process faults need the server's process, which rt chaos "
             f"run owns; rt chaos proxy applies only network faults (cut, stall, latency, "
-            f"bandwidth, slice, limit, slow_close, refuse)")
+            f"bandwidth, slice, limit, slow_close, refuse)"
+        )
     if duration is not None and duration <= 0:
-        raise ValueError(f"duration {duration}: give a number of seconds above 0, or none "
-                         f"to run until stopped")
+        raise ValueError(
+            f"duration {duration}: give a number of seconds above 0, or none to run until stopped"
+        )
     if seed is None:
         seed = random.SystemRandom().randrange(1, 2**31)  # printed: --seed replays it
     windows = draw_schedule(specs, seed, duration or SCHEDULE_HORIZON)
@@ -100,13 +109,15 @@ async def serve_proxy(listen: str, upstream: str, faults: str | None, seed: int 
             return  # one line per start and stop; new connections hit show in GET /faults
         print(fault_line(record, started), flush=True)
 
-    async with open_proxy(upstream_at, [(LISTENER_LABEL, *listen_at)],
-                          on_fault=on_fault) as proxy:
+    async with open_proxy(upstream_at, [(LISTENER_LABEL, *listen_at)], on_fault=on_fault) as proxy:
         async with open_control(proxy, *control_at, seed=seed) as ctl:
             where = format_hostport(proxy.addresses[LISTENER_LABEL])
-            print(f"rt chaos proxy: {where} -> {format_hostport(upstream_at)}, control "
-                  f"http://{format_hostport(ctl.address)} (seed {seed}; {len(windows)} fault "
-                  f"windows{f' over {duration:g}s' if duration else ''})", flush=True)
+            print(
+                f"rt chaos proxy: {where} -> {format_hostport(upstream_at)}, control "
+                f"http://{format_hostport(ctl.address)} (seed {seed}; {len(windows)} fault "
+                f"windows{f' over {duration:g}s' if duration else ''})",
+                flush=True,
+            )
             with trio.move_on_after(duration if duration is not None else math.inf):
                 await run_schedule(proxy, windows, trio.current_time())
                 await trio.sleep_forever()

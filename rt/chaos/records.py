@@ -117,8 +117,12 @@ class ClientSpec:
     flows: tuple[str, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"lab_id": self.lab_id, "user": self.user, "transport": self.transport,
-                "flows": list(self.flows)}
+        return {
+            "lab_id": self.lab_id,
+            "user": self.user,
+            "transport": self.transport,
+            "flows": list(self.flows),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +141,18 @@ class RunInfo:
     catch_up_limit: float = DEFAULT_CATCH_UP_LIMIT
 
     def to_json(self) -> dict[str, Any]:
-        return {"seed": self.seed, "command": self.command, "args": self.args,
-                "started": self.started, "faults_stopped": self.faults_stopped,
-                "stopped": self.stopped, "ended": self.ended,
-                "catch_up_limit": self.catch_up_limit, "flows": list(self.flows),
-                "clients": [c.to_json() for c in self.clients]}
+        return {
+            "seed": self.seed,
+            "command": self.command,
+            "args": self.args,
+            "started": self.started,
+            "faults_stopped": self.faults_stopped,
+            "stopped": self.stopped,
+            "ended": self.ended,
+            "catch_up_limit": self.catch_up_limit,
+            "flows": list(self.flows),
+            "clients": [c.to_json() for c in self.clients],
+        }
 
     @classmethod
     def from_json(cls, obj: Any) -> RunInfo:
@@ -150,20 +161,28 @@ class RunInfo:
             raise ValueError("run.json is not a JSON object")
         try:
             clients = tuple(
-                ClientSpec(lab_id=_str(c["lab_id"], "lab_id"), user=_str(c["user"], "user"),
-                           transport=_str(c.get("transport", "auto"), "transport"),
-                           flows=tuple(_str(f, "flow") for f in c.get("flows") or ()))
-                for c in obj.get("clients") or ())
+                ClientSpec(
+                    lab_id=_str(c["lab_id"], "lab_id"),
+                    user=_str(c["user"], "user"),
+                    transport=_str(c.get("transport", "auto"), "transport"),
+                    flows=tuple(_str(f, "flow") for f in c.get("flows") or ()),
+                )
+                for c in obj.get("clients") or ()
+            )
             return cls(
-                seed=obj.get("seed"), command=str(obj.get("command") or ""),
-                args=dict(obj.get("args") or {}), started=_time(obj["started"], "started"),
+                seed=obj.get("seed"),
+                command=str(obj.get("command") or ""),
+                args=dict(obj.get("args") or {}),
+                started=_time(obj["started"], "started"),
                 faults_stopped=_optional_time(obj.get("faults_stopped"), "faults_stopped"),
                 stopped=_optional_time(obj.get("stopped"), "stopped"),
                 ended=_optional_time(obj.get("ended"), "ended"),
                 flows=tuple(_str(f, "flow") for f in obj.get("flows") or ()),
                 clients=clients,
-                catch_up_limit=_time(obj.get("catch_up_limit", DEFAULT_CATCH_UP_LIMIT),
-                                     "catch_up_limit"))
+                catch_up_limit=_time(
+                    obj.get("catch_up_limit", DEFAULT_CATCH_UP_LIMIT), "catch_up_limit"
+                ),
+            )
         except KeyError as e:
             raise ValueError(f"run.json lacks the field {e.args[0]!r}") from None
         except (TypeError, AttributeError) as e:
@@ -268,8 +287,14 @@ class FaultWindow:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"window": {"name": self.name, "start": self.start, "end": self.end,
-                           "params": self.params}}
+        return {
+            "window": {
+                "name": self.name,
+                "start": self.start,
+                "end": self.end,
+                "params": self.params,
+            }
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +307,7 @@ class FaultAction:
     conns: tuple[int | str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"t": self.t, "fault": self.fault, "action": self.action,
-                "conns": list(self.conns)}
+        return {"t": self.t, "fault": self.fault, "action": self.action, "conns": list(self.conns)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +324,16 @@ class Delivery:
     n: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"t": self.t, "user": self.user, "client": self.client, "stream": self.stream,
-                "transport": self.transport, "first": self.first, "last": self.last,
-                "n": self.n}
+        return {
+            "t": self.t,
+            "user": self.user,
+            "client": self.client,
+            "stream": self.stream,
+            "transport": self.transport,
+            "first": self.first,
+            "last": self.last,
+            "n": self.n,
+        }
 
 
 # --- classifying what a client printed --------------------------------------------------
@@ -318,8 +349,12 @@ def output_kind(obj: Any) -> str | None:
         return None
     if "seen" in obj:
         event = obj["seen"]
-        ok = (isinstance(event, dict) and _is_id(event.get("id"))
-              and isinstance(event.get("flow"), str) and isinstance(event.get("type"), str))
+        ok = (
+            isinstance(event, dict)
+            and _is_id(event.get("id"))
+            and isinstance(event.get("flow"), str)
+            and isinstance(event.get("type"), str)
+        )
         return "seen" if ok else None
     if "view" in obj:
         return "view" if _is_id(obj["view"]) else None
@@ -380,8 +415,7 @@ def write_records(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.writelines(_dumps(r.to_json() if hasattr(r, "to_json") else r) + b"\n"
-                     for r in records)
+        f.writelines(_dumps(r.to_json() if hasattr(r, "to_json") else r) + b"\n" for r in records)
     return path
 
 
@@ -486,16 +520,20 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise NotARun(f"{path} is not a directory")
     info_path = path / RUN_FILE
     if not info_path.is_file():
-        raise NotARun(f"{path} has no {RUN_FILE}, so it is not a run directory "
-                      "(one that `rt chaos run --out DIR` wrote)")
+        raise NotARun(
+            f"{path} has no {RUN_FILE}, so it is not a run directory "
+            "(one that `rt chaos run --out DIR` wrote)"
+        )
     try:
         info = RunInfo.from_json(orjson.loads(info_path.read_bytes()))
     except (orjson.JSONDecodeError, ValueError) as e:
         raise NotARun(f"{info_path} is not a valid run record: {e}") from None
     history_path = path / HISTORY_FILE
     if not history_path.is_file():
-        raise NotARun(f"{path} has no {HISTORY_FILE}: the run ended before the lab "
-                      "fetched the server's log, so there is nothing to check against")
+        raise NotARun(
+            f"{path} has no {HISTORY_FILE}: the run ended before the lab "
+            "fetched the server's log, so there is nothing to check against"
+        )
 
     problems: list[str] = []
     history = _read_file(history_path, _history_event, problems)
@@ -509,8 +547,10 @@ def load_run(run_dir: str | os.PathLike) -> Run:
             clients[spec.lab_id] = ClientLog(spec.lab_id)
             continue
         if not log_path.is_file():
-            problems.append(f"{CLIENTS_DIR}/{spec.lab_id}.jsonl is missing: "
-                            "the lab recorded nothing for that client")
+            problems.append(
+                f"{CLIENTS_DIR}/{spec.lab_id}.jsonl is missing: "
+                "the lab recorded nothing for that client"
+            )
             clients[spec.lab_id] = ClientLog(spec.lab_id)
             continue
         clients[spec.lab_id] = ClientLog(spec.lab_id, _read_client(log_path))
@@ -520,13 +560,15 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     windows = [x for x in fault_lines if isinstance(x, FaultWindow)]
     actions = [x for x in fault_lines if isinstance(x, FaultAction)]
     deliveries_path = path / DELIVERIES_FILE
-    deliveries = (_read_file(deliveries_path, _delivery, problems)
-                  if deliveries_path.is_file() else None)
+    deliveries = (
+        _read_file(deliveries_path, _delivery, problems) if deliveries_path.is_file() else None
+    )
     if deliveries is None:
-        problems.append(f"no {DELIVERIES_FILE}: the server's delivery record was not "
-                        "collected, so 'one live stream' could not be checked")
-    return Run(path, info, history, clients, connections, windows, actions, deliveries,
-               problems)
+        problems.append(
+            f"no {DELIVERIES_FILE}: the server's delivery record was not "
+            "collected, so 'one live stream' could not be checked"
+        )
+    return Run(path, info, history, clients, connections, windows, actions, deliveries, problems)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -547,8 +589,10 @@ def _read_file(path: Path, parse, problems: list[str]) -> list:
     if damaged:
         quoted = ", ".join(str(n) for n in damaged[:_QUOTED_PROBLEMS])
         more = "..." if len(damaged) > _QUOTED_PROBLEMS else ""
-        problems.append(f"{path.name}: skipped {len(damaged)} malformed line(s) (line "
-                        f"{quoted}{more}); the program that wrote it wrote a bad record")
+        problems.append(
+            f"{path.name}: skipped {len(damaged)} malformed line(s) (line "
+            f"{quoted}{more}); the program that wrote it wrote a bad record"
+        )
     return records
 
 
@@ -575,8 +619,12 @@ def _read_client(path: Path) -> list[ClientEntry]:
         if out is not None:
             # `seen` is most of a log: test it inline before the general output_kind
             event = out.get("seen") if type(out) is dict else None
-            if (type(event) is dict and type(event.get("id")) is int
-                    and type(event.get("flow")) is str and type(event.get("type")) is str):
+            if (
+                type(event) is dict
+                and type(event.get("id")) is int
+                and type(event.get("flow")) is str
+                and type(event.get("type")) is str
+            ):
                 append(Printed(t, "seen", out))
                 continue
             kind = output_kind(out)
@@ -594,8 +642,12 @@ def _read_client(path: Path) -> list[ClientEntry]:
 
 
 def _history_event(obj: Any) -> dict[str, Any]:
-    if not (isinstance(obj, dict) and _is_id(obj.get("id")) and isinstance(obj.get("flow"), str)
-            and isinstance(obj.get("type"), str)):
+    if not (
+        isinstance(obj, dict)
+        and _is_id(obj.get("id"))
+        and isinstance(obj.get("flow"), str)
+        and isinstance(obj.get("type"), str)
+    ):
         raise ValueError("not a stored event")
     return obj
 
@@ -603,8 +655,9 @@ def _history_event(obj: Any) -> dict[str, Any]:
 def _connection(obj: Any) -> ConnectionEvent:
     if obj["event"] not in ("open", "close"):
         raise ValueError("event must be open or close")
-    return ConnectionEvent(_time(obj["t"], "t"), obj["conn"], _str(obj["label"], "label"),
-                           obj["event"])
+    return ConnectionEvent(
+        _time(obj["t"], "t"), obj["conn"], _str(obj["label"], "label"), obj["event"]
+    )
 
 
 def _fault_line(obj: Any) -> FaultWindow | FaultAction:
@@ -612,15 +665,31 @@ def _fault_line(obj: Any) -> FaultWindow | FaultAction:
     w = obj.get("window")
     if isinstance(w, dict):
         name = w.get("name", w.get("fault"))  # the proxy's own window records say "fault"
-        return FaultWindow(_str(name, "name"), _time(w["start"], "start"),
-                           _time(w["end"], "end"), dict(w.get("params") or {}))
-    return FaultAction(_time(obj["t"], "t"), _str(obj["fault"], "fault"),
-                       _str(obj["action"], "action"), tuple(obj.get("conns") or ()))
+        return FaultWindow(
+            _str(name, "name"),
+            _time(w["start"], "start"),
+            _time(w["end"], "end"),
+            dict(w.get("params") or {}),
+        )
+    return FaultAction(
+        _time(obj["t"], "t"),
+        _str(obj["fault"], "fault"),
+        _str(obj["action"], "action"),
+        tuple(obj.get("conns") or ()),
+    )
 
 
 def _delivery(obj: Any) -> Delivery:
     first, last, n = obj["first"], obj["last"], obj.get("n", 0)
     if not (_is_id(first) and _is_id(last) and _is_id(n)):
         raise ValueError("first, last and n must be integers")
-    return Delivery(_time(obj["t"], "t"), str(obj["user"]), str(obj["client"]),
-                    str(obj["stream"]), str(obj.get("transport", "")), first, last, n)
+    return Delivery(
+        _time(obj["t"], "t"),
+        str(obj["user"]),
+        str(obj["client"]),
+        str(obj["stream"]),
+        str(obj.get("transport", "")),
+        first,
+        last,
+        n,
+    )

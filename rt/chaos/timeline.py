@@ -57,12 +57,29 @@ _FAULTS_STOPPED = (230, 126, 34)
 _STOP_SENT = (140, 20, 30)
 _DEADLINE = (120, 120, 120)
 # Fault colours (Okabe-Ito, legible to colour-blind readers), by fault name in order.
-_FAULT_COLOURS = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-                  (0, 114, 178), (213, 94, 0), (204, 121, 167), (153, 153, 153)]
+_FAULT_COLOURS = [
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (153, 153, 153),
+]
 # Client lines when there are few (tab10).
-_CLIENT_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
-                   (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
-                   (188, 189, 34), (23, 190, 207)]
+_CLIENT_COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 class _Canvas:
@@ -88,8 +105,9 @@ class _Canvas:
     def rect(self, x0, y0, x1, y1, fill=None, outline=None, width=1) -> None:
         if x1 <= x0 or y1 <= y0:
             return
-        self.draw.rectangle(self._s(x0, y0, x1, y1), fill=fill, outline=outline,
-                            width=width * _SCALE)
+        self.draw.rectangle(
+            self._s(x0, y0, x1, y1), fill=fill, outline=outline, width=width * _SCALE
+        )
 
     def band(self, x0, y0, x1, y1, rgb, alpha: int) -> None:
         """A translucent rectangle, composited over everything at the end."""
@@ -98,8 +116,12 @@ class _Canvas:
 
     def line(self, points, fill, width: float = 1) -> None:
         if len(points) >= 2:
-            self.draw.line([(x * _SCALE, y * _SCALE) for x, y in points], fill=fill,
-                           width=max(1, round(width * _SCALE)), joint="curve")
+            self.draw.line(
+                [(x * _SCALE, y * _SCALE) for x, y in points],
+                fill=fill,
+                width=max(1, round(width * _SCALE)),
+                joint="curve",
+            )
 
     def dashed(self, x, y0, y1, fill, dash=6, gap=4, width=1.5) -> None:
         y = y0
@@ -108,8 +130,9 @@ class _Canvas:
             y += dash + gap
 
     def text(self, x, y, text, size=13, fill=_INK, anchor="la") -> None:
-        self.draw.text((x * _SCALE, y * _SCALE), text, font=self.font(size), fill=fill,
-                       anchor=anchor)
+        self.draw.text(
+            (x * _SCALE, y * _SCALE), text, font=self.font(size), fill=fill, anchor=anchor
+        )
 
     def text_width(self, text, size=13) -> float:
         return self.draw.textlength(text, font=self.font(size)) / _SCALE
@@ -187,10 +210,15 @@ def lane_sample(result: CheckResult) -> list[str]:
     ids = list(result.activity)
     if len(ids) <= MANY:
         return ids
-    violating = [c for c in ids if any(result.verdicts[n].get(c) is not None
-                                       and result.verdicts[n][c].status == VIOLATED
-                                       for n in INVARIANTS)]
-    chosen = violating[:SAMPLE_LANES // 2]
+    violating = [
+        c
+        for c in ids
+        if any(
+            result.verdicts[n].get(c) is not None and result.verdicts[n][c].status == VIOLATED
+            for n in INVARIANTS
+        )
+    ]
+    chosen = violating[: SAMPLE_LANES // 2]
     rest = [c for c in ids if c not in set(chosen)]
     room = SAMPLE_LANES - len(chosen)
     step = len(rest) / room
@@ -219,10 +247,17 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
     windows = sorted(run.windows, key=lambda w: w.start)
     fault_names = list(dict.fromkeys(w.name for w in windows))
     colour = {n: _FAULT_COLOURS[i % len(_FAULT_COLOURS)] for i, n in enumerate(fault_names)}
-    client_colour = {c: _CLIENT_COLOURS[i % len(_CLIENT_COLOURS)]
-                     for i, c in enumerate(result.activity)}
-    violated = {c: [INVARIANTS[n] for n in INVARIANTS if result.verdicts[n].get(c) is not None
-                    and result.verdicts[n][c].status == VIOLATED] for c in result.activity}
+    client_colour = {
+        c: _CLIENT_COLOURS[i % len(_CLIENT_COLOURS)] for i, c in enumerate(result.activity)
+    }
+    violated = {
+        c: [
+            INVARIANTS[n]
+            for n in INVARIANTS
+            if result.verdicts[n].get(c) is not None and result.verdicts[n][c].status == VIOLATED
+        ]
+        for c in result.activity
+    }
 
     # The vertical layout, top to bottom (logical pixels).
     title_y = 14
@@ -249,8 +284,9 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
     # The fault schedule: a row per fault, and a faint band behind everything below.
     _grid(c, x, ticks, t0, faults_y, faults_y + max(1, len(fault_names)) * fault_row)
     if not fault_names:
-        c.text(x0 + 4, faults_y + fault_row / 2, "no fault windows recorded", 12, _MUTED,
-               anchor="lm")
+        c.text(
+            x0 + 4, faults_y + fault_row / 2, "no fault windows recorded", 12, _MUTED, anchor="lm"
+        )
     for row, name in enumerate(fault_names):
         ry = faults_y + row * fault_row
         c.text(LEFT - 10, ry + fault_row / 2, name, 12, _INK, anchor="rm")
@@ -270,8 +306,10 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
         return pos_y + pos_h - (v - base) / (top_id - base) * pos_h
 
     if many:
-        what = (f"over all {len(result.activity)} clients: median (bold), slowest client "
-                "(orange), fastest (thin), against the history head (grey)")
+        what = (
+            f"over all {len(result.activity)} clients: median (bold), slowest client "
+            "(orange), fastest (thin), against the history head (grey)"
+        )
     else:
         what = "one line per client (colours as in the lanes), against the history head (grey)"
     _panel_title(c, x0, pos_y, "last seen id", what)
@@ -297,14 +335,21 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
     def cy(v: float) -> float:
         return conn_y + conn_h - v / n * conn_h
 
-    _panel_title(c, x0, conn_y, "clients connected",
-                 "with at least one connection open through the fault proxy")
+    _panel_title(
+        c,
+        x0,
+        conn_y,
+        "clients connected",
+        "with at least one connection open through the fault proxy",
+    )
     _grid(c, x, ticks, t0, conn_y, conn_y + conn_h)
     for v in sorted({0, n // 2, n}):
         c.line([(x0, cy(v)), (x1, cy(v))], _GRID, 1)
         c.text(x0 - 6, cy(v), str(v), 11, _MUTED, anchor="rm")
-    edges = sorted([(a, 1) for spans in connected.values() for a, _ in spans]
-                   + [(b, -1) for spans in connected.values() for _, b in spans])
+    edges = sorted(
+        [(a, 1) for spans in connected.values() for a, _ in spans]
+        + [(b, -1) for spans in connected.values() for _, b in spans]
+    )
     count, steps = 0, [(t0, 0)]
     for t, d in edges:
         count += d
@@ -314,10 +359,15 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
     _axis(c, x, ticks, t0, conn_y + conn_h)
 
     # Lanes: one client each.
-    _panel_title(c, x0, lanes_y - 4, "clients",
-                 f"{len(lanes)} of {len(result.activity)}: every violating one first, then "
-                 "evenly spaced" if many else
-                 "connection, last seen id rising to the head of its flows, resets, violations")
+    _panel_title(
+        c,
+        x0,
+        lanes_y - 4,
+        "clients",
+        f"{len(lanes)} of {len(result.activity)}: every violating one first, then evenly spaced"
+        if many
+        else "connection, last seen id rising to the head of its flows, resets, violations",
+    )
     marks = defaultdict(list)
     for violations in result.first.values():
         for v in violations:
@@ -333,8 +383,9 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
         c.text(LEFT - 10, ly + lane_h / 2, label, 12, _INK, anchor="rm")
         if not many:
             sx = LEFT - 10 - c.text_width(label, 12) - 16
-            c.rect(sx, ly + lane_h / 2 - 5, sx + 10, ly + lane_h / 2 + 5,
-                   fill=client_colour[lab_id])
+            c.rect(
+                sx, ly + lane_h / 2 - 5, sx + 10, ly + lane_h / 2 + 5, fill=client_colour[lab_id]
+            )
         lane_head = max((flow_heads.get(f, base) for f in a.flows), default=base)
         lane_head = lane_head if lane_head > base else top_id
 
@@ -350,14 +401,21 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
         text = ", ".join(violated[lab_id]) or "ok"
         while c.text_width(text, 11) > RIGHT - 16 and len(text) > 4:
             text = text[:-2] + "…"
-        c.text(x1 + 8, ly + lane_h / 2, text, 11, _VIOLATION if violated[lab_id] else _MUTED,
-               anchor="lm")
+        c.text(
+            x1 + 8,
+            ly + lane_h / 2,
+            text,
+            11,
+            _VIOLATION if violated[lab_id] else _MUTED,
+            anchor="lm",
+        )
 
     off_chart = _markers(c, x, info, t0, t1, markers_y, axis_y)
     _axis(c, x, ticks, t0, axis_y, label=True)
     if off_chart:
-        c.text(x1, axis_y + 22, "; ".join(off_chart) + ", right of the chart", 11, _MUTED,
-               anchor="ra")
+        c.text(
+            x1, axis_y + 22, "; ".join(off_chart) + ", right of the chart", 11, _MUTED, anchor="ra"
+        )
     _legend(c, legend_y, fault_names, colour, many)
     path.parent.mkdir(parents=True, exist_ok=True)
     c.save(path)
@@ -367,9 +425,11 @@ def draw_timeline(result: CheckResult, path: str | os.PathLike) -> Path:
 def _record_end(result: CheckResult, positions) -> float:
     """The last time anything in the records happened (the right end of the time axis)."""
     info = result.run.info
-    return max([info.started, info.ended or 0, info.stopped or 0, info.faults_stopped or 0]
-               + [s[-1][0] for s in positions.values() if s]
-               + [c.t for c in result.run.connections[-1:]])
+    return max(
+        [info.started, info.ended or 0, info.stopped or 0, info.faults_stopped or 0]
+        + [s[-1][0] for s in positions.values() if s]
+        + [c.t for c in result.run.connections[-1:]]
+    )
 
 
 def _ticks(span: float) -> list[float]:
@@ -382,10 +442,15 @@ def _title(c: _Canvas, result: CheckResult, span: float, y: float) -> None:
     verdict = "PASS" if result.ok else "FAIL"
     head = f"rt chaos run: {verdict}"
     c.text(LEFT, y, head, 22, fill=_PASS if result.ok else _VIOLATION)
-    c.text(LEFT + c.text_width(head, 22) + 16, y + 7,
-           f"{'no seed' if info.seed is None else f'seed {info.seed}'}    "
-           f"{len(result.activity)} clients    "
-           f"{len(result.run.history)} events    {span:.1f} s", 14, fill=_MUTED)
+    c.text(
+        LEFT + c.text_width(head, 22) + 16,
+        y + 7,
+        f"{'no seed' if info.seed is None else f'seed {info.seed}'}    "
+        f"{len(result.activity)} clients    "
+        f"{len(result.run.history)} events    {span:.1f} s",
+        14,
+        fill=_MUTED,
+    )
     command = info.command or "(no command recorded)"
     limit = WIDTH - LEFT - 20
     if c.text_width(command, 12) > limit:
@@ -393,8 +458,11 @@ def _title(c: _Canvas, result: CheckResult, span: float, y: float) -> None:
             command = command[:-1]
         command += "…"
     c.text(LEFT, y + 33, command, 12, fill=_MUTED)
-    failed = [f"{INVARIANTS[n]} ({result.violation_totals[n]})" for n in INVARIANTS
-              if result.violation_totals[n]]
+    failed = [
+        f"{INVARIANTS[n]} ({result.violation_totals[n]})"
+        for n in INVARIANTS
+        if result.violation_totals[n]
+    ]
     summary = ("violated: " + ", ".join(failed)) if failed else "every invariant held"
     c.text(LEFT, y + 51, summary, 12, fill=_VIOLATION if failed else _PASS)
 
@@ -416,10 +484,17 @@ def _markers(c: _Canvas, x, info, t0, t1, y, bottom) -> list[str]:
     Returns a note for each marker that falls right of the chart (the caller prints them).
     """
     markers: list[tuple[float | None, str, tuple[int, int, int], tuple[int, int] | None]] = [
-        (info.faults_stopped, "faults stopped", _FAULTS_STOPPED, (6, 4))]
+        (info.faults_stopped, "faults stopped", _FAULTS_STOPPED, (6, 4))
+    ]
     if info.faults_stopped is not None:
-        markers.append((info.faults_stopped + info.catch_up_limit,
-                        f"catch-up deadline (+{info.catch_up_limit:g} s)", _DEADLINE, (2, 4)))
+        markers.append(
+            (
+                info.faults_stopped + info.catch_up_limit,
+                f"catch-up deadline (+{info.catch_up_limit:g} s)",
+                _DEADLINE,
+                (2, 4),
+            )
+        )
     markers.append((info.stopped, "stop sent", _STOP_SENT, None))
     placed: list[tuple[float, float]] = []
     off_chart = []
@@ -490,8 +565,9 @@ def _draw_aggregate(c: _Canvas, x, y, positions, t0, t1, x0, x1) -> None:
             highs.append((px, y(values[-1])))
     if not mids:
         return
-    c.overlay_draw.polygon([(px * _SCALE, py * _SCALE) for px, py in highs + lows[::-1]],
-                           fill=(*_POSITION, 28))
+    c.overlay_draw.polygon(
+        [(px * _SCALE, py * _SCALE) for px, py in highs + lows[::-1]], fill=(*_POSITION, 28)
+    )
     c.line(highs, _POSITION, 1)
     c.line(lows, _SLOWEST, 1.8)
     c.line(mids, _POSITION, 2.5)
@@ -502,17 +578,31 @@ def _axis(c: _Canvas, x, ticks, t0, y0, label: bool = False) -> None:
         c.line([(x(t0 + s), y0), (x(t0 + s), y0 + 4)], _MUTED, 1)
         c.text(x(t0 + s), y0 + 6, f"{s:g}", 11, _MUTED, anchor="ma")
     if label:
-        c.text((LEFT + WIDTH - RIGHT) / 2, y0 + 22, "seconds since the run started", 12,
-               _INK, anchor="ma")
+        c.text(
+            (LEFT + WIDTH - RIGHT) / 2,
+            y0 + 22,
+            "seconds since the run started",
+            12,
+            _INK,
+            anchor="ma",
+        )
 
 
 def _legend(c: _Canvas, y: float, fault_names, colour, many: bool) -> None:
-    items = [("rect", _CONNECTED, "connected"), ("rect", _DISCONNECTED, "no connection"),
-             ("line", _POSITION, "last seen id (lanes)"), ("wide", _HEAD, "history head")]
+    items = [
+        ("rect", _CONNECTED, "connected"),
+        ("rect", _DISCONNECTED, "no connection"),
+        ("line", _POSITION, "last seen id (lanes)"),
+        ("wide", _HEAD, "history head"),
+    ]
     if many:
         items += [("line", _POSITION, "median"), ("line", _SLOWEST, "slowest client")]
-    items += [("tick", _RESET, "reset (a new view)"), ("cross", _VIOLATION, "violation"),
-              ("line", _FAULTS_STOPPED, "faults stopped"), ("line", _STOP_SENT, "stop sent")]
+    items += [
+        ("tick", _RESET, "reset (a new view)"),
+        ("cross", _VIOLATION, "violation"),
+        ("line", _FAULTS_STOPPED, "faults stopped"),
+        ("line", _STOP_SENT, "stop sent"),
+    ]
     items += [("rect", colour[n], f"fault: {n}") for n in fault_names]
     px: float = LEFT
     row_y = y

@@ -34,7 +34,20 @@ from rt.client.recorder import LabRecorder
 from rt.client.transports import TRANSPORTS
 
 __all__ = [
-    "Client", "ClientClosed", "ClientError", "GaveUp", "LabRecorder", "Listener",
-    "NetworkError", "Op", "Post", "ProtocolError", "Stats", "StreamFailed", "TRANSPORTS",
-    "Timeouts", "connect", "open_client",
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "GaveUp",
+    "LabRecorder",
+    "Listener",
+    "NetworkError",
+    "Op",
+    "Post",
+    "ProtocolError",
+    "Stats",
+    "StreamFailed",
+    "TRANSPORTS",
+    "Timeouts",
+    "connect",
+    "open_client",
 ]

@@ -89,8 +89,21 @@ class Stats:
 class _Link:
     """One connection attempt (the `Link` of rt/client/transports/base.py)."""
 
-    __slots__ = ("client", "transport", "origin", "headers", "timeouts", "ready", "ready_at",
-                 "started", "start_cursor", "heartbeat", "poll_timeout", "poll_pool", "callback")
+    __slots__ = (
+        "client",
+        "transport",
+        "origin",
+        "headers",
+        "timeouts",
+        "ready",
+        "ready_at",
+        "started",
+        "start_cursor",
+        "heartbeat",
+        "poll_timeout",
+        "poll_pool",
+        "callback",
+    )
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -136,12 +149,23 @@ class Client:
     `stats`.
     """
 
-    def __init__(self, url: str, token: str, flows: Iterable[str], transport: str = "ws", *,
-                 listener: Listener | None = None, client_id: str | None = None,
-                 cursor: int | None = None, epoch: str | None = None,
-                 timeouts: Timeouts | None = None, concurrency: int = 4,
-                 give_up_after: float | None = None, backoff_cap: float = 5.0,
-                 name: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        flows: Iterable[str],
+        transport: str = "ws",
+        *,
+        listener: Listener | None = None,
+        client_id: str | None = None,
+        cursor: int | None = None,
+        epoch: str | None = None,
+        timeouts: Timeouts | None = None,
+        concurrency: int = 4,
+        give_up_after: float | None = None,
+        backoff_cap: float = 5.0,
+        name: str = "",
+    ) -> None:
         self._origin = Origin.parse(url)
         if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
             raise ValueError("token must be the user's bearer token (a non-empty string)")
@@ -173,14 +197,26 @@ class Client:
         self._poll_timeout = 25.0
         self._backoff = Backoff(0.2, backoff_cap)
         t = self.timeouts
-        self._ops_pool = HttpPool(self._origin, connect_timeout=t.connect, write_timeout=t.write,
-                                  max_idle=max(1, concurrency))
-        self._poll_pool = HttpPool(self._origin, connect_timeout=t.connect,
-                                   write_timeout=t.write, max_idle=1)
-        self._outbox = Outbox(self._ops_pool, self._headers, request_timeout=t.request,
-                              on_acked=self._acked, on_gave_up=self._gave_up,
-                              concurrency=concurrency, give_up_after=give_up_after,
-                              backoff_cap=backoff_cap, name=self.name)
+        self._ops_pool = HttpPool(
+            self._origin,
+            connect_timeout=t.connect,
+            write_timeout=t.write,
+            max_idle=max(1, concurrency),
+        )
+        self._poll_pool = HttpPool(
+            self._origin, connect_timeout=t.connect, write_timeout=t.write, max_idle=1
+        )
+        self._outbox = Outbox(
+            self._ops_pool,
+            self._headers,
+            request_timeout=t.request,
+            on_acked=self._acked,
+            on_gave_up=self._gave_up,
+            concurrency=concurrency,
+            give_up_after=give_up_after,
+            backoff_cap=backoff_cap,
+            name=self.name,
+        )
         self._stopping = False
         self._stopped = trio.Event()
         self._opened = trio.Event()
@@ -188,8 +224,7 @@ class Client:
         self._outbox_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
-        return (f"<rt.client.Client {self.name} {self.transport} {self.state} "
-                f"cursor={self._cursor}>")
+        return f"<rt.client.Client {self.name} {self.transport} {self.state} cursor={self._cursor}>"
 
     # -- public surface ------------------------------------------------------------
 
@@ -219,11 +254,19 @@ class Client:
             raise TypeError("content must be a string")
         return self._add(Op("edit", check_flow(flow), message=_target(message), content=content))
 
-    def tag(self, flow: str, message: int | Op, add: Iterable[str] = (),
-            remove: Iterable[str] = ()) -> Op:
+    def tag(
+        self, flow: str, message: int | Op, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> Op:
         """Add and remove tags of a message."""
-        return self._add(Op("tag", check_flow(flow), message=_target(message), add=list(add),
-                            remove=list(remove)))
+        return self._add(
+            Op(
+                "tag",
+                check_flow(flow),
+                message=_target(message),
+                add=list(add),
+                remove=list(remove),
+            )
+        )
 
     def delete(self, flow: str, message: int | Op) -> Op:
         return self._add(Op("delete", check_flow(flow), message=_target(message)))
@@ -264,8 +307,12 @@ class Client:
         try:
             getattr(self.listener, method)(*args)
         except Exception:
-            log.exception("rt.client %s: the listener's %s raised; the client goes on "
-                          "(a bug in the listener)", self.name, method)
+            log.exception(
+                "rt.client %s: the listener's %s raised; the client goes on "
+                "(a bug in the listener)",
+                self.name,
+                method,
+            )
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -290,8 +337,11 @@ class Client:
         if self._stopped.is_set():
             return
         self._stopping = True
-        self._outbox.abandon("stopped", "the client stopped before the server acknowledged "
-                             "this op; it may or may not be stored")
+        self._outbox.abandon(
+            "stopped",
+            "the client stopped before the server acknowledged "
+            "this op; it may or may not be stored",
+        )
         self._stream_scope.cancel()
         self._outbox_scope.cancel()
         self._set_state("stopped")
@@ -322,8 +372,12 @@ class Client:
                 end = await RUNNERS[link.transport](link)
             except NetworkError as error:
                 if isinstance(error, ProtocolError):
-                    log.warning("rt.client %s: %s stream broke the protocol (%s); reconnecting",
-                                self.name, link.transport, error)
+                    log.warning(
+                        "rt.client %s: %s stream broke the protocol (%s); reconnecting",
+                        self.name,
+                        link.transport,
+                        error,
+                    )
                 end = Lost(str(error))
             delay = self._after(link, end)
             if delay is None:
@@ -349,8 +403,7 @@ class Client:
                 continue
             if kind == "close":
                 reason = obj.get("reason")
-                return Closed(reason if isinstance(reason, str) else "unknown",
-                              obj.get("retry_ms"))
+                return Closed(reason if isinstance(reason, str) else "unknown", obj.get("retry_ms"))
             if not link.ready:
                 raise ProtocolError(f"{link.transport}: a {kind!r} object before ready")
             ident = obj.get("id")
@@ -378,9 +431,13 @@ class Client:
         elif self._cursor is not None and cursor > self._cursor:
             # Not a reset, yet the stream continues past events we never got: a gap
             # the server did not own up to. Start over from where it stands, loudly.
-            log.warning("rt.client %s: the server's ready continues after %d, beyond our cursor "
-                        "%d, without reset: a server bug; restarting the view there",
-                        self.name, cursor, self._cursor)
+            log.warning(
+                "rt.client %s: the server's ready continues after %d, beyond our cursor "
+                "%d, without reset: a server bug; restarting the view there",
+                self.name,
+                cursor,
+                self._cursor,
+            )
             self._restart_view(cursor, epoch)
         self._opened_link(link)
 
@@ -423,8 +480,14 @@ class Client:
             return self._after_refusal(link, end)
         self.stats.end("lost")
         delay = self._backoff.next()
-        log.info("rt.client %s: %s stream lost (%s); reconnecting in %.2f s from %s", self.name,
-                 link.transport, end.why, delay, self._cursor)
+        log.info(
+            "rt.client %s: %s stream lost (%s); reconnecting in %.2f s from %s",
+            self.name,
+            link.transport,
+            end.why,
+            delay,
+            self._cursor,
+        )
         return delay
 
     def _after_close(self, link: _Link, end: Closed) -> float | None:
@@ -450,13 +513,20 @@ class Client:
             # back from them (and they from us, for ever).
             old, self.client_id = self.client_id, make_client_id()
             self.stats.new_client_ids += 1
-            log.info("rt.client %s: %s as %s; reconnecting as %s", self.name, reason, old,
-                     self.client_id)
+            log.info(
+                "rt.client %s: %s as %s; reconnecting as %s", self.name, reason, old, self.client_id
+            )
             return self._backoff.next()
         if reason == "unauthorized":
-            self._fail(StreamFailed("unauthorized", "the server ended the stream: the token "
-                                    "was revoked or lost access to a flow; get a new token "
-                                    "or fix the flows", status=401))
+            self._fail(
+                StreamFailed(
+                    "unauthorized",
+                    "the server ended the stream: the token "
+                    "was revoked or lost access to a flow; get a new token "
+                    "or fix the flows",
+                    status=401,
+                )
+            )
             return None
         return self._backoff.next()  # a reason this client does not know
 
@@ -470,10 +540,15 @@ class Client:
         if status == 408 or status >= 500:
             return self._backoff.next()
         code = end.code or ("unauthorized" if status == 401 else f"http_{status}")
-        self._fail(StreamFailed(code, f"the server refused the {link.transport} stream with "
-                                f"{status} {code}: {end.message or 'no reason given'} "
-                                f"(the token, the flows or a parameter is wrong)",
-                                status=status))
+        self._fail(
+            StreamFailed(
+                code,
+                f"the server refused the {link.transport} stream with "
+                f"{status} {code}: {end.message or 'no reason given'} "
+                f"(the token, the flows or a parameter is wrong)",
+                status=status,
+            )
+        )
         return None
 
     def _fail(self, error: StreamFailed) -> None:
@@ -495,8 +570,15 @@ def _target(message: int | Op) -> int | Op:
 
 
 @asynccontextmanager
-async def connect(url: str, token: str, flows: Iterable[str], transport: str = "ws", *,
-                  stop_timeout: float = 10.0, **options: Any) -> AsyncIterator[Client]:
+async def connect(
+    url: str,
+    token: str,
+    flows: Iterable[str],
+    transport: str = "ws",
+    *,
+    stop_timeout: float = 10.0,
+    **options: Any,
+) -> AsyncIterator[Client]:
     """A running `Client` for the block; leaving the block stops it (`stop(stop_timeout)`:
     every op acknowledged or given up first), or abandons it at once if the block raised.
 
@@ -526,5 +608,13 @@ async def connect(url: str, token: str, flows: Iterable[str], transport: str = "
 
 open_client = connect  # the house's name for an async context manager
 
-__all__ = ["CALLBACK", "Client", "ClientError", "STATES", "Stats", "Timeouts", "connect",
-           "open_client"]
+__all__ = [
+    "CALLBACK",
+    "Client",
+    "ClientError",
+    "STATES",
+    "Stats",
+    "Timeouts",
+    "connect",
+    "open_client",
+]

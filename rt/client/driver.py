@@ -49,10 +49,13 @@ class Settings:
         if missing:
             raise KeyError(", ".join(missing))
         transport = env.get("RT_TRANSPORT") or "auto"
-        return cls(url=env["RT_URL"], token=env["RT_TOKEN"],
-                   flows=[f for f in env["RT_FLOWS"].split(",") if f],
-                   transport="ws" if transport == "auto" else transport,
-                   lab_id=env.get("RT_LAB_ID") or "client")
+        return cls(
+            url=env["RT_URL"],
+            token=env["RT_TOKEN"],
+            flows=[f for f in env["RT_FLOWS"].split(",") if f],
+            transport="ws" if transport == "auto" else transport,
+            lab_id=env.get("RT_LAB_ID") or "client",
+        )
 
 
 class JsonLines:
@@ -68,16 +71,21 @@ class JsonLines:
 
 async def stdin_lines() -> AsyncIterator[bytes]:
     # A thread, not a non-blocking fd: stdin may be shared with a terminal or a parent.
-    while line := await trio.to_thread.run_sync(sys.stdin.buffer.readline,
-                                                abandon_on_cancel=True):
+    while line := await trio.to_thread.run_sync(sys.stdin.buffer.readline, abandon_on_cancel=True):
         yield line
 
 
 async def drive(settings: Settings, lines: AsyncIterator[bytes], write) -> int:
     recorder = LabRecorder(write)
-    async with connect(settings.url, settings.token, settings.flows, settings.transport,
-                       listener=recorder, name=settings.lab_id,
-                       stop_timeout=STOP_TIMEOUT) as client:
+    async with connect(
+        settings.url,
+        settings.token,
+        settings.flows,
+        settings.transport,
+        listener=recorder,
+        name=settings.lab_id,
+        stop_timeout=STOP_TIMEOUT,
+    ) as client:
         async for line in lines:
             try:
                 command = orjson.loads(line)
@@ -103,13 +111,19 @@ async def drive(settings: Settings, lines: AsyncIterator[bytes], write) -> int:
 
 def main() -> int:
     lab_id = os.environ.get("RT_LAB_ID") or "client"
-    logging.basicConfig(stream=sys.stderr, level=os.environ.get("RT_LOG", "WARNING").upper(),
-                        format=f"%(asctime)s {lab_id} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("RT_LOG", "WARNING").upper(),
+        format=f"%(asctime)s {lab_id} %(name)s %(levelname)s %(message)s",
+    )
     try:
         settings = Settings.from_env(dict(os.environ))
     except KeyError as error:
-        print(f"rt.client.driver: set {error.args[0]} (LAB.md section 2: RT_URL, RT_TOKEN, "
-              "RT_FLOWS, RT_TRANSPORT, RT_LAB_ID)", file=sys.stderr)
+        print(
+            f"rt.client.driver: set {error.args[0]} (LAB.md section 2: RT_URL, RT_TOKEN, "
+            "RT_FLOWS, RT_TRANSPORT, RT_LAB_ID)",
+            file=sys.stderr,
+        )
         return 2
     out = JsonLines(sys.stdout.buffer)
     return trio.run(drive, settings, stdin_lines(), out.write)

@@ -71,8 +71,9 @@ class GaveUp(ClientError):
     seconds). `status` is the HTTP status when the server answered.
     """
 
-    def __init__(self, code: str, message: str, *, status: int | None = None,
-                 op: Any = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, status: int | None = None, op: Any = None
+    ) -> None:
         super().__init__(message, code=code)
         self.status = status
         self.op = op

@@ -78,14 +78,16 @@ async def open_stream(origin: Origin, timeout: float) -> trio.abc.Stream:
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(origin.host, origin.port)
             if origin.tls:
-                stream = trio.SSLStream(stream, _ssl_context(), server_hostname=origin.host,
-                                        https_compatible=True)
+                stream = trio.SSLStream(
+                    stream, _ssl_context(), server_hostname=origin.host, https_compatible=True
+                )
                 await stream.do_handshake()
     except trio.TooSlowError:
         if stream is not None:
             await trio.aclose_forcefully(stream)
-        raise NetworkError(f"connecting to {origin} took more than {timeout:g} s",
-                           code="timeout") from None
+        raise NetworkError(
+            f"connecting to {origin} took more than {timeout:g} s", code="timeout"
+        ) from None
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as error:
         if stream is not None:
             await trio.aclose_forcefully(stream)
@@ -101,8 +103,9 @@ async def send_all(stream: trio.abc.Stream, data: bytes, timeout: float, what: s
     except trio.TooSlowError:
         raise NetworkError(f"{what}: a write blocked for {timeout:g} s", code="timeout") from None
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as error:
-        raise NetworkError(f"{what}: the connection failed ({error or type(error).__name__})") \
-            from None
+        raise NetworkError(
+            f"{what}: the connection failed ({error or type(error).__name__})"
+        ) from None
 
 
 async def receive_some(stream: trio.abc.Stream, timeout: float, what: str) -> bytes:
@@ -111,11 +114,13 @@ async def receive_some(stream: trio.abc.Stream, timeout: float, what: str) -> by
         with trio.fail_after(max(0.0, timeout)):
             return bytes(await stream.receive_some(65536))
     except trio.TooSlowError:
-        raise NetworkError(f"{what}: no byte from the server for {timeout:g} s",
-                           code="timeout") from None
+        raise NetworkError(
+            f"{what}: no byte from the server for {timeout:g} s", code="timeout"
+        ) from None
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as error:
-        raise NetworkError(f"{what}: the connection failed ({error or type(error).__name__})") \
-            from None
+        raise NetworkError(
+            f"{what}: the connection failed ({error or type(error).__name__})"
+        ) from None
 
 
 @dataclass
@@ -165,15 +170,22 @@ class HttpConnection:
     async def open(cls, origin: Origin, timeout: float) -> HttpConnection:
         return cls(await open_stream(origin, timeout), origin)
 
-    async def send_request(self, method: str, target: str, headers: Iterable[tuple[str, str]],
-                           body: bytes | None, timeout: float) -> None:
+    async def send_request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+        timeout: float,
+    ) -> None:
         self._what = f"{method} {target.split('?', 1)[0]}"
         hs = [("Host", self.origin.host_header), ("User-Agent", USER_AGENT), *headers]
         if body is not None:
             hs.append(("Content-Length", str(len(body))))
         try:
-            data = self._h11.send(h11.Request(method=method, target=self.origin.prefix + target,
-                                              headers=hs))
+            data = self._h11.send(
+                h11.Request(method=method, target=self.origin.prefix + target, headers=hs)
+            )
             if body:
                 data += self._h11.send(h11.Data(data=body))
             data += self._h11.send(h11.EndOfMessage())
@@ -188,10 +200,12 @@ class HttpConnection:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as error:
                 if eof:  # the connection ended mid-response: cut, not broken
-                    raise NetworkError(f"{self._what}: the connection closed mid-response "
-                                       f"({error})") from None
-                raise ProtocolError(f"{self._what}: the server's answer broke HTTP "
-                                    f"({error})") from None
+                    raise NetworkError(
+                        f"{self._what}: the connection closed mid-response ({error})"
+                    ) from None
+                raise ProtocolError(
+                    f"{self._what}: the server's answer broke HTTP ({error})"
+                ) from None
             if event is not h11.NEED_DATA:
                 return event
             data = await receive_some(self._stream, timeout, self._what)
@@ -218,8 +232,9 @@ class HttpConnection:
                     headers[key] = f"{headers[key]}, {text}" if key in headers else text
                 return Head(event.status_code, headers)
             if isinstance(event, h11.ConnectionClosed):
-                raise NetworkError(f"{self._what}: the server closed the connection "
-                                   "before answering")
+                raise NetworkError(
+                    f"{self._what}: the server closed the connection before answering"
+                )
             raise ProtocolError(f"{self._what}: unexpected {type(event).__name__}")
 
     async def receive_data(self, timeout: float) -> bytes:
@@ -272,8 +287,15 @@ class HttpPool:
     timeout) are closed rather than reused.
     """
 
-    def __init__(self, origin: Origin, *, connect_timeout: float, write_timeout: float,
-                 max_idle: int = 4, idle_ttl: float = 4.0) -> None:
+    def __init__(
+        self,
+        origin: Origin,
+        *,
+        connect_timeout: float,
+        write_timeout: float,
+        max_idle: int = 4,
+        idle_ttl: float = 4.0,
+    ) -> None:
         self.origin = origin
         self.connect_timeout = connect_timeout
         self.write_timeout = write_timeout
@@ -291,9 +313,17 @@ class HttpPool:
             await conn.aclose()
         return None
 
-    async def request(self, method: str, target: str, headers: Iterable[tuple[str, str]] = (),
-                      body: bytes | None = None, *, head_timeout: float, read_timeout: float,
-                      limit: int = 1 << 20) -> Response:
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes | None = None,
+        *,
+        head_timeout: float,
+        read_timeout: float,
+        limit: int = 1 << 20,
+    ) -> Response:
         """Send one request and read its whole answer (`head_timeout` bounds each wait for the
         head, `read_timeout` each wait for body bytes). Raises NetworkError."""
         headers = list(headers)

@@ -67,12 +67,34 @@ class Op:
     the server had already stored, None before any answer).
     """
 
-    __slots__ = ("kind", "flow", "uuid", "content", "message", "add", "remove", "state",
-                 "result", "error", "attempts", "status", "created", "_settled")
+    __slots__ = (
+        "kind",
+        "flow",
+        "uuid",
+        "content",
+        "message",
+        "add",
+        "remove",
+        "state",
+        "result",
+        "error",
+        "attempts",
+        "status",
+        "created",
+        "_settled",
+    )
 
-    def __init__(self, kind: str, flow: str, *, content: str | None = None,
-                 message: int | Op | None = None, add: list[str] | None = None,
-                 remove: list[str] | None = None, uuid: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        flow: str,
+        *,
+        content: str | None = None,
+        message: int | Op | None = None,
+        add: list[str] | None = None,
+        remove: list[str] | None = None,
+        uuid: str | None = None,
+    ) -> None:
         if kind not in _EVENT_TYPES:
             raise ValueError(f"unknown op {kind!r}")
         self.kind = kind
@@ -123,12 +145,19 @@ class Op:
             return "POST", base, orjson.dumps({"content": self.content, "uuid": self.uuid})
         target = self.message.id if isinstance(self.message, Op) else self.message
         if self.kind == "edit":
-            return ("PATCH", f"{base}/{target}",
-                    orjson.dumps({"content": self.content, "uuid": self.uuid}))
+            return (
+                "PATCH",
+                f"{base}/{target}",
+                orjson.dumps({"content": self.content, "uuid": self.uuid}),
+            )
         if self.kind == "tag":
-            return ("POST", f"{base}/{target}/tags",
-                    orjson.dumps({"add": self.add or [], "remove": self.remove or [],
-                                  "uuid": self.uuid}))
+            return (
+                "POST",
+                f"{base}/{target}/tags",
+                orjson.dumps(
+                    {"add": self.add or [], "remove": self.remove or [], "uuid": self.uuid}
+                ),
+            )
         return "DELETE", f"{base}/{target}?uuid={quote(self.uuid, safe='')}", None
 
     def valid_result(self, body: Any) -> bool:
@@ -145,14 +174,26 @@ Post = Op
 class Outbox:
     """The ops of one client, sent in order over `pool` (see the module docstring)."""
 
-    def __init__(self, pool: HttpPool, headers: list[tuple[str, str]], *, request_timeout: float,
-                 on_acked: Callable[[Op, dict[str, Any]], None],
-                 on_gave_up: Callable[[Op, str], None], concurrency: int = 4,
-                 give_up_after: float | None = None, backoff_base: float = 0.2,
-                 backoff_cap: float = 5.0, name: str = "") -> None:
+    def __init__(
+        self,
+        pool: HttpPool,
+        headers: list[tuple[str, str]],
+        *,
+        request_timeout: float,
+        on_acked: Callable[[Op, dict[str, Any]], None],
+        on_gave_up: Callable[[Op, str], None],
+        concurrency: int = 4,
+        give_up_after: float | None = None,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 5.0,
+        name: str = "",
+    ) -> None:
         self._pool = pool
-        self._headers = [*headers, ("Content-Type", "application/json"),
-                         ("Accept", "application/json")]
+        self._headers = [
+            *headers,
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ]
         self._timeout = request_timeout
         self._on_acked = on_acked
         self._on_gave_up = on_gave_up
@@ -206,18 +247,26 @@ class Outbox:
                 try:
                     await op.message.wait()
                 except GaveUp:
-                    self._give_up(op, GaveUp("not_found", "the post this op aims at was given up",
-                                             op=op))
+                    self._give_up(
+                        op, GaveUp("not_found", "the post this op aims at was given up", op=op)
+                    )
                     return
                 if op.message.id is None:
-                    self._give_up(op, GaveUp("not_found", "the op this op aims at stored no "
-                                             "message", op=op))
+                    self._give_up(
+                        op, GaveUp("not_found", "the op this op aims at stored no message", op=op)
+                    )
                     return
             while not op.settled:
-                if (self.give_up_after is not None
-                        and trio.current_time() - op.created > self.give_up_after):
-                    self._give_up(op, GaveUp("timeout", f"not acknowledged within "
-                                             f"{self.give_up_after:g} s", op=op))
+                if (
+                    self.give_up_after is not None
+                    and trio.current_time() - op.created > self.give_up_after
+                ):
+                    self._give_up(
+                        op,
+                        GaveUp(
+                            "timeout", f"not acknowledged within {self.give_up_after:g} s", op=op
+                        ),
+                    )
                     return
                 delay = await self._attempt(op)
                 if delay is not None:
@@ -235,13 +284,24 @@ class Outbox:
         op.attempts += 1
         method, path, body = op.request()
         try:
-            response = await self._pool.request(method, path, self._headers, body,
-                                                head_timeout=self._timeout,
-                                                read_timeout=self._timeout)
+            response = await self._pool.request(
+                method,
+                path,
+                self._headers,
+                body,
+                head_timeout=self._timeout,
+                read_timeout=self._timeout,
+            )
         except NetworkError as error:
             # The op may or may not have reached the server: its uuid makes the retry safe.
-            log.info("rt.client %s: %s %s attempt %d failed (%s); retrying with the same uuid",
-                     self._name, op.kind, op.uuid, op.attempts, error)
+            log.info(
+                "rt.client %s: %s %s attempt %d failed (%s); retrying with the same uuid",
+                self._name,
+                op.kind,
+                op.uuid,
+                op.attempts,
+                error,
+            )
             return self._delay(op)
         op.status = response.status
         verdict = classify(response.status)
@@ -250,19 +310,36 @@ class Outbox:
             if op.valid_result(result):
                 self._ack(op, result)
                 return None
-            log.warning("rt.client %s: %s %s answered %d with %r, not its result (the server's "
-                        "fault); retrying with the same uuid", self._name, op.kind, op.uuid,
-                        response.status, response.body[:200])
+            log.warning(
+                "rt.client %s: %s %s answered %d with %r, not its result (the server's "
+                "fault); retrying with the same uuid",
+                self._name,
+                op.kind,
+                op.uuid,
+                response.status,
+                response.body[:200],
+            )
             return self._delay(op)
         if verdict == "retry":
             wait = parse_retry_after(response.header("retry-after"))
-            log.info("rt.client %s: %s %s got %d; retrying with the same uuid", self._name,
-                     op.kind, op.uuid, response.status)
+            log.info(
+                "rt.client %s: %s %s got %d; retrying with the same uuid",
+                self._name,
+                op.kind,
+                op.uuid,
+                response.status,
+            )
             return clamp(wait, 0.0, 60.0) if wait is not None else self._delay(op)
         code, message = response.error()
-        self._give_up(op, GaveUp(code or f"http_{response.status}",
-                                 message or f"the server answered {response.status}",
-                                 status=response.status, op=op))
+        self._give_up(
+            op,
+            GaveUp(
+                code or f"http_{response.status}",
+                message or f"the server answered {response.status}",
+                status=response.status,
+                op=op,
+            ),
+        )
         return None
 
     def _settle(self, op: Op) -> None:

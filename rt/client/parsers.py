@@ -222,16 +222,16 @@ class MultipartParser:
             if state == "start":
                 # The first delimiter may stand at the very start of the body.
                 if buf.startswith(delim):
-                    del buf[:len(delim)]
+                    del buf[: len(delim)]
                     self._state = "boundary"
                     continue
                 if len(buf) < len(delim) and delim.startswith(buf):
                     break
                 i = buf.find(b"\r\n" + delim)
                 if i < 0:  # a preamble: keep only what may start the delimiter
-                    del buf[:max(0, len(buf) - len(delim) - 1)]
+                    del buf[: max(0, len(buf) - len(delim) - 1)]
                     break
-                del buf[:i + 2 + len(delim)]
+                del buf[: i + 2 + len(delim)]
                 self._state = "boundary"
             elif state == "boundary":
                 # After `--B`: `--` closes; else optional padding, then CRLF.
@@ -248,7 +248,7 @@ class MultipartParser:
                     raise ProtocolError(f"multipart: bad delimiter line {bytes(buf[:80])!r}")
                 if buf[:i].strip(b" \t"):
                     raise ProtocolError(f"multipart: bad delimiter line {bytes(buf[:i])!r}")
-                del buf[:i + 2]
+                del buf[: i + 2]
                 self._state = "headers"
                 self._type = b"application/json"
             elif state == "headers":
@@ -258,7 +258,7 @@ class MultipartParser:
                         raise ProtocolError("multipart: a part's headers never end")
                     break
                 line = bytes(buf[:i])
-                del buf[:i + 2]
+                del buf[: i + 2]
                 if not line:
                     self._state = "body"
                     self._scan = 0
@@ -279,7 +279,7 @@ class MultipartParser:
                 if b"json" not in self._type:
                     raise ProtocolError(f"multipart: a part of type {self._type!r}, not JSON")
                 out.extend(_objects(buf[:i], "multipart part"))
-                del buf[:i + 2]
+                del buf[: i + 2]
                 self._state = "delim"
             elif state == "delim":
                 if len(buf) < len(delim):
@@ -288,7 +288,7 @@ class MultipartParser:
                     raise ProtocolError("multipart: a part's body went on past its first CRLF")
                 if not buf.startswith(delim):
                     raise ProtocolError("multipart: a part's body went on past its first CRLF")
-                del buf[:len(delim)]
+                del buf[: len(delim)]
                 self._state = "boundary"
             else:  # done: the epilogue is ignored
                 buf.clear()
@@ -313,8 +313,7 @@ class HtmlFileParser:
     """
 
     def __init__(self, callback: str | None = None) -> None:
-        self._binding = (b"var p=parent." + callback.encode("ascii") + b";"
-                         if callback else None)
+        self._binding = b"var p=parent." + callback.encode("ascii") + b";" if callback else None
         self._buf = bytearray()
         self._preamble = True
         self._scan = 0
@@ -351,16 +350,17 @@ class HtmlFileParser:
                     self._scan = max(len(_SCRIPT_OPEN), len(buf) - len(_SCRIPT_END) + 1)
                     _check_size(buf, "htmlfile script")
                     break
-                body = buf[len(_SCRIPT_OPEN):j]
+                body = buf[len(_SCRIPT_OPEN) : j]
                 if not body.endswith(b");"):
-                    raise ProtocolError(f"htmlfile: a script that is not p(ARRAY); "
-                                        f"{bytes(buf[:80])!r}")
+                    raise ProtocolError(
+                        f"htmlfile: a script that is not p(ARRAY); {bytes(buf[:80])!r}"
+                    )
                 out.extend(_objects(body[:-2], "htmlfile script"))
-                del buf[:j + len(_SCRIPT_END)]
+                del buf[: j + len(_SCRIPT_END)]
                 self._scan = 0
                 continue
             if buf.startswith(_HTML_END):
-                del buf[:len(_HTML_END)]
+                del buf[: len(_HTML_END)]
                 self.closed = True
                 continue
             if _SCRIPT_OPEN.startswith(buf) or _HTML_END.startswith(buf):
@@ -403,4 +403,4 @@ class JsonpParser(PollParser):
         body = body.rstrip(_WHITESPACE)
         if not body.startswith(self._open) or not body.endswith(b");"):
             raise ProtocolError(f"jsonp: not a call of the callback: {body[:80]!r}")
-        return body[len(self._open):-2]
+        return body[len(self._open) : -2]

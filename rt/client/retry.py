@@ -25,8 +25,9 @@ def make_uuid() -> str:
 
 def check_flow(flow: object) -> str:
     if not isinstance(flow, str) or not FLOW_RE.fullmatch(flow):
-        raise ValueError(f"not a flow name: {flow!r} (1 to 64 of a-z 0-9 _ -, "
-                         "starting with a letter or digit)")
+        raise ValueError(
+            f"not a flow name: {flow!r} (1 to 64 of a-z 0-9 _ -, starting with a letter or digit)"
+        )
     return flow
 
 
@@ -45,8 +46,14 @@ class Backoff:
     it breaks), and one that stayed up long enough resets it (`reset()`).
     """
 
-    def __init__(self, base: float = 0.2, cap: float = 5.0, *, after_ready: int = 2,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        base: float = 0.2,
+        cap: float = 5.0,
+        *,
+        after_ready: int = 2,
+        rng: random.Random | None = None,
+    ) -> None:
         self.base = base
         self.cap = cap
         self.after_ready = after_ready
@@ -98,7 +105,7 @@ RETRY_STATUSES = frozenset({408, 429})
 
 
 def classify(status: int) -> str:
-    """"ok", "retry" or "fail" for an op answered with HTTP `status` (PROTOCOL.md section 4).
+    """ "ok", "retry" or "fail" for an op answered with HTTP `status` (PROTOCOL.md section 4).
 
     Retry: 429 and 503 (after `Retry-After`), 408, and every other 5xx.
     Fail: every other 4xx (400, 401, 403, 404, 409, 413, ...) and anything

@@ -75,9 +75,15 @@ class WsClientProtocol:
 
     def __init__(self, host: str, target: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         self._ws = WSConnection(ConnectionType.CLIENT)
-        self._out = bytearray(self._ws.send(Request(
-            host=host, target=target,
-            extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers])))
+        self._out = bytearray(
+            self._ws.send(
+                Request(
+                    host=host,
+                    target=target,
+                    extra_headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                )
+            )
+        )
         self._text: list[str] = []
         self._size = 0
         self._reject: _Reject | None = None
@@ -133,8 +139,9 @@ class WsClientProtocol:
             elif isinstance(event, AcceptConnection):
                 out.append(Accepted())
             elif isinstance(event, RejectConnection):
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                           for k, v in event.headers}
+                headers = {
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers
+                }
                 self._reject = _Reject(event.status_code, headers)
                 if not event.has_body:
                     out.append(self._rejected())
@@ -179,8 +186,15 @@ class WebSocket:
         self.last_byte = trio.current_time()
 
     @classmethod
-    async def connect(cls, origin: Origin, target: str, headers: Iterable[tuple[str, str]],
-                      *, connect_timeout: float, write_timeout: float) -> WebSocket:
+    async def connect(
+        cls,
+        origin: Origin,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        *,
+        connect_timeout: float,
+        write_timeout: float,
+    ) -> WebSocket:
         """Open the TCP connection and send the upgrade request (its answer comes as an event)."""
         stream = await open_stream(origin, connect_timeout)
         proto = WsClientProtocol(origin.host_header, origin.prefix + target, headers)

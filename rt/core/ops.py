@@ -47,13 +47,24 @@ class Op:
 
 
 def post_op(user: str, flow: str, body: dict[str, Any]) -> Op:
-    return Op("message", user, check_flow(flow), check_uuid(body.get("uuid")),
-              content=check_content(body.get("content")))
+    return Op(
+        "message",
+        user,
+        check_flow(flow),
+        check_uuid(body.get("uuid")),
+        content=check_content(body.get("content")),
+    )
 
 
 def edit_op(user: str, flow: str, message: Any, body: dict[str, Any]) -> Op:
-    return Op("edit", user, check_flow(flow), check_uuid(body.get("uuid")),
-              message=check_message_id(message), content=check_content(body.get("content")))
+    return Op(
+        "edit",
+        user,
+        check_flow(flow),
+        check_uuid(body.get("uuid")),
+        message=check_message_id(message),
+        content=check_content(body.get("content")),
+    )
 
 
 def tag_op(user: str, flow: str, message: Any, body: dict[str, Any]) -> Op:
@@ -63,13 +74,19 @@ def tag_op(user: str, flow: str, message: Any, body: dict[str, Any]) -> Op:
         raise bad_request("a tag change needs at least one tag in add or remove")
     if set(add) & set(remove):
         raise bad_request("a tag cannot be both added and removed in one change")
-    return Op("tag", user, check_flow(flow), check_uuid(body.get("uuid")),
-              message=check_message_id(message), add=tuple(add), remove=tuple(remove))
+    return Op(
+        "tag",
+        user,
+        check_flow(flow),
+        check_uuid(body.get("uuid")),
+        message=check_message_id(message),
+        add=tuple(add),
+        remove=tuple(remove),
+    )
 
 
 def delete_op(user: str, flow: str, message: Any, uuid: Any) -> Op:
-    return Op("delete", user, check_flow(flow), check_uuid(uuid),
-              message=check_message_id(message))
+    return Op("delete", user, check_flow(flow), check_uuid(uuid), message=check_message_id(message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +137,15 @@ def plan(op: Op, state: MessageState | None, flow_owner: str | None) -> NoOp | C
             return NoOp(state)
         if len(tags) > MAX_TAGS:
             raise bad_request(f"a message holds at most {MAX_TAGS} tags")
-        return Change({**base, "message": state.id, "add": list(op.add),
-                       "remove": list(op.remove), "tags": sorted(tags)})
+        return Change(
+            {
+                **base,
+                "message": state.id,
+                "add": list(op.add),
+                "remove": list(op.remove),
+                "tags": sorted(tags),
+            }
+        )
     raise ValueError(f"unknown op kind {op.kind!r}")
 
 
@@ -129,8 +153,9 @@ def next_state(state: MessageState | None, event: dict[str, Any]) -> MessageStat
     """The message state after stored `event` (which has id and sent)."""
     kind = event["type"]
     if kind == "message":
-        return MessageState(event["id"], event["flow"], event["user"], event["sent"],
-                            event["content"])
+        return MessageState(
+            event["id"], event["flow"], event["user"], event["sent"], event["content"]
+        )
     assert state is not None, "only a post makes a message"
     if kind == "edit":
         return _replace(state, content=event["content"], edited=event["id"])

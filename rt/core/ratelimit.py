@@ -34,7 +34,8 @@ class TokenBuckets:
 
     def _forget_full(self, now: float) -> None:
         self._buckets = {
-            k: (t, s) for k, (t, s) in self._buckets.items()
+            k: (t, s)
+            for k, (t, s) in self._buckets.items()
             if t + (now - s) * self.rate < self.burst
         }
 

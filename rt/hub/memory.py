@@ -38,8 +38,17 @@ from rt.hub.contracts import DirectSink
 class Subscriber:
     """One stream's bounded buffer of live events."""
 
-    __slots__ = ("flows", "max_objects", "max_bytes", "_items", "_bytes", "lagging",
-                 "detached", "_lot", "direct")
+    __slots__ = (
+        "flows",
+        "max_objects",
+        "max_bytes",
+        "_items",
+        "_bytes",
+        "lagging",
+        "detached",
+        "_lot",
+        "direct",
+    )
 
     def __init__(self, flows: Iterable[str], max_objects: int, max_bytes: int) -> None:
         self.flows = frozenset(flows)

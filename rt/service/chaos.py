@@ -81,8 +81,9 @@ def parse_spec(spec: str) -> dict[str, float]:
         elif name in KINDS or name == SIGNAL:
             every[name] = interval
         else:
-            raise ChaosSpecError(f"unknown chaos kind {name!r}; the kinds are all, "
-                                 + ", ".join((*KINDS, SIGNAL)))
+            raise ChaosSpecError(
+                f"unknown chaos kind {name!r}; the kinds are all, " + ", ".join((*KINDS, SIGNAL))
+            )
     if not every:
         raise ChaosSpecError("an empty --chaos SPEC; say all, or some of " + ", ".join(KINDS))
     return every
@@ -117,8 +118,11 @@ class Chaos:
         return ", ".join(f"{kind} every ~{every:g}s" for kind, every in self.every.items())
 
     async def run(self) -> None:
-        log.warning("rt: --chaos is ON: this server forces rare answers on purpose (%s). "
-                    "Never run it for real users.", self.describe())
+        log.warning(
+            "rt: --chaos is ON: this server forces rare answers on purpose (%s). "
+            "Never run it for real users.",
+            self.describe(),
+        )
         async with trio.open_nursery() as nursery:
             for kind, every in self.every.items():
                 if kind != SIGNAL:
@@ -134,9 +138,16 @@ class Chaos:
         if kind in STREAM_KINDS:
             # A polling session is hit only while a poll waits, so the close is
             # its answer (between polls, ending it would only start a new one).
-            candidates = [s for s in self._sessions() if s.ended is None and (
-                (kind == "superseded" and s.pending) if s.is_polling
-                else kind != "rotate" or s.transport in ROTATING)]
+            candidates = [
+                s
+                for s in self._sessions()
+                if s.ended is None
+                and (
+                    (kind == "superseded" and s.pending)
+                    if s.is_polling
+                    else kind != "rotate" or s.transport in ROTATING
+                )
+            ]
             if not candidates:
                 return False
             session = self.random.choice(sorted(candidates, key=lambda s: s.key))
@@ -153,15 +164,21 @@ class Chaos:
         """Raise 429 if one is armed (ops only)."""
         if self._armed.rate_limited:
             self._armed.rate_limited -= 1
-            raise RtError("rate_limited", "too many operations; slow down (rt --chaos)",
-                          retry_after=self.random.uniform(0.2, 1.5))
+            raise RtError(
+                "rate_limited",
+                "too many operations; slow down (rt --chaos)",
+                retry_after=self.random.uniform(0.2, 1.5),
+            )
 
     def check_request(self) -> None:
         """Raise 503 if one is armed (ops, stream and poll requests)."""
         if self._armed.draining:
             self._armed.draining -= 1
-            raise RtError("shutting_down", "the server is restarting; retry shortly "
-                          "(rt --chaos)", retry_after=self.random.uniform(0.5, 2.0))
+            raise RtError(
+                "shutting_down",
+                "the server is restarting; retry shortly (rt --chaos)",
+                retry_after=self.random.uniform(0.5, 2.0),
+            )
 
     def ack_delay(self) -> float:
         """Seconds to hold back the answer of an op that has just committed."""

@@ -52,10 +52,21 @@ class DeliveryRecord:
             return
         if session.record_name is None:
             session.record_name = self.stream_name()
-        self._file.write(orjson.dumps({
-            "t": time.time(), "user": session.user, "client": session.client,
-            "stream": session.record_name, "transport": session.transport,
-            "first": first, "last": last, "n": n}) + b"\n")
+        self._file.write(
+            orjson.dumps(
+                {
+                    "t": time.time(),
+                    "user": session.user,
+                    "client": session.client,
+                    "stream": session.record_name,
+                    "transport": session.transport,
+                    "first": first,
+                    "last": last,
+                    "n": n,
+                }
+            )
+            + b"\n"
+        )
 
     def close(self) -> None:
         self._file.close()

@@ -47,8 +47,9 @@ class TallyCounter(Collector):
     `<name>_total` with the label.
     """
 
-    def __init__(self, name: str, documentation: str, label: str,
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self, name: str, documentation: str, label: str, registry: CollectorRegistry
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.label = label
@@ -75,26 +76,50 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.streams_open = Gauge("rt_streams_open", "Streams open now", ["transport"], registry=r)
-        self.streams_opened = Counter("rt_streams_opened", "Streams opened", ["transport"],
-                                      registry=r)
+        self.streams_opened = Counter(
+            "rt_streams_opened", "Streams opened", ["transport"], registry=r
+        )
         self.events_stored = Counter("rt_events_stored", "Stored events committed", registry=r)
-        self.events_delivered = TallyCounter("rt_events_delivered",
-                                             "Events (stored and ephemeral) written to streams",
-                                             "transport", registry=r)
-        self.resumes = Counter("rt_resumes", "Streams opened with a valid cursor",
-                               ["transport"], registry=r)
-        self.resets = Counter("rt_resets", "Streams whose cursor or epoch was invalid (reset)",
-                              ["transport"], registry=r)
-        self.takeovers = Counter("rt_takeovers", "Streams superseded by a newer one "
-                                 "with the same client id", ["transport"], registry=r)
-        self.lagging = Counter("rt_lagging", "Streams ended because the client could not "
-                               "keep up", ["transport"], registry=r)
-        self.write_timeouts = Counter("rt_write_timeouts", "Streams dropped because a write "
-                                      "was blocked for write-timeout", ["transport"], registry=r)
+        self.events_delivered = TallyCounter(
+            "rt_events_delivered",
+            "Events (stored and ephemeral) written to streams",
+            "transport",
+            registry=r,
+        )
+        self.resumes = Counter(
+            "rt_resumes", "Streams opened with a valid cursor", ["transport"], registry=r
+        )
+        self.resets = Counter(
+            "rt_resets",
+            "Streams whose cursor or epoch was invalid (reset)",
+            ["transport"],
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "rt_takeovers",
+            "Streams superseded by a newer one with the same client id",
+            ["transport"],
+            registry=r,
+        )
+        self.lagging = Counter(
+            "rt_lagging",
+            "Streams ended because the client could not keep up",
+            ["transport"],
+            registry=r,
+        )
+        self.write_timeouts = Counter(
+            "rt_write_timeouts",
+            "Streams dropped because a write was blocked for write-timeout",
+            ["transport"],
+            registry=r,
+        )
         self.op_latency = Histogram(
-            "rt_op_latency_seconds", "Time from receiving an op to its answer", ["op"],
+            "rt_op_latency_seconds",
+            "Time from receiving an op to its answer",
+            ["op"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=r)
+            registry=r,
+        )
         for transport in ALL_TRANSPORTS:
             self.streams_open.labels(transport)
             self.events_delivered.labels(transport)

@@ -211,15 +211,21 @@ class Polling:
     a claimant (claim, start, count); False when a newer claimant won.
     """
 
-    def __init__(self, ctx: SessionContext, open_session: OpenSession,
-                 poll_rate: float) -> None:
+    def __init__(self, ctx: SessionContext, open_session: OpenSession, poll_rate: float) -> None:
         self.ctx = ctx
         self._open_session = open_session
         self.rate = TokenBuckets(poll_rate, max(1.0, poll_rate))
 
     async def poll(
-        self, *, user: str, token: str, client: str, flows: list[str], transport: str,
-        cursor: int | None, epoch: str | None,
+        self,
+        *,
+        user: str,
+        token: str,
+        client: str,
+        flows: list[str],
+        transport: str,
+        cursor: int | None,
+        epoch: str | None,
     ) -> list[bytes]:
         """Answer one poll (encoded objects); raises RtError for refusals.
 
@@ -227,15 +233,22 @@ class Polling:
         """
         wait = self.rate.take((user, client), trio.current_time())
         if wait:
-            raise RtError("rate_limited", "polling too fast; poll again after the answer",
-                          retry_after=wait)
+            raise RtError(
+                "rate_limited", "polling too fast; poll again after the answer", retry_after=wait
+            )
         session = self.ctx.claims.holder((user, client))
-        if (not isinstance(session, PollingSession) or session.ended is not None
-                or cursor is None or session.flows != flows
-                or session.transport != transport or epoch != self.ctx.feed.epoch):
+        if (
+            not isinstance(session, PollingSession)
+            or session.ended is not None
+            or cursor is None
+            or session.flows != flows
+            or session.transport != transport
+            or epoch != self.ctx.feed.epoch
+        ):
             # A poll without a cursor, or with other flows, starts the session over.
-            session = PollingSession(self.ctx, user=user, token=token, client=client,
-                                     flows=flows, transport=transport)
+            session = PollingSession(
+                self.ctx, user=user, token=token, client=client, flows=flows, transport=transport
+            )
             if not await self._open_session(session, cursor, epoch):
                 return [encode(close_frame("superseded"))]
             cursor = session.ready["cursor"]
@@ -245,8 +258,11 @@ class Polling:
     def expire(self, now: float) -> None:
         """Finish sessions that saw no poll for `presence-grace`."""
         for session in self.ctx.claims.claimants():
-            if isinstance(session, PollingSession) and not session.pending \
-                    and session.expires_at <= now:
+            if (
+                isinstance(session, PollingSession)
+                and not session.pending
+                and session.expires_at <= now
+            ):
                 session.finish()
 
     async def run(self) -> None:

@@ -44,8 +44,9 @@ REFRESH_INTERVAL = 0.5  # how often changes by the `rt` CLI are picked up
 
 
 class Service:
-    def __init__(self, config: Config, backend: Backend, hub: Hub,
-                 hooks: Hooks | None = None) -> None:
+    def __init__(
+        self, config: Config, backend: Backend, hub: Hub, hooks: Hooks | None = None
+    ) -> None:
         hooks = hooks or Hooks()
         self.config = config
         self.backend = backend
@@ -53,33 +54,46 @@ class Service:
         self.hub = hub
         self.hooks = hooks
         self.metrics = Metrics()
-        self.feed = Feed(backend.log, window=config.window, publish_to=self._publish,
-                         after_commit=hooks.after_commit)
+        self.feed = Feed(
+            backend.log,
+            window=config.window,
+            publish_to=self._publish,
+            after_commit=hooks.after_commit,
+        )
         self.writer = BatchWriter(backend.log, self.feed)
         self.presence = backend.presence
         self.claims = backend.claims
-        self.claims.on_takeover = lambda old: self.metrics.takeovers.labels(
-            old.transport).inc()
+        self.claims.on_takeover = lambda old: self.metrics.takeovers.labels(old.transport).inc()
         self.tickets = backend.tickets
-        self.delivery_record = (DeliveryRecord(config.delivery_record)
-                                if config.delivery_record else None)
+        self.delivery_record = (
+            DeliveryRecord(config.delivery_record) if config.delivery_record else None
+        )
         self.context = SessionContext(
-            feed=self.feed, hub=hub, presence=self.presence, claims=self.claims,
-            metrics=self.metrics, limits=SessionLimits(
-                buffer_objects=config.buffer_objects, buffer_bytes=config.buffer_bytes,
-                heartbeat=config.heartbeat, poll_timeout=config.poll_timeout,
-                poll_linger=config.poll_linger, poll_mailbox=config.poll_mailbox,
-                presence_grace=config.presence_grace),
-            on_delivery=self._on_delivery if (self.delivery_record or hooks.on_delivery)
-            else None)
+            feed=self.feed,
+            hub=hub,
+            presence=self.presence,
+            claims=self.claims,
+            metrics=self.metrics,
+            limits=SessionLimits(
+                buffer_objects=config.buffer_objects,
+                buffer_bytes=config.buffer_bytes,
+                heartbeat=config.heartbeat,
+                poll_timeout=config.poll_timeout,
+                poll_linger=config.poll_linger,
+                poll_mailbox=config.poll_mailbox,
+                presence_grace=config.presence_grace,
+            ),
+            on_delivery=self._on_delivery if (self.delivery_record or hooks.on_delivery) else None,
+        )
         self.polling = Polling(self.context, self.open_session, config.poll_rate)
         self.ops_limit = TokenBuckets(config.ops_rate, config.ops_burst)
         self.guest_limit = TokenBuckets(config.guest_rate / 60.0, max(1.0, config.guest_rate))
         self._typing_seen: dict[tuple[str, str], float] = {}
         self.draining = False
         self.started = time.time()
-        self.chaos = (Chaos(config.chaos, config.chaos_seed, self.claims.claimants)
-                      if config.chaos else None)
+        self.chaos = (
+            Chaos(config.chaos, config.chaos_seed, self.claims.claimants) if config.chaos else None
+        )
 
     def _publish(self, events: list[Event]) -> None:
         self.hub.publish(events)
@@ -113,8 +127,10 @@ class Service:
         if authorization:
             return self.authenticate(authorization)
         if not ticket:
-            raise RtError("unauthorized", "a stream needs a ticket (POST /auth/ticket) or an "
-                                          "Authorization header")
+            raise RtError(
+                "unauthorized",
+                "a stream needs a ticket (POST /auth/ticket) or an Authorization header",
+            )
         record = await self.tickets.redeem(ticket, client)
         if self.directory.authenticate(record.token) != record.user:
             raise RtError("unauthorized", "the token behind this ticket was revoked")
@@ -126,8 +142,9 @@ class Service:
         name = check_user(name, "name")
         wait = self.guest_limit.take(address, trio.current_time())
         if wait:
-            raise RtError("rate_limited", "too many guest accounts from this address",
-                          retry_after=wait)
+            raise RtError(
+                "rate_limited", "too many guest accounts from this address", retry_after=wait
+            )
         token = await self.directory.create_user(name, guest=True)
         return name, token
 
@@ -200,26 +217,39 @@ class Service:
         self._typing_seen[key] = now
         self.backend.bus.publish(typing_event(flow, user))
 
-    async def history(self, user: str, flow: str, *, before: int | None, after: int | None,
-                      limit: int, tag: str | None) -> dict[str, Any]:
+    async def history(
+        self,
+        user: str,
+        flow: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        tag: str | None,
+    ) -> dict[str, Any]:
         self.require_flow(user, flow)
         head = self.feed.head
         states = await self.feed.history(flow, before=before, after=after, limit=limit, tag=tag)
-        return {"cursor": head, "epoch": self.feed.epoch,
-                "messages": [s.to_dict() for s in states]}
+        return {"cursor": head, "epoch": self.feed.epoch, "messages": [s.to_dict() for s in states]}
 
     def check_draining(self) -> None:
         if self.draining:
-            raise RtError("shutting_down", "the server is restarting; retry shortly",
-                          retry_after=2)
+            raise RtError("shutting_down", "the server is restarting; retry shortly", retry_after=2)
         if self.chaos is not None:
             self.chaos.check_request()
 
     # -- streams -----------------------------------------------------------
 
     async def open_stream(
-        self, *, user: str, token: str, client: str, flows: list[str], transport: str,
-        cursor: int | None, epoch: str | None,
+        self,
+        *,
+        user: str,
+        token: str,
+        client: str,
+        flows: list[str],
+        transport: str,
+        cursor: int | None,
+        epoch: str | None,
     ) -> StreamSession:
         """Claim (user, client), subscribe and build `ready`.
 
@@ -230,22 +260,37 @@ class Service:
         self.check_draining()
         for name in flows:
             self.require_flow(user, name)
-        session = StreamSession(self.context, user=user, client=client, flows=flows,
-                                transport=transport, token=token)
+        session = StreamSession(
+            self.context, user=user, client=client, flows=flows, transport=transport, token=token
+        )
         if not await self.open_session(session, cursor, epoch):
             raise StreamEnd("superseded")
         return session
 
     async def poll(
-        self, *, user: str, token: str, client: str, flows: list[str], transport: str,
-        cursor: int | None, epoch: str | None,
+        self,
+        *,
+        user: str,
+        token: str,
+        client: str,
+        flows: list[str],
+        transport: str,
+        cursor: int | None,
+        epoch: str | None,
     ) -> list[bytes]:
         """Answer one poll of a polling session (encoded objects); RtError for refusals."""
         self.check_draining()
         for name in flows:
             self.require_flow(user, name)
-        return await self.polling.poll(user=user, token=token, client=client, flows=flows,
-                                       transport=transport, cursor=cursor, epoch=epoch)
+        return await self.polling.poll(
+            user=user,
+            token=token,
+            client=client,
+            flows=flows,
+            transport=transport,
+            cursor=cursor,
+            epoch=epoch,
+        )
 
     async def open_session(self, session: Any, cursor: int | None, epoch: str | None) -> bool:
         """The one way a stream or polling session opens: claim, start, count.
@@ -280,8 +325,11 @@ class Service:
         for session in self.claims.claimants():
             if session.ended is not None:
                 continue
-            lost = [f for f in session.flows
-                    if (flow := directory.flow(f)) is None or not flow.readable_by(session.user)]
+            lost = [
+                f
+                for f in session.flows
+                if (flow := directory.flow(f)) is None or not flow.readable_by(session.user)
+            ]
             if directory.authenticate(session.token) != session.user:
                 lost = session.flows
             if lost:
@@ -322,7 +370,10 @@ class Service:
 
 @asynccontextmanager
 async def open_service(
-    config: Config, *, backend: Backend | None = None, hub: Hub | None = None,
+    config: Config,
+    *,
+    backend: Backend | None = None,
+    hub: Hub | None = None,
     hooks: Hooks | None = None,
 ) -> AsyncIterator[Service]:
     """A running Service: the backend open, the feed loaded, the writer and the
@@ -349,8 +400,7 @@ async def open_service(
 
 
 @asynccontextmanager
-async def _backend_for(config: Config, hub: Hub,
-                       backend: Backend | None) -> AsyncIterator[Backend]:
+async def _backend_for(config: Config, hub: Hub, backend: Backend | None) -> AsyncIterator[Backend]:
     if backend is not None:
         yield backend
         return

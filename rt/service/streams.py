@@ -114,15 +114,40 @@ class StreamSession:
     """One open stream of one user and client id over one transport."""
 
     # Slots: one of these lives as long as each idle connection.
-    __slots__ = ("ctx", "user", "client", "flows", "flow_set", "transport", "token", "done",
-                 "ready", "last_id", "_sub", "_catching_up", "_end", "present_in", "_finished",
-                 "_write", "_writing", "_nudged", "record_name", "counted")
+    __slots__ = (
+        "ctx",
+        "user",
+        "client",
+        "flows",
+        "flow_set",
+        "transport",
+        "token",
+        "done",
+        "ready",
+        "last_id",
+        "_sub",
+        "_catching_up",
+        "_end",
+        "present_in",
+        "_finished",
+        "_write",
+        "_writing",
+        "_nudged",
+        "record_name",
+        "counted",
+    )
 
     is_polling = False
 
     def __init__(
-        self, ctx: SessionContext, *, user: str, client: str, flows: list[str],
-        transport: str, token: str,
+        self,
+        ctx: SessionContext,
+        *,
+        user: str,
+        client: str,
+        flows: list[str],
+        transport: str,
+        token: str,
     ) -> None:
         self.ctx = ctx
         self.user = user
@@ -169,8 +194,9 @@ class StreamSession:
         # one has the user in its snapshot (and no redundant event after it).
         ctx.presence.join(self.user, self.flows)
         self.present_in = list(self.flows)
-        self._sub = ctx.hub.subscribe(self.flows, max_objects=limits.buffer_objects,
-                                      max_bytes=limits.buffer_bytes)
+        self._sub = ctx.hub.subscribe(
+            self.flows, max_objects=limits.buffer_objects, max_bytes=limits.buffer_bytes
+        )
         head = feed.head
         reset = False
         if cursor is None and epoch is None:
@@ -182,9 +208,15 @@ class StreamSession:
             start, reset = head, True
         self.last_id = start
         self.ready = {
-            "type": "ready", "protocol": 1, "cursor": start, "epoch": feed.epoch,
-            "reset": reset, "flows": self.flows, "client": self.client,
-            "transport": self.transport, "heartbeat": _seconds(limits.heartbeat),
+            "type": "ready",
+            "protocol": 1,
+            "cursor": start,
+            "epoch": feed.epoch,
+            "reset": reset,
+            "flows": self.flows,
+            "client": self.client,
+            "transport": self.transport,
+            "heartbeat": _seconds(limits.heartbeat),
             "poll_timeout": _seconds(limits.poll_timeout),
             "presence": ctx.presence.snapshot(self.flows),
         }
@@ -226,7 +258,8 @@ class StreamSession:
                 return False
         except Exception:  # a bug in the direct path must not reach the store's writer
             logging.getLogger("rt").exception(
-                "rt: direct write failed; this stream falls back to buffered writes")
+                "rt: direct write failed; this stream falls back to buffered writes"
+            )
             self._write = None
             if self._sub is not None:
                 self._sub.direct = None
@@ -244,8 +277,9 @@ class StreamSession:
     def resubscribe(self) -> Subscriber:
         """A fresh subscription in place of one that overflowed (polling's mailbox)."""
         limits = self.ctx.limits
-        self._sub = self.ctx.hub.subscribe(self.flows, max_objects=limits.buffer_objects,
-                                           max_bytes=limits.buffer_bytes)
+        self._sub = self.ctx.hub.subscribe(
+            self.flows, max_objects=limits.buffer_objects, max_bytes=limits.buffer_bytes
+        )
         return self._sub
 
     def writing(self) -> None:

@@ -17,8 +17,7 @@ from rt.store.writer import BatchWriter
 
 
 @asynccontextmanager
-async def open_storage(db: str, *, sync: str = "normal"
-                       ) -> AsyncIterator[tuple[Log, Directory]]:
+async def open_storage(db: str, *, sync: str = "normal") -> AsyncIterator[tuple[Log, Directory]]:
     """The log and the directory for a `--db` value: `:memory:`, or a SQLite file."""
     log: Log
     directory: Directory
@@ -49,5 +48,15 @@ async def open_directory(db: str) -> AsyncIterator[Directory]:
         yield directory
 
 
-__all__ = ["BatchWriter", "Directory", "Feed", "Log", "MemoryDirectory", "MemoryLog",
-           "OpResult", "UserRecord", "open_directory", "open_storage"]
+__all__ = [
+    "BatchWriter",
+    "Directory",
+    "Feed",
+    "Log",
+    "MemoryDirectory",
+    "MemoryLog",
+    "OpResult",
+    "UserRecord",
+    "open_directory",
+    "open_storage",
+]

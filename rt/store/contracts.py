@@ -128,14 +128,19 @@ class Log(ABC):
         """
 
     @abstractmethod
-    async def read(self, flows: Iterable[str], after: int, upto: int,
-                   limit: int) -> list[Event]:
+    async def read(self, flows: Iterable[str], after: int, upto: int, limit: int) -> list[Event]:
         """Committed events of `flows` with after < id <= upto, in id order, at most `limit`."""
 
     @abstractmethod
     async def history(
-        self, flow: str, *, before: int | None, after: int | None, limit: int,
-        tag: str | None, upto: int,
+        self,
+        flow: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        tag: str | None,
+        upto: int,
     ) -> list[MessageState]:
         """Message states of `flow` with id <= upto, in id order (PROTOCOL.md 4, GET messages).
 
@@ -196,7 +201,11 @@ class Directory(ABC):
 
     @abstractmethod
     async def create_flow(
-        self, name: str, *, private: bool = False, owner: str | None = None,
+        self,
+        name: str,
+        *,
+        private: bool = False,
+        owner: str | None = None,
         members: Iterable[str] = (),
     ) -> Flow:
         """Create a flow; its owner is a member. RtError `exists` if the name is taken,

@@ -39,9 +39,14 @@ class PublishFailed(RuntimeError):
 class Feed:
     """The window, the head and the hub hand-over of one node (see the module docstring)."""
 
-    def __init__(self, log: Log, *, window: int,
-                 publish_to: Callable[[list[Event]], None] = lambda events: None,
-                 after_commit: AfterCommit | None = None) -> None:
+    def __init__(
+        self,
+        log: Log,
+        *,
+        window: int,
+        publish_to: Callable[[list[Event]], None] = lambda events: None,
+        after_commit: AfterCommit | None = None,
+    ) -> None:
         self.log = log
         self.head = 0
         self.publish_to = publish_to
@@ -117,12 +122,20 @@ class Feed:
             return self._window.read(wanted, after, limit)
         return await self.log.read(wanted, after, self.head, limit)
 
-    async def history(self, flow: str, *, before: int | None, after: int | None,
-                      limit: int, tag: str | None = None) -> list[MessageState]:
+    async def history(
+        self,
+        flow: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        tag: str | None = None,
+    ) -> list[MessageState]:
         """Message states up to `head` (a page read with cursor `head` must not hold a
         message committed but not yet published: a stream from that cursor would
         deliver it a second time)."""
         if limit <= 0:
             return []
-        return await self.log.history(flow, before=before, after=after, limit=limit,
-                                      tag=tag, upto=self.head)
+        return await self.log.history(
+            flow, before=before, after=after, limit=limit, tag=tag, upto=self.head
+        )

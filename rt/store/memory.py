@@ -62,8 +62,10 @@ class MemoryLog(Log):
         if seen is not None:
             fingerprint, event_id, body = seen
             if fingerprint != op.fingerprint:
-                return RtError("uuid_mismatch", f"uuid {op.uuid} was used for another op; "
-                                                "make a new uuid for a new op")
+                return RtError(
+                    "uuid_mismatch",
+                    f"uuid {op.uuid} was used for another op; make a new uuid for a new op",
+                )
             if event_id is not None:
                 event = self._log.get(event_id)
                 assert event is not None
@@ -94,15 +96,16 @@ class MemoryLog(Log):
         self._uuids[key] = (op.fingerprint, event_id, None)
         return OpResult(201 if data["type"] == "message" else 200, event.data, event)
 
-    async def read(self, flows: Iterable[str], after: int, upto: int,
-                   limit: int) -> list[Event]:
-        return [e for e in self._log.read(frozenset(flows), after, limit)
-                if e.id <= upto]  # type: ignore[operator]
+    async def read(self, flows: Iterable[str], after: int, upto: int, limit: int) -> list[Event]:
+        return [e for e in self._log.read(frozenset(flows), after, limit) if e.id <= upto]  # type: ignore[operator]
 
     async def history(self, flow, *, before, after, limit, tag, upto):
         ids = self._by_flow.get(flow, [])
-        states = [self._states[i] for i in ids if i <= upto
-                  and (before is None or i < before) and (after is None or i > after)]
+        states = [
+            self._states[i]
+            for i in ids
+            if i <= upto and (before is None or i < before) and (after is None or i > after)
+        ]
         if tag is not None:
             states = [s for s in states if tag in s.tags]
         return states[:limit] if after is not None else states[-limit:] if limit else []

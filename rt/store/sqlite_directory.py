@@ -42,8 +42,7 @@ def _load(conn: sqlite3.Connection) -> _Cache:
     d = _Cache()
     conn.execute("BEGIN")  # one snapshot for all four tables
     try:
-        d.version = conn.execute(
-            "SELECT value FROM meta WHERE key = 'dir_version'").fetchone()[0]
+        d.version = conn.execute("SELECT value FROM meta WHERE key = 'dir_version'").fetchone()[0]
         for name, guest, created in conn.execute("SELECT name, guest, created FROM users"):
             d.users[name] = UserRecord(name, bool(guest), created)
         d.tokens = dict(conn.execute("SELECT hash, user FROM tokens").fetchall())
@@ -98,8 +97,9 @@ class SqliteDirectory(Directory):
         the caches were loaded, the caches (which the caller updates) stay
         current; otherwise the next `refresh` reloads them.
         """
-        return await trio.to_thread.run_sync(self._admin_write_sync, fn, args,
-                                             limiter=self._admin_limiter)
+        return await trio.to_thread.run_sync(
+            self._admin_write_sync, fn, args, limiter=self._admin_limiter
+        )
 
     def _admin_write_sync(self, fn: Callable[..., _T], args: tuple) -> _T:
         conn = self._admin
@@ -183,8 +183,9 @@ class SqliteDirectory(Directory):
         async with self._dir_lock:
             if self._watch is None:
                 return False
-            loaded = await trio.to_thread.run_sync(self._refresh_sync, self._watch,
-                                                   limiter=self._admin_limiter)
+            loaded = await trio.to_thread.run_sync(
+                self._refresh_sync, self._watch, limiter=self._admin_limiter
+            )
             if loaded is None:
                 return False
             self._dir = loaded
@@ -216,18 +217,19 @@ def _require_flow(conn: sqlite3.Connection, name: str) -> Flow:
     row = conn.execute("SELECT private, owner FROM flows WHERE name = ?", (name,)).fetchone()
     if row is None:
         raise RtError("not_found", f"no flow named {name}")
-    members = frozenset(u for (u,) in conn.execute(
-        "SELECT user FROM members WHERE flow = ?", (name,)))
+    members = frozenset(
+        u for (u,) in conn.execute("SELECT user FROM members WHERE flow = ?", (name,))
+    )
     return Flow(name, bool(row[0]), row[1], members)
 
 
 def _create_user(conn: sqlite3.Connection, record: UserRecord, digest: str) -> None:
     try:
-        conn.execute("INSERT INTO users VALUES (?, ?, ?)",
-                     (record.name, int(record.guest), record.created))
+        conn.execute(
+            "INSERT INTO users VALUES (?, ?, ?)", (record.name, int(record.guest), record.created)
+        )
     except sqlite3.IntegrityError:
-        raise RtError("exists", f"user {record.name} already exists; "
-                                "pick another name") from None
+        raise RtError("exists", f"user {record.name} already exists; pick another name") from None
     conn.execute("INSERT INTO tokens VALUES (?, ?)", (digest, record.name))
 
 
@@ -241,8 +243,9 @@ def _revoke_tokens(conn: sqlite3.Connection, name: str) -> None:
     conn.execute("DELETE FROM tokens WHERE user = ?", (name,))
 
 
-def _create_flow(conn: sqlite3.Connection, name: str, private: bool, owner: str | None,
-                 members: frozenset[str]) -> None:
+def _create_flow(
+    conn: sqlite3.Connection, name: str, private: bool, owner: str | None, members: frozenset[str]
+) -> None:
     if conn.execute("SELECT 1 FROM flows WHERE name = ?", (name,)).fetchone() is not None:
         raise RtError("exists", f"flow {name} already exists")
     for user in sorted(members):

@@ -94,19 +94,26 @@ def _schema_v1() -> str:
 
 def state_from_row(row: Sequence[Any]) -> MessageState:
     id_, flow, user, sent, content, tags, edited, deleted = row
-    return MessageState(id_, flow, user, sent, content, tuple(orjson.loads(tags)),
-                        False if edited is None else edited, bool(deleted))
+    return MessageState(
+        id_,
+        flow,
+        user,
+        sent,
+        content,
+        tuple(orjson.loads(tags)),
+        False if edited is None else edited,
+        bool(deleted),
+    )
 
 
 STATE_COLUMNS = "id, flow, user, sent, content, tags, edited, deleted"
 
 
-
-
 def connect(path: str, sync: str) -> sqlite3.Connection:
     """A connection with rt's settings; used by one thread at a time."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
     return conn
@@ -132,13 +139,15 @@ def prepare(conn: sqlite3.Connection, path: str) -> str:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{path} has schema version {version}, newer than this rt "
-                    f"understands ({SCHEMA_VERSION}); upgrade rt")
+                    f"understands ({SCHEMA_VERSION}); upgrade rt"
+                )
             if version == 0:
                 for statement in _schema_v1().split(";\n"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute("INSERT INTO meta VALUES ('epoch', ?), ('dir_version', 0)",
-                             (new_epoch(),))
+                conn.execute(
+                    "INSERT INTO meta VALUES ('epoch', ?), ('dir_version', 0)", (new_epoch(),)
+                )
             # Future migrations go here: `if version == 1: ...; version = 2`.
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")

@@ -74,7 +74,7 @@ class SqliteLog(Log):
                 conn.close()
             raise
         self._writer_conn = writer
-        self._readers = conns[1:1 + READERS]
+        self._readers = conns[1 : 1 + READERS]
         self._uuids = conns[-1]
 
     async def close(self) -> None:
@@ -100,15 +100,16 @@ class SqliteLog(Log):
     async def apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
         assert self._writer_conn is not None, "the log is not open"
         outcomes = await trio.to_thread.run_sync(
-            self._apply_batch_sync, self._writer_conn, list(ops),
-            limiter=self._writer_limiter)
+            self._apply_batch_sync, self._writer_conn, list(ops), limiter=self._writer_limiter
+        )
         events = [o.event for o in outcomes if isinstance(o, OpResult) and o.event is not None]
         if events and self.feed is not None:
             await self.feed.committed(events)
         return outcomes
 
-    def _apply_batch_sync(self, conn: sqlite3.Connection,
-                          ops: list[Op]) -> list[OpResult | RtError]:
+    def _apply_batch_sync(
+        self, conn: sqlite3.Connection, ops: list[Op]
+    ) -> list[OpResult | RtError]:
         outcomes: list[OpResult | RtError] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -135,21 +136,26 @@ class SqliteLog(Log):
 
     def _apply_one(self, conn: sqlite3.Connection, op: Op, event_id: int) -> OpResult:
         """Apply one op inside the open savepoint, exactly as MemoryLog._apply."""
-        seen = conn.execute("SELECT fingerprint, event_id, body FROM ops "
-                            "WHERE user = ? AND uuid = ?", (op.user, op.uuid)).fetchone()
+        seen = conn.execute(
+            "SELECT fingerprint, event_id, body FROM ops WHERE user = ? AND uuid = ?",
+            (op.user, op.uuid),
+        ).fetchone()
         if seen is not None:
             fingerprint, seen_id, body = seen
             if fingerprint != op.fingerprint:
-                raise RtError("uuid_mismatch", f"uuid {op.uuid} was used for another op; "
-                                               "make a new uuid for a new op")
+                raise RtError(
+                    "uuid_mismatch",
+                    f"uuid {op.uuid} was used for another op; make a new uuid for a new op",
+                )
             if seen_id is not None:
                 row = conn.execute("SELECT body FROM events WHERE id = ?", (seen_id,)).fetchone()
                 return OpResult(200, orjson.loads(row[0]), replay=True)
             return OpResult(200, orjson.loads(body), replay=True)
         state = None
         if op.message is not None:
-            row = conn.execute(f"SELECT {STATE_COLUMNS} FROM messages WHERE id = ?",
-                               (op.message,)).fetchone()
+            row = conn.execute(
+                f"SELECT {STATE_COLUMNS} FROM messages WHERE id = ?", (op.message,)
+            ).fetchone()
             state = state_from_row(row) if row is not None else None
         owner = None
         if op.kind == "delete":
@@ -158,34 +164,64 @@ class SqliteLog(Log):
         decision = plan(op, state, owner)
         if not isinstance(decision, Change):
             body = decision.body()
-            conn.execute("INSERT INTO ops VALUES (?, ?, ?, NULL, ?)",
-                         (op.user, op.uuid, op.fingerprint, dumps(body)))
+            conn.execute(
+                "INSERT INTO ops VALUES (?, ?, ?, NULL, ?)",
+                (op.user, op.uuid, op.fingerprint, dumps(body)),
+            )
             return OpResult(200, body)
         data = {"id": event_id, **decision.fields, "sent": now_ms()}
         new = next_state(state, data)
         kind = data["type"]
-        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (event_id, data["flow"], kind, data["user"], data["sent"], data["uuid"],
-                      new.id, dumps(data)))
-        conn.execute(f"INSERT OR REPLACE INTO messages ({STATE_COLUMNS}) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (new.id, new.flow, new.user, new.sent, new.content, dumps(list(new.tags)),
-                      None if new.edited is False else new.edited, int(new.deleted)))
+        conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event_id,
+                data["flow"],
+                kind,
+                data["user"],
+                data["sent"],
+                data["uuid"],
+                new.id,
+                dumps(data),
+            ),
+        )
+        conn.execute(
+            f"INSERT OR REPLACE INTO messages ({STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                new.id,
+                new.flow,
+                new.user,
+                new.sent,
+                new.content,
+                dumps(list(new.tags)),
+                None if new.edited is False else new.edited,
+                int(new.deleted),
+            ),
+        )
         if kind == "tag":
             assert state is not None
             old, now = set(state.tags), set(new.tags)
-            conn.executemany("DELETE FROM message_tags WHERE flow = ? AND tag = ? AND message = ?",
-                             [(new.flow, t, new.id) for t in old - now])
-            conn.executemany("INSERT OR IGNORE INTO message_tags VALUES (?, ?, ?)",
-                             [(new.flow, t, new.id) for t in now - old])
+            conn.executemany(
+                "DELETE FROM message_tags WHERE flow = ? AND tag = ? AND message = ?",
+                [(new.flow, t, new.id) for t in old - now],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO message_tags VALUES (?, ?, ?)",
+                [(new.flow, t, new.id) for t in now - old],
+            )
         elif kind == "delete":
-            rows = conn.execute("SELECT id, body FROM events WHERE message = ? "
-                                "AND type IN ('message', 'edit')", (new.id,)).fetchall()
-            conn.executemany("UPDATE events SET body = ? WHERE id = ?",
-                             [(dumps({**orjson.loads(body), "content": ""}), id_)
-                              for id_, body in rows])
-        conn.execute("INSERT INTO ops VALUES (?, ?, ?, ?, NULL)",
-                     (op.user, op.uuid, op.fingerprint, event_id))
+            rows = conn.execute(
+                "SELECT id, body FROM events WHERE message = ? AND type IN ('message', 'edit')",
+                (new.id,),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE events SET body = ? WHERE id = ?",
+                [(dumps({**orjson.loads(body), "content": ""}), id_) for id_, body in rows],
+            )
+        conn.execute(
+            "INSERT INTO ops VALUES (?, ?, ?, ?, NULL)",
+            (op.user, op.uuid, op.fingerprint, event_id),
+        )
         event = Event(data)
         return OpResult(201 if kind == "message" else 200, event.data, event)
 
@@ -196,13 +232,11 @@ class SqliteLog(Log):
         async with self._read_slots:
             conn = self._readers.pop()
             try:
-                return await trio.to_thread.run_sync(fn, conn, *args,
-                                                     limiter=self._read_limiter)
+                return await trio.to_thread.run_sync(fn, conn, *args, limiter=self._read_limiter)
             finally:
                 self._readers.append(conn)
 
-    async def read(self, flows: Iterable[str], after: int, upto: int,
-                   limit: int) -> list[Event]:
+    async def read(self, flows: Iterable[str], after: int, upto: int, limit: int) -> list[Event]:
         wanted = sorted(set(flows))
         if limit <= 0 or not wanted:
             return []
@@ -222,8 +256,9 @@ class SqliteLog(Log):
         # connection sends back to back still reach the writer in that order (the
         # service awaits this between receiving an op and submitting it).
         assert self._uuids is not None, "the log is not open"
-        return await trio.to_thread.run_sync(_uuid_used, self._uuids, user, uuid,
-                                             limiter=self._uuid_limiter)
+        return await trio.to_thread.run_sync(
+            _uuid_used, self._uuids, user, uuid, limiter=self._uuid_limiter
+        )
 
 
 # -- queries, run in a thread on a read connection ------------------------------
@@ -231,37 +266,51 @@ class SqliteLog(Log):
 
 def _tail(conn: sqlite3.Connection, count: int) -> tuple[int, list[Event]]:
     head = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-    rows = conn.execute("SELECT body FROM events WHERE id <= ? ORDER BY id DESC LIMIT ?",
-                        (head, count)).fetchall()
+    rows = conn.execute(
+        "SELECT body FROM events WHERE id <= ? ORDER BY id DESC LIMIT ?", (head, count)
+    ).fetchall()
     return head, [Event(orjson.loads(body)) for (body,) in reversed(rows)]
 
 
-def _read_events(conn: sqlite3.Connection, flows: list[str], after: int, upto: int,
-                 limit: int) -> list[Event]:
+def _read_events(
+    conn: sqlite3.Connection, flows: list[str], after: int, upto: int, limit: int
+) -> list[Event]:
     if len(flows) <= PER_FLOW_READ_MAX:
         rows: list[tuple[int, str]] = []
         for flow in flows:
             rows += conn.execute(
                 "SELECT id, body FROM events WHERE flow = ? AND id > ? AND id <= ? "
-                "ORDER BY id LIMIT ?", (flow, after, upto, limit)).fetchall()
+                "ORDER BY id LIMIT ?",
+                (flow, after, upto, limit),
+            ).fetchall()
         rows.sort()
         del rows[limit:]
     else:
         rows = conn.execute(
             "SELECT id, body FROM events WHERE id > ? AND id <= ? "
             "AND flow IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
-            (after, upto, dumps(flows), limit)).fetchall()
+            (after, upto, dumps(flows), limit),
+        ).fetchall()
     return [Event(orjson.loads(body)) for _, body in rows]
 
 
-def _history(conn: sqlite3.Connection, flow: str, before: int | None, after: int | None,
-             limit: int, tag: str | None, upto: int) -> list[MessageState]:
+def _history(
+    conn: sqlite3.Connection,
+    flow: str,
+    before: int | None,
+    after: int | None,
+    limit: int,
+    tag: str | None,
+    upto: int,
+) -> list[MessageState]:
     if tag is None:
         source, args = "messages WHERE flow = ? AND id <= ?", [flow, upto]
         columns, key = STATE_COLUMNS, "id"
     else:
-        source = ("message_tags t JOIN messages m ON m.id = t.message "
-                  "WHERE t.flow = ? AND t.tag = ? AND t.message <= ?")
+        source = (
+            "message_tags t JOIN messages m ON m.id = t.message "
+            "WHERE t.flow = ? AND t.tag = ? AND t.message <= ?"
+        )
         args = [flow, tag, upto]
         columns = ", ".join(f"m.{c.strip()}" for c in STATE_COLUMNS.split(","))
         key = "t.message"
@@ -273,19 +322,23 @@ def _history(conn: sqlite3.Connection, flow: str, before: int | None, after: int
         args.append(before)
     # After given: the oldest `limit`; otherwise the newest, returned in id order.
     order = "ASC" if after is not None else "DESC"
-    rows = conn.execute(f"SELECT {columns} FROM {source} ORDER BY {key} {order} LIMIT ?",
-                        (*args, limit)).fetchall()
+    rows = conn.execute(
+        f"SELECT {columns} FROM {source} ORDER BY {key} {order} LIMIT ?", (*args, limit)
+    ).fetchall()
     if after is None:
         rows.reverse()
     return [state_from_row(row) for row in rows]
 
 
 def _message(conn: sqlite3.Connection, message_id: int) -> MessageState | None:
-    row = conn.execute(f"SELECT {STATE_COLUMNS} FROM messages WHERE id = ?",
-                       (message_id,)).fetchone()
+    row = conn.execute(
+        f"SELECT {STATE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
     return state_from_row(row) if row is not None else None
 
 
 def _uuid_used(conn: sqlite3.Connection, user: str, uuid: str) -> bool:
-    return conn.execute("SELECT 1 FROM ops WHERE user = ? AND uuid = ?",
-                        (user, uuid)).fetchone() is not None
+    return (
+        conn.execute("SELECT 1 FROM ops WHERE user = ? AND uuid = ?", (user, uuid)).fetchone()
+        is not None
+    )

@@ -57,11 +57,13 @@ class BatchWriter:
         try:
             self._send.send_nowait(pending)
         except trio.WouldBlock:
-            raise RtError("shutting_down", "the writer queue is full; retry shortly",
-                          retry_after=1) from None
+            raise RtError(
+                "shutting_down", "the writer queue is full; retry shortly", retry_after=1
+            ) from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise RtError("shutting_down", "the server is stopping; retry shortly",
-                          retry_after=2) from None
+            raise RtError(
+                "shutting_down", "the server is stopping; retry shortly", retry_after=2
+            ) from None
         # Shielded: once queued, the op will be committed; waiting for it keeps a
         # cancelled handler from reporting a failure that did not happen.
         with trio.CancelScope(shield=True):

@@ -31,7 +31,10 @@ class TicketsChecks:
         assert ticket.startswith("tk_") and isinstance(expires, int)
         record = await tickets.redeem(ticket, "client-0000000001")
         assert (record.user, record.client, record.token) == (
-            "alice", "client-0000000001", "rt_token")
+            "alice",
+            "client-0000000001",
+            "rt_token",
+        )
         again = await tickets.redeem(ticket, "client-0000000001")  # any number of times
         assert again.user == "alice"
         for bad_ticket, client in ((ticket, "client-0000000002"), ("tk_unknown", "c" * 16)):
@@ -80,7 +83,8 @@ class PresenceChecks:
         assert presence.snapshot(["a", "b", "c"]) == {"a": ["alice"], "b": ["alice"], "c": []}
 
     async def test_offline_after_grace_and_a_quick_return_does_not_flap(
-            self, presence, published, autojump_clock) -> None:
+        self, presence, published, autojump_clock
+    ) -> None:
         presence.join("alice", ["a"])
         presence.join("alice", ["a"])
         presence.leave("alice", ["a"])
@@ -128,8 +132,7 @@ class ClaimsChecks:
         claims.release(claimant)
         claimant.done.set()
 
-    async def test_a_new_claimant_supersedes_the_old_and_waits_for_it(
-            self, autojump_clock) -> None:
+    async def test_a_new_claimant_supersedes_the_old_and_waits_for_it(self, autojump_clock) -> None:
         claims = self.make_claims(self.WRITE_TIMEOUT, 32)
         taken: list[Any] = []
         claims.on_takeover = taken.append
@@ -147,7 +150,8 @@ class ClaimsChecks:
         assert claims.holder(new.key) is new
 
     async def test_a_stuck_old_claimant_is_waited_for_at_most_write_timeout(
-            self, autojump_clock) -> None:
+        self, autojump_clock
+    ) -> None:
         claims = self.make_claims(self.WRITE_TIMEOUT, 32)
         old = _Claimant("alice", "tab", stubborn=True)
         await claims.claim(old)

@@ -20,8 +20,6 @@ class DirectoryChecks:
         async with self.directory(tmp_path) as d:
             yield d
 
-
-
     async def test_users_and_tokens(self, store):
         with trio.fail_after(10):
             token = await store.create_user("dana")
@@ -47,7 +45,6 @@ class DirectoryChecks:
                 with pytest.raises(RtError) as err:
                     await call("nobody")
                 assert err.value.code == "not_found"
-
 
     async def test_flows_and_members(self, store):
         with trio.fail_after(10):
@@ -85,5 +82,3 @@ class DirectoryChecks:
                 with pytest.raises(RtError) as err:
                     await call("nowhere", "m1")
                 assert err.value.code == "not_found"
-
-

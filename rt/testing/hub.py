@@ -17,9 +17,17 @@ BIG = 1 << 30  # a buffer bound that is never reached
 
 
 def ev(event_id: int, flow: str = "a", content: str = "x") -> Event:
-    return Event({"id": event_id, "flow": flow, "type": "message", "user": "alice",
-                  "sent": 1_700_000_000_000 + event_id, "uuid": f"uuid-{event_id:05d}",
-                  "content": content})
+    return Event(
+        {
+            "id": event_id,
+            "flow": flow,
+            "type": "message",
+            "user": "alice",
+            "sent": 1_700_000_000_000 + event_id,
+            "uuid": f"uuid-{event_id:05d}",
+            "content": content,
+        }
+    )
 
 
 def sub_all(hub: Any, flows: list[str], *, max_objects: int = BIG, max_bytes: int = BIG) -> Any:
@@ -70,7 +78,6 @@ class HubChecks:
         hub.publish([ev(11)])
         assert ids(sub.take_all()) == [11]
 
-
     async def test_late_subscriber_sees_only_later_events(self, hub: Any) -> None:
         early = sub_all(hub, ["a"])
         hub.publish([ev(1), ev(2)])
@@ -78,7 +85,6 @@ class HubChecks:
         hub.publish([ev(3)])
         assert ids(early.take_all()) == [1, 2, 3]
         assert ids(late.take_all()) == [3]
-
 
     async def test_fan_out_by_flow(self, hub: Any) -> None:
         ab = sub_all(hub, ["a", "b"])
@@ -95,7 +101,6 @@ class HubChecks:
         assert [(e.id, e.flow) for e in a.take_all()] == [(1, "a"), (3, "a"), (6, "a")]
         assert c.take_all() == []
         assert len(c) == 0
-
 
     async def test_each_event_is_one_object_for_every_subscriber(self, hub: Any) -> None:
         subs = [sub_all(hub, ["a"]), sub_all(hub, ["a", "b"]), sub_all(hub, ["a"])]
@@ -114,7 +119,6 @@ class HubChecks:
         for i in range(3):
             assert delivered[0][i].raw is delivered[1][i].raw is delivered[2][i].raw
 
-
     async def test_ephemeral_events(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
         other = sub_all(hub, ["b"])
@@ -125,14 +129,17 @@ class HubChecks:
         hub.publish_ephemeral(typing_event("zzz", "bob"))  # nobody follows it: no error
         hub.publish([ev(2)])
         got = sub.take_all()
-        assert [(e.type, e.id) for e in got] == [("message", 1), ("presence", None),
-                                                ("typing", None), ("message", 2)]
+        assert [(e.type, e.id) for e in got] == [
+            ("message", 1),
+            ("presence", None),
+            ("typing", None),
+            ("message", 2),
+        ]
         assert got[1] is online
         assert other.take_all() == []
         # Ephemeral events do not take part in the id order.
         hub.publish([ev(3)])
         assert ids(sub.take_all()) == [3]
-
 
     async def test_count_and_unsubscribe(self, hub: Any) -> None:
         baseline = hub.count()
@@ -152,7 +159,6 @@ class HubChecks:
         assert hub.count() == baseline
         hub.publish([ev(3, "a"), ev(4, "b")])
         assert b.take_all() == []
-
 
     async def test_unsubscribe_keeps_what_was_buffered(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
@@ -185,7 +191,6 @@ class HubChecks:
             await sub.wait()  # returns at once: the stream must end with `lagging`
         assert ids(steady.take_all()) == [1, 2, 3, 4, 5, 6, None]
 
-
     async def test_lagging_by_bytes(self, hub: Any) -> None:
         events = [ev(1, content="a" * 100), ev(2, content="b" * 50), ev(3, content="c")]
         sizes = [len(e.raw) for e in events]
@@ -199,13 +204,11 @@ class HubChecks:
         assert ids(exact.take_all()) == [1, 2]
         assert ids(short.take_all()) == [1]
 
-
     async def test_single_event_over_the_byte_bound(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"], max_bytes=10)
         hub.publish([ev(1)])
         assert sub.lagging
         assert sub.take_all() == []
-
 
     async def test_take_all_frees_the_buffer(self, hub: Any) -> None:
         first, second = ev(1), ev(2)
@@ -217,7 +220,6 @@ class HubChecks:
         assert not sub.lagging
         assert not sub.detached
 
-
     async def test_lagging_by_ephemeral_events(self, hub: Any) -> None:
         baseline = hub.count()
         sub = sub_all(hub, ["a"], max_objects=2)
@@ -226,7 +228,6 @@ class HubChecks:
         assert sub.lagging and sub.detached
         assert len(sub.take_all()) == 2
         assert hub.count() == baseline
-
 
     async def test_lagging_subscriber_does_not_disturb_others(self, hub: Any) -> None:
         subs = [sub_all(hub, ["a"], max_objects=n) for n in (1, 2, 3, 100)]
@@ -252,7 +253,6 @@ class HubChecks:
                 await woke.wait()
         assert ids(sub.take_all()) == [2]
 
-
     async def test_wait_wakes_on_ephemeral(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
         woke = trio.Event()
@@ -265,7 +265,6 @@ class HubChecks:
                 await woke.wait()
         assert [e.type for e in sub.take_all()] == ["presence"]
 
-
     async def test_wait_returns_at_once_when_something_is_buffered(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
         hub.publish([ev(1)])
@@ -273,7 +272,6 @@ class HubChecks:
             await sub.wait()
             await sub.wait()  # still buffered: still returns
         assert ids(sub.take_all()) == [1]
-
 
     async def test_wait_wakes_when_lagging(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"], max_objects=1)
@@ -293,7 +291,6 @@ class HubChecks:
         with trio.fail_after(5):
             await sub.wait()  # empty but lagging: returns
 
-
     async def test_wait_wakes_when_unsubscribed(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
         woke = trio.Event()
@@ -306,7 +303,6 @@ class HubChecks:
                 await woke.wait()
             await sub.wait()  # detached: returns at once
         assert sub.take_all() == []
-
 
     async def test_many_waiters_all_wake(self, hub: Any) -> None:
         subs = [sub_all(hub, ["a"]) for _ in range(5)]
@@ -324,7 +320,6 @@ class HubChecks:
 
     # -- direct delivery -------------------------------------------------------------------
 
-
     async def test_direct_takes_events_instead_of_the_buffer(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
         sub.direct = taker = Taker()
@@ -333,14 +328,12 @@ class HubChecks:
         assert taker.offers == [[1], [2]]
         assert len(sub) == 0
 
-
     async def test_direct_gets_a_batch_at_once_and_only_its_flows(self, hub: Any) -> None:
         both, only_a = sub_all(hub, ["a", "b"]), sub_all(hub, ["a"])
         both.direct, only_a.direct = Taker(), Taker()
         hub.publish([ev(1, "a"), ev(2, "b"), ev(3, "a"), ev(4, "c")])
         assert both.direct.offers == [[1, 2, 3]]
         assert only_a.direct.offers == [[1, 3]]
-
 
     async def test_direct_refusal_buffers_and_no_offer_while_buffered(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
@@ -356,7 +349,6 @@ class HubChecks:
         hub.publish([ev(4)])
         assert taker.offers == [[1, 2], [4]]
 
-
     async def test_direct_refusal_past_the_bound_lags(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"], max_objects=2)
         sub.direct = Taker(take=False)
@@ -364,7 +356,6 @@ class HubChecks:
         assert sub.lagging
         assert ids(sub.take_all()) == [1, 2]
         assert hub.count() == 0
-
 
     async def test_unsubscribe_drops_direct(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
@@ -375,15 +366,19 @@ class HubChecks:
 
     # -- the id order ---------------------------------------------------------------------
 
-    @pytest.mark.parametrize(("first", "second"), [
-        pytest.param([1, 2], [2], id="repeat"),
-        pytest.param([5], [3], id="lower"),
-        pytest.param([1], [3, 2], id="decreasing-in-batch"),
-        pytest.param([1], [2, 2], id="repeat-in-batch"),
-        pytest.param([], [2, 1], id="first-batch"),
-    ])
-    async def test_publish_out_of_order_raises(self, hub: Any, first: list[int],
-                                               second: list[int]) -> None:
+    @pytest.mark.parametrize(
+        ("first", "second"),
+        [
+            pytest.param([1, 2], [2], id="repeat"),
+            pytest.param([5], [3], id="lower"),
+            pytest.param([1], [3, 2], id="decreasing-in-batch"),
+            pytest.param([1], [2, 2], id="repeat-in-batch"),
+            pytest.param([], [2, 1], id="first-batch"),
+        ],
+    )
+    async def test_publish_out_of_order_raises(
+        self, hub: Any, first: list[int], second: list[int]
+    ) -> None:
         sub = sub_all(hub, ["a"])
         if first:
             hub.publish([ev(i) for i in first])
@@ -394,11 +389,9 @@ class HubChecks:
         hub.publish([ev(max([*first, *second]) + 1)])
         assert ids(sub.take_all()) == [max([*first, *second]) + 1]
 
-
     async def test_publish_refuses_events_without_id(self, hub: Any) -> None:
         with pytest.raises(AssertionError):
             hub.publish([presence_event("a", "bob", "online")])
-
 
     async def test_publish_empty_batch(self, hub: Any) -> None:
         sub = sub_all(hub, ["a"])
@@ -406,5 +399,3 @@ class HubChecks:
         hub.publish([ev(1)])
         hub.publish([])
         assert ids(sub.take_all()) == [1]
-
-

@@ -38,10 +38,23 @@ def edit(user: str, flow: str, message: int, content: str, uuid: str | None = No
     return Op("edit", user, flow, uuid or uid(), message=message, content=content)
 
 
-def tag(user: str, flow: str, message: int, add: Sequence[str] = (),
-        remove: Sequence[str] = (), uuid: str | None = None) -> Op:
-    return Op("tag", user, flow, uuid or uid(), message=message,
-              add=tuple(sorted(set(add))), remove=tuple(sorted(set(remove))))
+def tag(
+    user: str,
+    flow: str,
+    message: int,
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+    uuid: str | None = None,
+) -> Op:
+    return Op(
+        "tag",
+        user,
+        flow,
+        uuid or uid(),
+        message=message,
+        add=tuple(sorted(set(add))),
+        remove=tuple(sorted(set(remove))),
+    )
 
 
 def delete(user: str, flow: str, message: int, uuid: str | None = None) -> Op:
@@ -131,7 +144,6 @@ class LogChecks:
 
     # -- ids, publishing, head ----------------------------------------------------
 
-
     async def test_ids_strictly_increase_across_flows(self, chat):
         with trio.fail_after(10):
             ids = []
@@ -142,7 +154,6 @@ class LogChecks:
             assert chat.head == ids[-1]
             assert [e.id for e in await all_events(chat)] == ids
             assert [e.id for e in await chat.read(["side"], 0, 100)] == ids[1::2]
-
 
     async def test_publish_gets_events_in_id_order_and_head_advances(self, chat):
         with trio.fail_after(10):
@@ -172,7 +183,6 @@ class LogChecks:
             assert all(i > start for i in published)
             assert chat.head == published[-1]
 
-
     async def test_after_commit_runs_between_commit_and_publish(self, chat):
         with trio.fail_after(10):
             steps: list[str] = []
@@ -183,7 +193,7 @@ class LogChecks:
                 # Committed in the log, but not read through the feed before it is
                 # published: a stream from `head` would deliver it twice otherwise.
                 committed = await chat.log.read(["lobby"], chat.head, ids[-1], 100)
-                assert [e.id for e in committed][-len(ids):] == ids
+                assert [e.id for e in committed][-len(ids) :] == ids
                 assert await chat.read(["lobby"], chat.head, 100) == []
                 assert (await chat.message(ids[0])).content == "hello"
                 await trio.sleep(0)
@@ -197,20 +207,33 @@ class LogChecks:
 
     # -- the four ops -------------------------------------------------------------
 
-
     async def test_post_edit_tag_delete(self, chat):
         with trio.fail_after(10):
             p = await chat.submit(post("alice", "lobby", "hello"))
             assert p.status == 201 and p.changed and p.event is not None
             mid = p.body["id"]
-            assert p.body == {"id": mid, "flow": "lobby", "type": "message", "user": "alice",
-                              "uuid": p.body["uuid"], "content": "hello", "sent": p.body["sent"]}
+            assert p.body == {
+                "id": mid,
+                "flow": "lobby",
+                "type": "message",
+                "user": "alice",
+                "uuid": p.body["uuid"],
+                "content": "hello",
+                "sent": p.body["sent"],
+            }
             assert isinstance(p.body["sent"], int) and p.body["sent"] > 1_600_000_000_000
             assert p.event.data == p.body and p.event.id == mid
             state = await chat.message(mid)
-            assert state.to_dict() == {"id": mid, "flow": "lobby", "user": "alice",
-                                       "sent": p.body["sent"], "content": "hello", "tags": [],
-                                       "edited": False, "deleted": False}
+            assert state.to_dict() == {
+                "id": mid,
+                "flow": "lobby",
+                "user": "alice",
+                "sent": p.body["sent"],
+                "content": "hello",
+                "tags": [],
+                "edited": False,
+                "deleted": False,
+            }
 
             e = await chat.submit(edit("alice", "lobby", mid, "hello!"))
             assert e.status == 200 and e.event is not None
@@ -221,7 +244,11 @@ class LogChecks:
 
             t = await chat.submit(tag("bob", "lobby", mid, add=["b", "a"]))
             assert t.status == 200 and t.body["type"] == "tag"
-            assert t.body["add"] == ["a", "b"] and t.body["remove"] == [] and t.body["tags"] == ["a", "b"]
+            assert (
+                t.body["add"] == ["a", "b"]
+                and t.body["remove"] == []
+                and t.body["tags"] == ["a", "b"]
+            )
             t2 = await chat.submit(tag("bob", "lobby", mid, add=["c", "a"], remove=["b", "zz"]))
             assert t2.body["add"] == ["a", "c"] and t2.body["remove"] == ["b", "zz"]
             assert t2.body["tags"] == ["a", "c"]
@@ -234,14 +261,14 @@ class LogChecks:
             assert state.deleted is True and state.content == ""
             assert state.tags == ("a", "c") and state.edited == e.body["id"]
             assert [x.body["id"] for x in (p, e, t, t2, d)] == sorted(
-                x.body["id"] for x in (p, e, t, t2, d))
+                x.body["id"] for x in (p, e, t, t2, d)
+            )
             assert chat.head == d.body["id"]
 
             for op in (edit("alice", "lobby", mid, "again"), tag("bob", "lobby", mid, add=["x"])):
                 with pytest.raises(RtError) as err:
                     await chat.submit(op)
                 assert err.value.code == "deleted" and err.value.status == 409
-
 
     async def test_no_ops_store_nothing_and_consume_their_uuid(self, chat):
         with trio.fail_after(10):
@@ -280,7 +307,6 @@ class LogChecks:
             assert chat.head == d.body["id"]
             assert (await chat.submit(again)).body == result.body
 
-
     async def test_uuid_retry_returns_the_same_event(self, chat):
         with trio.fail_after(10):
             op = post("alice", "lobby", "once")
@@ -302,17 +328,18 @@ class LogChecks:
             other = await chat.submit(post("bob", "lobby", "once", uuid=op.uuid))
             assert other.status == 201 and other.body["id"] != first.body["id"]
 
-
     async def test_uuid_mismatch(self, chat):
         with trio.fail_after(10):
             op = post("alice", "lobby", "one", uuid="same-uuid-1")
             first = await chat.submit(op)
             mid = first.body["id"]
             head = chat.head
-            for other in (post("alice", "lobby", "two", uuid=op.uuid),
-                          post("alice", "side", "one", uuid=op.uuid),
-                          edit("alice", "lobby", mid, "one", uuid=op.uuid),
-                          delete("alice", "lobby", mid, uuid=op.uuid)):
+            for other in (
+                post("alice", "lobby", "two", uuid=op.uuid),
+                post("alice", "side", "one", uuid=op.uuid),
+                edit("alice", "lobby", mid, "one", uuid=op.uuid),
+                delete("alice", "lobby", mid, uuid=op.uuid),
+            ):
                 with pytest.raises(RtError) as err:
                     await chat.submit(other)
                 assert err.value.code == "uuid_mismatch" and err.value.status == 409
@@ -328,7 +355,6 @@ class LogChecks:
                 await chat.submit(edit("alice", "lobby", mid, "x", uuid=op.uuid))
             assert err.value.code == "uuid_mismatch"
             assert (await chat.submit(op)).body["content"] == ""
-
 
     async def test_a_failed_op_consumes_nothing(self, chat):
         with trio.fail_after(10):
@@ -354,8 +380,9 @@ class LogChecks:
             with pytest.raises(RtError):
                 await chat.submit(edit("alice", "lobby", mid, "late", uuid="reused-uuid-5"))
             assert not await chat.uuid_used("alice", "reused-uuid-5")
-            assert (await chat.submit(post("alice", "lobby", "ok", uuid="reused-uuid-5"))).status == 201
-
+            assert (
+                await chat.submit(post("alice", "lobby", "ok", uuid="reused-uuid-5"))
+            ).status == 201
 
     async def test_permissions_and_flows(self, chat):
         with trio.fail_after(10):
@@ -373,8 +400,12 @@ class LogChecks:
             assert (await chat.message(mid)).deleted
 
             mid2 = (await chat.submit(post("alice", "lobby", "here"))).body["id"]
-            for op in (edit("alice", "side", mid2, "there"), delete("alice", "side", mid2),
-                       tag("alice", "side", mid2, add=["x"]), edit("alice", "lobby", 10**9, "x")):
+            for op in (
+                edit("alice", "side", mid2, "there"),
+                delete("alice", "side", mid2),
+                tag("alice", "side", mid2, add=["x"]),
+                edit("alice", "lobby", 10**9, "x"),
+            ):
                 with pytest.raises(RtError) as err:
                     await chat.submit(op)
                 assert err.value.code == "not_found" and err.value.status == 404
@@ -386,7 +417,6 @@ class LogChecks:
             assert await chat.message(10**9) is None
 
     # -- races inside the writer ----------------------------------------------------
-
 
     async def test_duplicate_op_in_one_batch(self, chat):
         with trio.fail_after(10):
@@ -410,7 +440,6 @@ class LogChecks:
             lobby = await chat.read(["lobby"], 0, 100)
             assert [e.data["content"] for e in lobby] == ["twice at once", "again at once"]
 
-
     async def test_concurrent_tag_changes_lose_nothing(self, chat):
         with trio.fail_after(10):
             mid = (await chat.submit(post("alice", "lobby", "tag me"))).body["id"]
@@ -419,8 +448,11 @@ class LogChecks:
             for i in range(20):
                 t = f"t{rng.randrange(5)}"
                 user = ("alice", "bob", "carol")[i % 3]
-                ops.append(tag(user, "lobby", mid, add=[t]) if rng.random() < 0.6
-                           else tag(user, "lobby", mid, remove=[t]))
+                ops.append(
+                    tag(user, "lobby", mid, add=[t])
+                    if rng.random() < 0.6
+                    else tag(user, "lobby", mid, remove=[t])
+                )
             results: list[OpResult | RtError] = []
 
             async def one(op: Op) -> None:
@@ -443,7 +475,6 @@ class LogChecks:
             [history] = await chat.history("lobby", before=None, after=None, limit=10)
             assert list(history.tags) == events[-1].data["tags"]
 
-
     async def test_ops_checked_then_submitted_keep_their_order(self, chat):
         """As the service does: `uuid_used` (for the rate limit), then `submit`.
 
@@ -452,8 +483,12 @@ class LogChecks:
         """
         with trio.fail_after(10):
             mid = (await chat.submit(post("alice", "lobby", "toggle"))).body["id"]
-            ops = [tag("bob", "lobby", mid, add=["x"]) if i % 2 == 0
-                   else tag("bob", "lobby", mid, remove=["x"]) for i in range(20)]
+            ops = [
+                tag("bob", "lobby", mid, add=["x"])
+                if i % 2 == 0
+                else tag("bob", "lobby", mid, remove=["x"])
+                for i in range(20)
+            ]
 
             async def apply(op: Op) -> None:
                 assert not await chat.uuid_used(op.user, op.uuid)
@@ -467,15 +502,19 @@ class LogChecks:
             assert [e.data["uuid"] for e in events] == [op.uuid for op in ops]
             assert (await chat.message(mid)).tags == ()
 
-
     @pytest.mark.parametrize("edit_first", [True, False])
     async def test_an_edit_never_lands_after_the_delete_it_raced(self, chat, edit_first):
         with trio.fail_after(10):
             mid = (await chat.submit(post("alice", "lobby", "before"))).body["id"]
             e, d = edit("alice", "lobby", mid, "after"), delete("alice", "lobby", mid)
             ops = [e, d] if edit_first else [d, e]
-            results = dict(zip(("edit", "delete") if edit_first else ("delete", "edit"),
-                               await queued_together(chat, ops), strict=True))
+            results = dict(
+                zip(
+                    ("edit", "delete") if edit_first else ("delete", "edit"),
+                    await queued_together(chat, ops),
+                    strict=True,
+                )
+            )
             assert isinstance(results["delete"], OpResult) and results["delete"].changed
             if edit_first:
                 assert isinstance(results["edit"], OpResult)
@@ -490,7 +529,6 @@ class LogChecks:
             assert not [x for x in events if x.type == "edit" and x.id > delete_id]
             assert all(x.data.get("content", "") == "" for x in events)
 
-
     async def test_edit_and_delete_race_unordered(self, chat):
         with trio.fail_after(10):
             for round_ in range(6):
@@ -501,8 +539,10 @@ class LogChecks:
                     results[name] = await outcome(chat, op)
 
                 async with trio.open_nursery() as nursery:
-                    pair = [("edit", edit("alice", "lobby", mid, "changed")),
-                            ("delete", delete("alice", "lobby", mid))]
+                    pair = [
+                        ("edit", edit("alice", "lobby", mid, "changed")),
+                        ("delete", delete("alice", "lobby", mid)),
+                    ]
                     if round_ % 2:
                         pair.reverse()
                     for name, op in pair:
@@ -517,7 +557,6 @@ class LogChecks:
                 assert state.deleted and state.content == ""
 
     # -- deletes blank content everywhere --------------------------------------------
-
 
     async def test_delete_blanks_content_in_events_history_and_retries(self, chat):
         with trio.fail_after(10):
@@ -543,15 +582,17 @@ class LogChecks:
                 assert [x.data["content"] for x in events if x.id == keep] == ["visible"]
             history = await chat.history("lobby", before=None, after=None, limit=10)
             assert [(s.id, s.content, s.deleted) for s in history] == [
-                (mid, "", True), (keep, "visible", False)]
+                (mid, "", True),
+                (keep, "visible", False),
+            ]
             assert (await chat.submit(p_op)).body["content"] == ""
             assert (await chat.submit(e_op)).body["content"] == ""
             # Events read back equal across window and disk paths.
             assert [x.raw for x in await all_events(chat)] == [
-                x.raw for x in await chat.read(["lobby", "side"], 0, 100)]
+                x.raw for x in await chat.read(["lobby", "side"], 0, 100)
+            ]
 
     # -- reads ------------------------------------------------------------------------
-
 
     async def test_history_paging(self, chat):
         with trio.fail_after(10):
@@ -590,7 +631,6 @@ class LogChecks:
             assert [s.content for s in side] == [f"s{i}" for i in range(10)]
             assert await chat.history("nowhere", before=None, after=None, limit=5) == []
 
-
     async def test_read_filters_flows_and_respects_limit(self, chat):
         with trio.fail_after(10):
             await chat.create_flow("third")
@@ -608,7 +648,9 @@ class LogChecks:
             # Many flows (a different query on disk).
             many = [f"f{i}" for i in range(40)] + ["side"]
             assert [e.id for e in await chat.read(many, 0, 100)] == by_flow["side"]
-            assert [e.id for e in await chat.read(many, by_flow["side"][1], 2)] == by_flow["side"][2:4]
+            assert [e.id for e in await chat.read(many, by_flow["side"][1], 2)] == by_flow["side"][
+                2:4
+            ]
             # Paging with every limit gives the same events.
             whole = [e.id for e in await chat.read(["lobby", "side", "third"], 0, 1000)]
             assert whole == sorted(sum(by_flow.values(), []))
@@ -623,8 +665,12 @@ class LogChecks:
                 page = await chat.read(["lobby", "side", "third"], after, 4)
                 assert [e.id for e in page] == [i for i in whole if i > after][:4]
             first = (await chat.read(["lobby"], 0, 1))[0]
-            assert first.data == {"id": first.id, "flow": "lobby", "type": "message",
-                                  "user": "alice", "uuid": first.data["uuid"], "content": "0",
-                                  "sent": first.data["sent"]}
-
-
+            assert first.data == {
+                "id": first.id,
+                "flow": "lobby",
+                "type": "message",
+                "user": "alice",
+                "uuid": first.data["uuid"],
+                "content": "0",
+                "sent": first.data["sent"],
+            }

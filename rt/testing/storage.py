@@ -75,8 +75,15 @@ class Storage:
     async def read(self, flows: Iterable[str], after: int, limit: int) -> list[Event]:
         return await self.feed.read(flows, after, limit)
 
-    async def history(self, flow: str, *, before: int | None, after: int | None, limit: int,
-                      tag: str | None = None) -> list[MessageState]:
+    async def history(
+        self,
+        flow: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        tag: str | None = None,
+    ) -> list[MessageState]:
         return await self.feed.history(flow, before=before, after=after, limit=limit, tag=tag)
 
     async def message(self, message_id: int) -> MessageState | None:

@@ -28,5 +28,12 @@ FRAMERS: dict[str, Framer] = {
 # Every transport of the protocol, in the browser client's fallback order.
 ALL_TRANSPORTS = ("ws", "sse", "xhr", "multipart", "poll", "jsonp", "htmlfile")
 
-__all__ = ["ALL_TRANSPORTS", "FRAMERS", "STREAM_HEADERS", "Framer", "http_chunk", "rotation_cut",
-           "text_frame"]
+__all__ = [
+    "ALL_TRANSPORTS",
+    "FRAMERS",
+    "STREAM_HEADERS",
+    "Framer",
+    "http_chunk",
+    "rotation_cut",
+    "text_frame",
+]

@@ -127,8 +127,9 @@ def bound_callback(name: str, callback: str | None) -> str:
     callback grammar of PROTOCOL.md section 3.1 (at most 64 characters).
     """
     if callback is None:
-        raise bad_request(f"the {name} transport needs ?callback=F, "
-                          "F the name of the client's function (a.b.c)")
+        raise bad_request(
+            f"the {name} transport needs ?callback=F, F the name of the client's function (a.b.c)"
+        )
     return check_callback(callback)
 
 

@@ -65,7 +65,3 @@ class HtmlFileFramer(ArrayBatchFramer):
         if self._preamble is None:
             raise RuntimeError("htmlfile framer has no callback: use for_request(callback)")
         return self._preamble
-
-
-
-

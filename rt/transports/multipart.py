@@ -42,7 +42,3 @@ class MultipartFramer(ArrayBatchFramer):
     open_bytes = _OPEN
     close_bytes = _CLOSE
     epilogue_bytes = _EPILOGUE
-
-
-
-

@@ -30,7 +30,10 @@ class SseFramer(Framer):
 
     def ready(self, obj: dict[str, Any], epoch: str) -> bytes:
         return b"id: %s:%d\nevent: ready\ndata: %s\n\n" % (
-            epoch.encode(), obj["cursor"], encode(obj))
+            epoch.encode(),
+            obj["cursor"],
+            encode(obj),
+        )
 
     def frame(self, events: Sequence[Event], epoch: str) -> bytes:
         prefix = b"id: " + epoch.encode() + b":"
@@ -60,7 +63,12 @@ def parse_last_event_id(value: str) -> tuple[str, int] | None:
     """
     epoch, sep, cursor = value.strip().rpartition(":")
     # isascii: str.isdigit() also accepts digits such as "\xb2" that int() refuses.
-    if (not sep or not EPOCH_RE.fullmatch(epoch) or not cursor.isascii()
-            or not cursor.isdigit() or len(cursor) > 18):
+    if (
+        not sep
+        or not EPOCH_RE.fullmatch(epoch)
+        or not cursor.isascii()
+        or not cursor.isdigit()
+        or len(cursor) > 18
+    ):
         return None
     return epoch, int(cursor)

@@ -75,33 +75,55 @@ def raise_open_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def http_refusal(status: int, reason: str, message: str, code: str,
-                 retry_after: int | None = None) -> bytes:
+def http_refusal(
+    status: int, reason: str, message: str, code: str, retry_after: int | None = None
+) -> bytes:
     """A whole HTTP/1.1 error response that closes the connection (PROTOCOL.md 4 body)."""
     body = b'{"error":{"code":"%s","message":"%s"}}' % (code.encode(), message.encode())
-    head = [b"HTTP/1.1 %d %s" % (status, reason.encode()),
-            b"content-type: application/json; charset=utf-8",
-            b"content-length: %d" % len(body), b"connection: close"]
+    head = [
+        b"HTTP/1.1 %d %s" % (status, reason.encode()),
+        b"content-type: application/json; charset=utf-8",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
     if retry_after is not None:
         head.append(b"retry-after: %d" % retry_after)
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 OVER_TOTAL = http_refusal(
-    503, "Service Unavailable", "the server is at its connection limit "
-    "(--max-connections); retry after Retry-After", "internal", retry_after=1)
+    503,
+    "Service Unavailable",
+    "the server is at its connection limit (--max-connections); retry after Retry-After",
+    "internal",
+    retry_after=1,
+)
 OVER_ADDRESS = http_refusal(
-    429, "Too Many Requests", "too many connections from your address "
-    "(--max-connections-per-address); close some, then retry", "rate_limited", retry_after=1)
+    429,
+    "Too Many Requests",
+    "too many connections from your address "
+    "(--max-connections-per-address); close some, then retry",
+    "rate_limited",
+    retry_after=1,
+)
 HEAD_TIMEOUT = http_refusal(
-    408, "Request Timeout", "the request head did not arrive within the head "
-    "timeout (--head-timeout)", "bad_request")
+    408,
+    "Request Timeout",
+    "the request head did not arrive within the head timeout (--head-timeout)",
+    "bad_request",
+)
 HEAD_TOO_LARGE = http_refusal(
-    431, "Request Header Fields Too Large", "the request head is larger than "
-    "--max-head bytes", "too_large")
+    431,
+    "Request Header Fields Too Large",
+    "the request head is larger than --max-head bytes",
+    "too_large",
+)
 NO_HTTP2 = http_refusal(
-    505, "HTTP Version Not Supported", "rt speaks HTTP/1.1 (and HTTP/1.0); it does not "
-    "offer HTTP/2 in clear text", "bad_request")
+    505,
+    "HTTP Version Not Supported",
+    "rt speaks HTTP/1.1 (and HTTP/1.0); it does not offer HTTP/2 in clear text",
+    "bad_request",
+)
 
 
 class Admission:

@@ -65,15 +65,17 @@ def create_app(service: Service) -> QuartTrio:
         if request.method == "OPTIONS":
             return Response(b"", status=204)
         if service.draining:
-            return error_response(RtError("shutting_down", "the server is restarting; "
-                                          "retry shortly", retry_after=2))
+            return error_response(
+                RtError("shutting_down", "the server is restarting; retry shortly", retry_after=2)
+            )
         return None
 
     @app.after_request
     async def after(response: Response) -> Response:
         origin = request.headers.get("Origin")
-        if origin is not None and origin_allowed(origin, request.scheme, request.headers.get("Host"),
-                                                config.allow_origin):
+        if origin is not None and origin_allowed(
+            origin, request.scheme, request.headers.get("Host"), config.allow_origin
+        ):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = "Retry-After"
             if request.method == "OPTIONS":
@@ -83,8 +85,7 @@ def create_app(service: Service) -> QuartTrio:
         response.headers.add("Vary", "Origin")
         # rt's access log: never the query string, which may hold a ticket, and
         # the path escaped (a decoded %0A would forge a line).
-        log.info("%s %s %s", loggable(request.method), loggable(request.path),
-                 response.status_code)
+        log.info("%s %s %s", loggable(request.method), loggable(request.path), response.status_code)
         return response
 
     @app.errorhandler(RtError)
@@ -94,16 +95,16 @@ def create_app(service: Service) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def on_http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        code = {404: "not_found", 413: "too_large", 401: "unauthorized",
-                403: "forbidden"}.get(status, "bad_request" if status < 500 else "internal")
+        code = {404: "not_found", 413: "too_large", 401: "unauthorized", 403: "forbidden"}.get(
+            status, "bad_request" if status < 500 else "internal"
+        )
         response = error_response(RtError(code, error.description or error.name))
         response.status_code = status
         return response
 
     @app.errorhandler(Exception)
     async def on_error(error: Exception) -> Response:
-        logging.getLogger("rt").exception("rt: unexpected error serving %s",
-                                          loggable(request.path))
+        logging.getLogger("rt").exception("rt: unexpected error serving %s", loggable(request.path))
         return error_response(RtError("internal", "the server failed; retry"))
 
     # -- public --------------------------------------------------------------
@@ -114,11 +115,15 @@ def create_app(service: Service) -> QuartTrio:
 
     @app.get("/info")
     async def info() -> Response:
-        return json_response({
-            "protocol": 1, "version": __version__, "transports": list(ALL_TRANSPORTS),
-"guests": config.guests,
-            "limits": config.limits(),
-        })
+        return json_response(
+            {
+                "protocol": 1,
+                "version": __version__,
+                "transports": list(ALL_TRANSPORTS),
+                "guests": config.guests,
+                "limits": config.limits(),
+            }
+        )
 
     @app.post("/auth/guest")
     async def guest() -> Response:
@@ -137,8 +142,7 @@ def create_app(service: Service) -> QuartTrio:
     @app.get("/me")
     async def me() -> Response:
         name, _ = user()
-        return json_response({"user": name,
-                              "flows": [f.name for f in service.visible_flows(name)]})
+        return json_response({"user": name, "flows": [f.name for f in service.visible_flows(name)]})
 
     # -- flows -----------------------------------------------------------------
 
@@ -195,9 +199,13 @@ def create_app(service: Service) -> QuartTrio:
             raise bad_request("limit must be at most 500")
         tag = args.get("tag")
         page = await service.history(
-            name, check_flow(flow), before=parse_int(args.get("before"), "before"),
-            after=parse_int(args.get("after"), "after"), limit=limit,
-            tag=normalize_tag(tag) if tag is not None else None)
+            name,
+            check_flow(flow),
+            before=parse_int(args.get("before"), "before"),
+            after=parse_int(args.get("after"), "after"),
+            limit=limit,
+            tag=normalize_tag(tag) if tag is not None else None,
+        )
         return json_response(page)
 
     async def run_op(op: Op) -> Response:
@@ -240,12 +248,21 @@ def create_app(service: Service) -> QuartTrio:
         if config.metrics_token is not None:
             if request.headers.get("Authorization", "") != f"Bearer {config.metrics_token}":
                 raise RtError("unauthorized", "send Authorization: Bearer <metrics token>")
-        elif (request.remote_addr not in ("127.0.0.1", "::1")
-              or "Forwarded" in request.headers or "X-Forwarded-For" in request.headers):
-            raise RtError("forbidden", "metrics are served to loopback clients only; "
-                          "configure --metrics-token to read them remotely")
-        return Response(service.metrics.render(), status=200,
-                        content_type="text/plain; version=0.0.4; charset=utf-8")
+        elif (
+            request.remote_addr not in ("127.0.0.1", "::1")
+            or "Forwarded" in request.headers
+            or "X-Forwarded-For" in request.headers
+        ):
+            raise RtError(
+                "forbidden",
+                "metrics are served to loopback clients only; "
+                "configure --metrics-token to read them remotely",
+            )
+        return Response(
+            service.metrics.render(),
+            status=200,
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
 
     # -- streams ---------------------------------------------------------------
 
@@ -253,25 +270,43 @@ def create_app(service: Service) -> QuartTrio:
     async def stream(transport: str) -> Response:
         framer = FRAMERS.get(transport)
         if framer is None or transport == "ws":
-            raise RtError("not_found", f"no stream transport {transport!r}; this server has "
-                          f"{', '.join(ALL_TRANSPORTS)} (ws by WebSocket upgrade)")
+            raise RtError(
+                "not_found",
+                f"no stream transport {transport!r}; this server has "
+                f"{', '.join(ALL_TRANSPORTS)} (ws by WebSocket upgrade)",
+            )
         args = request.args
         framer = framer.for_request(args.get("callback"))
         last_event_id = request.headers.get("Last-Event-ID") if transport == "sse" else None
-        params = await parse_stream_request(service, args, request.headers.get("Authorization"),
-                                            transport, last_event_id)
+        params = await parse_stream_request(
+            service, args, request.headers.get("Authorization"), transport, last_event_id
+        )
         if framer.polling:
             parts = await service.poll(
-                user=params.user, token=params.token, client=params.client,
-                flows=params.flows, transport=transport, cursor=params.cursor,
-                epoch=params.epoch)
+                user=params.user,
+                token=params.token,
+                client=params.client,
+                flows=params.flows,
+                transport=transport,
+                cursor=params.cursor,
+                epoch=params.epoch,
+            )
             service.metrics.events_delivered.labels(transport).inc(len(parts))
-            return Response(framer.answer(parts), status=200, content_type=framer.content_type,
-                            headers=STREAM_HEADERS)
-        body = StreamBody(service, framer, params,
-                          body_framing=_body_framing(request.method, request.http_version))
-        response = Response(body, status=200, content_type=framer.content_type,
-                            headers=STREAM_HEADERS)
+            return Response(
+                framer.answer(parts),
+                status=200,
+                content_type=framer.content_type,
+                headers=STREAM_HEADERS,
+            )
+        body = StreamBody(
+            service,
+            framer,
+            params,
+            body_framing=_body_framing(request.method, request.http_version),
+        )
+        response = Response(
+            body, status=200, content_type=framer.content_type, headers=STREAM_HEADERS
+        )
         response.timeout = None
         return response
 
@@ -283,8 +318,8 @@ def create_app(service: Service) -> QuartTrio:
     if service.config.fast_paths:
         # Upgrades to /stream/ws on a fresh plain-TCP connection skip hypercorn's and
         # Quart's WebSocket layers (rt/web/raw_routes.py); the route above serves the rest.
-        app.rt_raw_routes = raw_routes(service,  # type: ignore[attr-defined]
-                                       websocket=serve_websocket)
+        routes = raw_routes(service, websocket=serve_websocket)
+        app.rt_raw_routes = routes  # type: ignore[attr-defined]
     return app
 
 
@@ -296,9 +331,15 @@ def _body_framing(method: str, http_version: str) -> str | None:
 
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
-                ".png": "image/png", ".ico": "image/x-icon", ".json": JSON_TYPE}
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": JSON_TYPE,
+}
 # The demo renders user content as text only; this policy is the second line of
 # defence: no inline script or style, no plugins, connections to this origin only.
 CONTENT_SECURITY_POLICY = (
@@ -310,8 +351,11 @@ CONTENT_SECURITY_POLICY = (
 
 def _static_names() -> dict[str, Path]:
     """Every servable file of rt/static, by its URL name (`rt.js`, `sub/x.js`)."""
-    return {p.relative_to(STATIC_DIR).as_posix(): p for p in sorted(STATIC_DIR.rglob("*"))
-            if p.is_file() and p.suffix in STATIC_TYPES}
+    return {
+        p.relative_to(STATIC_DIR).as_posix(): p
+        for p in sorted(STATIC_DIR.rglob("*"))
+        if p.is_file() and p.suffix in STATIC_TYPES
+    }
 
 
 STATIC_FILES = _static_names()
@@ -331,9 +375,13 @@ async def _static_file(name: str) -> Response:
     # `no-cache` with a validator: the browser keeps the file and asks each time
     # whether it changed; an unchanged one costs a 304 and no body.
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "ETag": etag,
-               "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-               "Referrer-Policy": "no-referrer"}
+    headers = {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+        "ETag": etag,
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
     tags = _entity_tags(request.headers.get("If-None-Match", ""))
     if etag in tags or "*" in tags:
         return Response(b"", status=304, headers=headers)

@@ -55,11 +55,24 @@ class _WriteStalled(Exception):
 class Connection:
     """One TCP connection (see the module docstring)."""
 
-    __slots__ = ("_stream", "_send_lock", "_write_timeout", "_socket", "_fd", "_back",
-                 "_pending", "_closed_frame", "last_receive", "peer", "on_stall", "stalled")
+    __slots__ = (
+        "_stream",
+        "_send_lock",
+        "_write_timeout",
+        "_socket",
+        "_fd",
+        "_back",
+        "_pending",
+        "_closed_frame",
+        "last_receive",
+        "peer",
+        "on_stall",
+        "stalled",
+    )
 
-    def __init__(self, stream: Any, send_lock: trio.Lock,
-                 write_timeout: Callable[[], float]) -> None:
+    def __init__(
+        self, stream: Any, send_lock: trio.Lock, write_timeout: Callable[[], float]
+    ) -> None:
         self._stream = stream
         self._send_lock = send_lock
         self._write_timeout = write_timeout
@@ -157,8 +170,7 @@ class Connection:
 
     def try_write(self, data: bytes) -> bool:
         """The direct write (see the module docstring)."""
-        if (self._pending or self._closed_frame or self._fd < 0
-                or self._send_lock.locked()):
+        if self._pending or self._closed_frame or self._fd < 0 or self._send_lock.locked():
             return False
         if self._socket.fileno() != self._fd:  # closed (and the number maybe reused)
             self._fd = -1

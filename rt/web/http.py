@@ -23,8 +23,9 @@ def error_response(error: RtError) -> Response:
     return json_response(error.body(), error.status, headers)
 
 
-def origin_allowed(origin: str | None, scheme: str, host: str | None,
-                   allowed: tuple[str, ...]) -> bool:
+def origin_allowed(
+    origin: str | None, scheme: str, host: str | None, allowed: tuple[str, ...]
+) -> bool:
     """An absent Origin (not a browser), the server's own (scheme and Host), or a configured one."""
     if origin is None:
         return True
@@ -56,5 +57,6 @@ def loggable(text: str) -> str:
         return text + ("..." if cut else "")
     out = "".join(
         c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
-        for c in text)
+        for c in text
+    )
     return out + ("..." if cut else "")

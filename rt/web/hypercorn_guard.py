@@ -48,8 +48,17 @@ from hypercorn.trio import tcp_server as _hypercorn_tcp_server
 from rt.web.admission import Admission, AdmissionLimits, head_problem
 from rt.web.connection import Connection, current_connection
 
-__all__ = ["DEFAULT_WRITE_TIMEOUT", "UPSTREAM_SHA256", "GuardedTCPServer", "admit_with",
-           "check_upstream", "cut_all", "install", "installed", "uninstall"]
+__all__ = [
+    "DEFAULT_WRITE_TIMEOUT",
+    "UPSTREAM_SHA256",
+    "GuardedTCPServer",
+    "admit_with",
+    "check_upstream",
+    "cut_all",
+    "install",
+    "installed",
+    "uninstall",
+]
 
 #: Write timeout used until :func:`install` is given another one, in seconds.
 DEFAULT_WRITE_TIMEOUT: float = 30.0
@@ -189,7 +198,9 @@ class GuardedTCPServer(_UpstreamTCPServer):
             # connection is lost. (hypercorn issue 225)
             await self.config.log.error(
                 "rt: an error escaped the connection from %s; closed that connection only",
-                connection.peer, exc_info=group)
+                connection.peer,
+                exc_info=group,
+            )
         finally:
             current_connection.reset(token)
             if admission is not None:
@@ -248,7 +259,9 @@ class GuardedTCPServer(_UpstreamTCPServer):
                 if self.connection.stalled:
                     await self.config.log.info(
                         "rt: a write to %s made no progress for %ss; closed the connection",
-                        self.connection.peer, self.write_timeout)
+                        self.connection.peer,
+                        self.write_timeout,
+                    )
                 await self.protocol.handle(Closed())
         elif isinstance(event, Closed):
             # Upstream closes from inside the app's task, which Quart-Trio cancels

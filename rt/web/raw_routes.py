@@ -92,8 +92,14 @@ class RawWebSocket:
 
     scheme = "ws"  # raw routes are plain TCP only (the guard sends TLS to hypercorn)
 
-    def __init__(self, conn: Connection, ws: WSConnection, request: Request,
-                 max_message: int, early: bytes = b"") -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        ws: WSConnection,
+        request: Request,
+        max_message: int,
+        early: bytes = b"",
+    ) -> None:
         """`early`: bytes that came after the request head, before the handshake's answer."""
         self._conn = conn
         self._ws = ws
@@ -178,8 +184,7 @@ class RawWebSocket:
         return None
 
 
-async def serve_raw(conn: Connection, head: bytes, *, handler: Any,
-                    max_message: int) -> None:
+async def serve_raw(conn: Connection, head: bytes, *, handler: Any, max_message: int) -> None:
     """Run one raw `/stream/ws` connection: handshake, then `handler(ws)` to the end.
 
     `head` is what the guard read: the request head and any bytes after it.
@@ -198,9 +203,10 @@ async def serve_raw(conn: Connection, head: bytes, *, handler: Any,
             hint = RejectConnection(status_code=400)
         # RFC 6455 section 4.4: a version we do not speak is 426 with the one we do.
         extra = b"".join(b"%s: %s\r\n" % (k, v) for k, v in hint.headers)
-        await conn.write(b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n"
-                         % (hint.status_code, _REASONS.get(hint.status_code, b"Bad Request"),
-                            extra))
+        await conn.write(
+            b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n"
+            % (hint.status_code, _REASONS.get(hint.status_code, b"Bad Request"), extra)
+        )
         return
     if request is None:
         return
@@ -219,6 +225,11 @@ def raw_routes(service: Any, *, websocket: Any) -> list[tuple[Any, Any]]:
     """
     from functools import partial
 
-    return [(is_websocket_stream_request,
-             partial(serve_raw, handler=partial(websocket, service),
-                     max_message=service.config.max_body))]
+    return [
+        (
+            is_websocket_stream_request,
+            partial(
+                serve_raw, handler=partial(websocket, service), max_message=service.config.max_body
+            ),
+        )
+    ]

@@ -78,10 +78,14 @@ def hyper_config(config: Config, admission: Admission) -> HyperConfig:
 
 
 def admission_for(config: Config) -> Admission:
-    return Admission(AdmissionLimits(
-        max_connections=config.max_connections,
-        max_connections_per_address=config.max_connections_per_address,
-        head_timeout=config.head_timeout, max_head=config.max_head))
+    return Admission(
+        AdmissionLimits(
+            max_connections=config.max_connections,
+            max_connections_per_address=config.max_connections_per_address,
+            head_timeout=config.head_timeout,
+            max_head=config.max_head,
+        )
+    )
 
 
 class _AtMostOncePerSecond(logging.Filter):
@@ -117,7 +121,10 @@ if not any(isinstance(f, _AtMostOncePerSecond) for f in _accept_errors.filters):
 
 @asynccontextmanager
 async def open_server(
-    config: Config, *, backend: Backend | None = None, hub: Hub | None = None,
+    config: Config,
+    *,
+    backend: Backend | None = None,
+    hub: Hub | None = None,
     hooks: Hooks | None = None,
 ) -> AsyncIterator[Server]:
     """Serve rt until the block exits (graceful shutdown then) or `shutdown()` is called."""
@@ -177,14 +184,21 @@ async def run(config: Config, *, on_ready=None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (for `rt serve`)."""
     soft, _ = raise_open_file_limit()
     cap = AdmissionLimits(max_connections=config.max_connections).total_cap()
-    log.info("open-file limit %d; at most %s connections, %s per client address", soft,
-             cap or "unlimited", config.max_connections_per_address or "unlimited")
+    log.info(
+        "open-file limit %d; at most %s connections, %s per client address",
+        soft,
+        cap or "unlimited",
+        config.max_connections_per_address or "unlimited",
+    )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_server(config) as server:
             if on_ready is not None:
                 await on_ready(server)
             async for signum in signals:
-                log.info("%s received, draining for %.1f s", signal.Signals(signum).name,
-                         config.drain_seconds)
+                log.info(
+                    "%s received, draining for %.1f s",
+                    signal.Signals(signum).name,
+                    config.drain_seconds,
+                )
                 server.shutdown()
                 break

@@ -61,15 +61,27 @@ class StreamRequest:
 
     async def open(self, service: Service) -> StreamSession:
         return await service.open_stream(
-            user=self.user, token=self.token, client=self.client, flows=self.flows,
-            transport=self.transport, cursor=self.cursor, epoch=self.epoch)
+            user=self.user,
+            token=self.token,
+            client=self.client,
+            flows=self.flows,
+            transport=self.transport,
+            cursor=self.cursor,
+            epoch=self.epoch,
+        )
 
 
 class StreamBody(ResponseBody):
     """One streaming HTTP response: preamble and `ready`, then batches, then `close`."""
 
-    def __init__(self, service: Service, framer: Framer, params: StreamRequest,
-                 *, body_framing: str | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        framer: Framer,
+        params: StreamRequest,
+        *,
+        body_framing: str | None = None,
+    ) -> None:
         """`body_framing`: how the server frames this response's body on the wire,
         "chunked" (HTTP/1.1) or "close" (HTTP/1.0: raw bytes until the connection
         closes); direct writes need one of them (None: never write directly)."""
@@ -78,9 +90,14 @@ class StreamBody(ResponseBody):
         self.params = params
         connection = current_connection.get()
         watch_stalls(connection, service, framer.name)
-        self.direct = (connection if connection is not None and connection.plain_tcp
-                       and body_framing in ("chunked", "close") and service.config.fast_paths
-                       else None)
+        self.direct = (
+            connection
+            if connection is not None
+            and connection.plain_tcp
+            and body_framing in ("chunked", "close")
+            and service.config.fast_paths
+            else None
+        )
         self._chunked = body_framing == "chunked"
         self._direct_on = False
         self._wire_key: tuple[str, str, bool] = (framer.name, "", self._chunked)
@@ -146,8 +163,7 @@ class StreamBody(ResponseBody):
         size = len(chunk) - _chunk_overhead(chunk) if self._chunked else len(chunk)
         # A write that reaches the rotation mark takes the ordinary path, which rotates.
         session = self.session
-        if (self._rotation_due(size)
-                or not write_now(self.direct, chunk, session)):  # type: ignore[arg-type]
+        if self._rotation_due(size) or not write_now(self.direct, chunk, session):  # type: ignore[arg-type]
             return False
         self._written += size
         self._last_write = trio.current_time()
@@ -218,8 +234,9 @@ class StreamBody(ResponseBody):
         return self._emit(chunk)
 
 
-def framed_once(events: Sequence[Event], key: Any,
-                make: Callable[[Sequence[Event]], bytes | None]) -> bytes | None:
+def framed_once(
+    events: Sequence[Event], key: Any, make: Callable[[Sequence[Event]], bytes | None]
+) -> bytes | None:
     """`make(events)`, computed once per (`key`, run of events) for every connection.
 
     Cached on the first event: a run of one event under `key`, a longer run
@@ -232,8 +249,7 @@ def framed_once(events: Sequence[Event], key: Any,
     return first.framed((key, tuple(e.id for e in events)), make, events)
 
 
-def write_now(direct: Connection, data: bytes,
-              session: StreamSession | None) -> bool:
+def write_now(direct: Connection, data: bytes, session: StreamSession | None) -> bool:
     """`direct.try_write(data)`; when the write was cut short, `session`'s loop is nudged
     to flush the rest (it goes out before any other byte of the connection)."""
     if not direct.try_write(data):
@@ -254,7 +270,10 @@ UNTRUSTED_EPOCH = ""
 
 
 async def parse_stream_request(
-    service: Service, args: Any, authorization: str | None, transport: str,
+    service: Service,
+    args: Any,
+    authorization: str | None,
+    transport: str,
     last_event_id: str | None = None,
 ) -> StreamRequest:
     """Validate a stream request in the order of PROTOCOL.md (400, 401, 404/403)."""
@@ -262,8 +281,10 @@ async def parse_stream_request(
     if version != "1":
         raise bad_request(f"protocol version {version!r} is not supported; this server speaks 1")
     if "token" in args or "access_token" in args:
-        raise bad_request("a bearer token is never accepted in a URL; use a ticket "
-                          "(POST /auth/ticket) or the Authorization header")
+        raise bad_request(
+            "a bearer token is never accepted in a URL; use a ticket "
+            "(POST /auth/ticket) or the Authorization header"
+        )
     client = check_client(args.get("client"))
     flows = check_flow_list(args.get("flows"), service.config.max_flows)
     cursor = parse_int(args.get("cursor"), "cursor")
@@ -277,5 +298,12 @@ async def parse_stream_request(
     user, token = await service.authenticate_stream(authorization, args.get("ticket"), client)
     for name in flows:
         service.require_flow(user, name)
-    return StreamRequest(user=user, token=token, client=client, flows=flows,
-                         transport=transport, cursor=cursor, epoch=epoch)
+    return StreamRequest(
+        user=user,
+        token=token,
+        client=client,
+        flows=flows,
+        transport=transport,
+        cursor=cursor,
+        epoch=epoch,
+    )

@@ -57,13 +57,15 @@ async def serve_websocket(service: Service, ws: Any) -> None:
     """Run one `/stream/ws` connection from upgrade to close."""
     config = service.config
     try:
-        if not origin_allowed(ws.headers.get("Origin"), ws.scheme, ws.headers.get("Host"),
-                              config.allow_origin):
-            raise RtError("forbidden", "this page's origin is not allowed to connect; "
-                          "add it with --allow-origin")
+        if not origin_allowed(
+            ws.headers.get("Origin"), ws.scheme, ws.headers.get("Host"), config.allow_origin
+        ):
+            raise RtError(
+                "forbidden",
+                "this page's origin is not allowed to connect; add it with --allow-origin",
+            )
         service.check_draining()
-        params = await parse_stream_request(service, ws.args, ws.headers.get("Authorization"),
-                                            "ws")
+        params = await parse_stream_request(service, ws.args, ws.headers.get("Authorization"), "ws")
     except RtError as error:
         await ws.accept()
         await ws.close(error.close_code, error.code)
@@ -93,9 +95,22 @@ async def drain_after_close(ws: Any, quiet: float) -> None:
 
 class WsConnection:
     # Slots: one of these lives as long as each connection.
-    __slots__ = ("service", "ws", "params", "user", "last_write", "last_seen", "connection",
-                 "failures", "ops_limiter", "session", "nursery", "closing", "direct",
-                 "_delivered")
+    __slots__ = (
+        "service",
+        "ws",
+        "params",
+        "user",
+        "last_write",
+        "last_seen",
+        "connection",
+        "failures",
+        "ops_limiter",
+        "session",
+        "nursery",
+        "closing",
+        "direct",
+        "_delivered",
+    )
 
     def __init__(self, service: Service, ws: Any, params: StreamRequest) -> None:
         self.service = service
@@ -111,8 +126,11 @@ class WsConnection:
         self.nursery: trio.Nursery | None = None
         self.closing = False
         connection = self.connection
-        self.direct = (connection if connection is not None and connection.plain_tcp
-                       and service.config.fast_paths else None)
+        self.direct = (
+            connection
+            if connection is not None and connection.plain_tcp and service.config.fast_paths
+            else None
+        )
         self._delivered = service.metrics.events_delivered.labels("ws")  # looked up once
 
     async def send(self, data: bytes) -> None:
@@ -189,8 +207,9 @@ class WsConnection:
                 # Only the wait is bounded (by the next heartbeat, or the silence
                 # limit): a batch taken from the buffer is written whatever the
                 # time, or it would be lost (a gap).
-                with trio.move_on_at(min(self.last_write + heartbeat,
-                                         self._last_heard() + silence)):
+                with trio.move_on_at(
+                    min(self.last_write + heartbeat, self._last_heard() + silence)
+                ):
                     batch = await session.next_batch()
             except StreamEnd as end:
                 await self._close_with(end)
@@ -224,8 +243,9 @@ class WsConnection:
     def _last_heard(self) -> float:
         """When the client last sent anything: a message, or any frame or byte."""
         connection = self.connection
-        return self.last_seen if connection is None else max(self.last_seen,
-                                                              connection.last_receive)
+        return (
+            self.last_seen if connection is None else max(self.last_seen, connection.last_receive)
+        )
 
     async def _reader(self) -> None:
         while True:
@@ -250,8 +270,9 @@ class WsConnection:
         try:
             if op_name == "ping":
                 self.failures = 0
-                await self.send(encode({"type": "pong", "ref": ref,
-                                        "sent": time.time_ns() // 1_000_000}))
+                await self.send(
+                    encode({"type": "pong", "ref": ref, "sent": time.time_ns() // 1_000_000})
+                )
             elif op_name == "typing":
                 self.service.typing(self.user, check_flow(frame.get("flow")))
                 self.failures = 0
@@ -264,8 +285,9 @@ class WsConnection:
                 assert self.nursery is not None
                 self.nursery.start_soon(self._run_op, op, ref, token)
             else:
-                raise bad_request(f"unknown op {op_name!r}; use post, edit, tag, delete, "
-                                  "typing or ping")
+                raise bad_request(
+                    f"unknown op {op_name!r}; use post, edit, tag, delete, typing or ping"
+                )
         except RtError as error:
             await self._failed(ref, error)
 
@@ -299,8 +321,13 @@ class WsConnection:
         await self.send(encode(reply))
 
     async def _failed(self, ref: str | None, error: RtError) -> None:
-        reply: dict[str, Any] = {"type": "error", "ref": ref, "code": error.code,
-                                 "message": error.message, "retry": error.retry}
+        reply: dict[str, Any] = {
+            "type": "error",
+            "ref": ref,
+            "code": error.code,
+            "message": error.message,
+            "retry": error.retry,
+        }
         if error.retry_after is not None:
             reply["retry_after"] = int(error.retry_after * 1000)
         await self.send(encode(reply))

@@ -14,7 +14,9 @@ TRANSPORT_KEY = "rt-demo:transport"
 
 # Timeouts (ms) of the auto-waiting assertions.
 SIGN_IN_MS = 10000
-RECOVER_MS = 40000   # after a cut or a restart: reconnection backoff (jittered, up to 30 s), then the outbox
+RECOVER_MS = (
+    40000  # after a cut or a restart: reconnection backoff (jittered, up to 30 s), then the outbox
+)
 
 
 class Chat:
@@ -29,9 +31,17 @@ class Chat:
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
     @classmethod
-    def open(cls, browser, base: str, user: str, transport: str = "auto", *,
-             viewport: tuple[int, int] = (1280, 800), cache_static: bool = False,
-             sign_in: bool = True) -> Chat:
+    def open(
+        cls,
+        browser,
+        base: str,
+        user: str,
+        transport: str = "auto",
+        *,
+        viewport: tuple[int, int] = (1280, 800),
+        cache_static: bool = False,
+        sign_in: bool = True,
+    ) -> Chat:
         context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
         context.set_default_timeout(SIGN_IN_MS)
         # The transport the demo starts with (it remembers the selector's choice
@@ -39,7 +49,8 @@ class Chat:
         # whatever the selector chose since.
         context.add_init_script(
             f"try {{ if (!localStorage.getItem({json.dumps(TRANSPORT_KEY)})) "
-            f"localStorage.setItem({json.dumps(TRANSPORT_KEY)}, {json.dumps(transport)}); }} catch (e) {{}}")
+            f"localStorage.setItem({json.dumps(TRANSPORT_KEY)}, {json.dumps(transport)}); }} catch (e) {{}}"
+        )
         if cache_static:
             _serve_static_when_offline(context, base)
         page = context.new_page()
@@ -105,7 +116,9 @@ class Chat:
 
     def message_with(self, user: str, text: str) -> Locator:
         exact = re.compile("^" + re.escape(text) + "$")
-        return self.messages(user).filter(has=self.page.get_by_test_id("message-content").filter(has_text=exact))
+        return self.messages(user).filter(
+            has=self.page.get_by_test_id("message-content").filter(has_text=exact)
+        )
 
     def shows_exactly(self, user: str, texts: list[str], timeout: float = RECOVER_MS) -> None:
         """The page lists exactly these messages of `user`, in this order, none pending."""
@@ -142,7 +155,11 @@ def _serve_static_when_offline(context: BrowserContext, base: str) -> None:
             else:
                 route.abort("connectionreset")
             return
-        cache[url] = {"status": response.status, "headers": response.headers, "body": response.body()}
+        cache[url] = {
+            "status": response.status,
+            "headers": response.headers,
+            "body": response.body(),
+        }
         route.fulfill(response=response)
 
     context.route(re.compile(re.escape(base) + r"/(\?.*)?$"), handle)
@@ -170,4 +187,3 @@ def history(base: str, token: str, user: str, flow: str = "general") -> list[dic
 
 def history_contents(base: str, token: str, user: str, flow: str = "general") -> list[str]:
     return [m["content"] for m in history(base, token, user, flow) if not m["deleted"]]
-

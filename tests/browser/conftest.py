@@ -26,13 +26,34 @@ from tests.browser.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-SERVER_ARGS = ["--guests", "--flow", "general", "--flow", "random",
-               "--ops-rate", "1000", "--ops-burst", "1000",
-               "--heartbeat", "2", "--presence-grace", "2", "--poll-timeout", "3",
-               # every test signs two guests up from 127.0.0.1: lift the 10 a minute
-               "--guest-rate", "100000"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SERVER_ARGS = [
+    "--guests",
+    "--flow",
+    "general",
+    "--flow",
+    "random",
+    "--ops-rate",
+    "1000",
+    "--ops-burst",
+    "1000",
+    "--heartbeat",
+    "2",
+    "--presence-grace",
+    "2",
+    "--poll-timeout",
+    "3",
+    # every test signs two guests up from 127.0.0.1: lift the 10 a minute
+    "--guest-rate",
+    "100000",
+]
 
 
 def _unavailable(why: str) -> None:
@@ -61,8 +82,19 @@ class RtServer:
         self.starts += 1
         out = self.workdir / f"server-{self.starts}.out"
         err = self.workdir / f"server-{self.starts}.err"
-        cmd = [sys.executable, "-m", "rt", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--db", str(self.db), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rt",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            *self.args,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=stderr, env=env)
@@ -113,7 +145,9 @@ def chromium() -> Iterator[object]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("Playwright (python) is not installed")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(
+        CHROMIUM
+    ):
         _unavailable(f"no Chromium at {CHROMIUM}")
     with sync_playwright() as p:
         try:

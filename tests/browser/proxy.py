@@ -61,8 +61,9 @@ class _Pair:
 
     def start(self) -> None:
         for src, dst in ((self.client, self.upstream), (self.upstream, self.client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True,
-                             name="proxy-pump").start()
+            threading.Thread(
+                target=self._pump, args=(src, dst), daemon=True, name="proxy-pump"
+            ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -135,8 +136,9 @@ class TcpProxy:
             if self._stopped:
                 _reset(client)
                 return
-            threading.Thread(target=self._open, args=(client,), daemon=True,
-                             name="proxy-open").start()
+            threading.Thread(
+                target=self._open, args=(client,), daemon=True, name="proxy-open"
+            ).start()
 
     def _open(self, client: socket.socket) -> None:
         if self._cut:

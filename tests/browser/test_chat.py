@@ -35,9 +35,15 @@ def open_chat(chromium, net):
     """
     opened: list[Chat] = []
 
-    def make(*users: str, transport: str = "auto", cache_static: tuple[str, ...] = ()) -> list[Chat]:
-        chats = [Chat.open(chromium, net.url, user, transport, sign_in=False,
-                           cache_static=user in cache_static) for user in users]
+    def make(
+        *users: str, transport: str = "auto", cache_static: tuple[str, ...] = ()
+    ) -> list[Chat]:
+        chats = [
+            Chat.open(
+                chromium, net.url, user, transport, sign_in=False, cache_static=user in cache_static
+            )
+            for user in users
+        ]
         opened.extend(chats)
         for chat in chats:
             chat.start_sign_in()
@@ -69,8 +75,9 @@ def test_post_tag_edit_delete_live(open_chat, server, transport):
     b.message(msg_id).get_by_test_id("tag-input").fill("urgent")
     b.message(msg_id).get_by_test_id("tag-input").press("Enter")
     for page in (a, b):
-        expect(page.message(msg_id).locator('[data-testid="tag-chip"][data-tag="urgent"]')).to_have_count(
-            1, timeout=2000)
+        expect(
+            page.message(msg_id).locator('[data-testid="tag-chip"][data-tag="urgent"]')
+        ).to_have_count(1, timeout=2000)
 
     # a edits it
     a.message(msg_id).get_by_test_id("message-edit").click()
@@ -78,7 +85,8 @@ def test_post_tag_edit_delete_live(open_chat, server, transport):
     a.message(msg_id).get_by_test_id("message-edit-save").click()
     for page in (a, b):
         expect(page.message(msg_id).get_by_test_id("message-content")).to_have_text(
-            f"{text}, edited", timeout=2000)
+            f"{text}, edited", timeout=2000
+        )
         expect(page.message(msg_id).get_by_test_id("message-edited")).to_be_visible(timeout=2000)
 
     # a removes the tag b added
@@ -141,8 +149,12 @@ def test_cut_network_shows_pending_then_delivers_once(open_chat, server, net, tr
 
 def test_reload_with_pending_ops(open_chat, server, net, transport):
     """A reload while ops are pending (cut, post, reload, restore) loses and duplicates none."""
-    a, b = open_chat(f"reload-a-{transport}", f"reload-b-{transport}", transport=transport,
-                     cache_static=(f"reload-a-{transport}",))
+    a, b = open_chat(
+        f"reload-a-{transport}",
+        f"reload-b-{transport}",
+        transport=transport,
+        cache_static=(f"reload-a-{transport}",),
+    )
     texts = [f"{a.user} kept {i}" for i in range(3)]
 
     a.post(texts[0])

@@ -28,8 +28,11 @@ SIZES = [pytest.param((375, 812), id="375x812"), pytest.param((1280, 800), id="1
 
 def no_horizontal_scroll(chat: Chat) -> None:
     width = chat.page.evaluate(
-        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-    assert width[0] <= width[1], f"the page scrolls sideways: scrollWidth {width[0]} > clientWidth {width[1]}"
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert width[0] <= width[1], (
+        f"the page scrolls sideways: scrollWidth {width[0]} > clientWidth {width[1]}"
+    )
 
 
 def shot(page, path) -> None:
@@ -39,8 +42,11 @@ def shot(page, path) -> None:
 
 def serious_violations(chat: Chat) -> list[str]:
     results = Axe().run(chat.page)
-    return [f"{v['id']} ({v['impact']}): {v['help']} -> {[n['target'] for n in v['nodes']][:5]}"
-            for v in results.response["violations"] if v.get("impact") in ("serious", "critical")]
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} -> {[n['target'] for n in v['nodes']][:5]}"
+        for v in results.response["violations"]
+        if v.get("impact") in ("serious", "critical")
+    ]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -75,7 +81,9 @@ def test_layout_and_accessibility(chromium, net, artifacts, size):
             expect(chat.tid("menu-toggle")).to_have_attribute("aria-expanded", "true")
             for hook in ("flow-item", "presence-list", "transport-select"):
                 expect(chat.tid(hook).first).to_be_visible()
-            expect(chat.page.locator(f'[data-testid="presence-user"][data-user="{chat.user}"]')).to_be_visible()
+            expect(
+                chat.page.locator(f'[data-testid="presence-user"][data-user="{chat.user}"]')
+            ).to_be_visible()
             no_horizontal_scroll(chat)
             shot(page, artifacts / f"chat-{width}x{height}-drawer.png")
             assert serious_violations(chat) == [], "axe with the drawer open"

@@ -27,5 +27,14 @@ RUNNERS = {
     "jsonp": run_polling,
 }
 
-__all__ = ["Closed", "End", "Link", "Lost", "Refused", "RUNNERS", "TRANSPORTS", "STREAMING",
-           "POLLING"]
+__all__ = [
+    "Closed",
+    "End",
+    "Link",
+    "Lost",
+    "Refused",
+    "RUNNERS",
+    "TRANSPORTS",
+    "STREAMING",
+    "POLLING",
+]

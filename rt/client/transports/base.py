@@ -34,8 +34,9 @@ class Refused:
     @classmethod
     def of(cls, response: Response) -> Refused:
         code, message = response.error()
-        return cls(response.status, code, message,
-                   parse_retry_after(response.header("retry-after")))
+        return cls(
+            response.status, code, message, parse_retry_after(response.header("retry-after"))
+        )
 
 
 @dataclass(frozen=True)

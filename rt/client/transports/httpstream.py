@@ -36,8 +36,9 @@ def make_parser(transport: str, content_type: str | None, callback: str):
     ctype = (content_type or "").lower()
     expected = ACCEPT[transport]
     if not ctype.startswith(expected):
-        raise ProtocolError(f"{transport} stream: Content-Type {content_type!r}, "
-                            f"expected {expected}")
+        raise ProtocolError(
+            f"{transport} stream: Content-Type {content_type!r}, expected {expected}"
+        )
     if transport == "sse":
         return SseParser()
     if transport == "xhr":

@@ -33,9 +33,13 @@ async def run_polling(link: Link) -> End:
             await trio.sleep(gap)
         last_start = trio.current_time()
         response = await link.poll_pool.request(
-            "GET", link.target(), link.headers,
-            head_timeout=link.poll_timeout + t.poll_margin, read_timeout=t.request,
-            limit=MAX_ANSWER_BYTES)
+            "GET",
+            link.target(),
+            link.headers,
+            head_timeout=link.poll_timeout + t.poll_margin,
+            read_timeout=t.request,
+            limit=MAX_ANSWER_BYTES,
+        )
         if response.status == 429:
             # Polled too fast: the same session, after the wait.
             wait = parse_retry_after(response.header("retry-after"))
@@ -55,8 +59,10 @@ async def run_polling(link: Link) -> End:
             elif link.has_cursor():
                 link.continued()  # the session went on from our cursor
             elif objects:
-                raise ProtocolError(f"the first {link.transport} answer of a session "
-                                    f"starts with {objects[0].get('type')!r}, not ready")
+                raise ProtocolError(
+                    f"the first {link.transport} answer of a session "
+                    f"starts with {objects[0].get('type')!r}, not ready"
+                )
             else:
                 continue  # superseded before it could answer ready: ask again
         end = link.feed(objects)

@@ -22,8 +22,13 @@ from rt.client.websocket import Accepted, Message, Rejected, WebSocket
 from rt.client.websocket import Closed as WsClosed
 
 # Close codes that end a stream as a `close` reason would.
-CLOSE_REASONS = {1001: "shutdown", 4001: "unauthorized", 4009: "superseded", 4010: "lagging",
-                 4011: "evicted"}
+CLOSE_REASONS = {
+    1001: "shutdown",
+    4001: "unauthorized",
+    4009: "superseded",
+    4010: "lagging",
+    4011: "evicted",
+}
 # Refusals: the HTTP status each close code stands for (the reason is the error code).
 REFUSALS = {4003: 403, 4004: 404, 4400: 400, 1009: 413, 4029: 429, 1011: 500}
 PING = '{"op":"ping"}'
@@ -59,8 +64,9 @@ class _Pinger:
 
 async def run_ws(link: Link) -> End:
     t = link.timeouts
-    ws = await WebSocket.connect(link.origin, link.target(), link.headers,
-                                 connect_timeout=t.connect, write_timeout=t.write)
+    ws = await WebSocket.connect(
+        link.origin, link.target(), link.headers, connect_timeout=t.connect, write_timeout=t.write
+    )
     end: End | None = None
     failure: NetworkError | None = None
     try:
