@@ -66,7 +66,7 @@ class Config:
     ticket_ttl: float = 60.0
     # The fast paths: idle streams get events written by `publish` straight to
     # the socket (rt/service/streams.py), and `/stream/ws` upgrades are served
-    # without hypercorn's and Quart's WebSocket layers (rt/web/rawws.py). Off,
+    # without hypercorn's and Quart's WebSocket layers (rt/web/raw_routes.py). Off,
     # every byte takes the ASGI path: kept for tests of the buffered path and
     # for `rt bench`'s before/after comparison (`--bench-asgi-only`).
     fast_paths: bool = True

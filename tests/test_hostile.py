@@ -1,4 +1,4 @@
-"""Hostile and odd clients against a real rt server (DESIGN.md, known traps)."""
+"""Hostile and odd clients against a real rt server (docs/architecture.md, known traps)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The hub conformance checks (rt.testing.hub) on MemoryHub, then the publish-order test
-of DESIGN.md invariant 1: a hub that reorders the writer's batches makes
+of docs/architecture.md invariant 1: a hub that reorders the writer's batches makes
 MemoryHub's assertion fire, loudly, out of a real log, feed and writer.
 """
 

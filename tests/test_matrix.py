@@ -102,7 +102,7 @@ HOSTILE = (
     "</script><script>alert(1)</script> \u2028 \u2029 --> ]]> <!-- "
     f'\r\n--{BOUNDARY}--\r\n\n\ndata: {{}}\n\nevent: close\n\n");/**/x(['
 )
-# Short real timings (DESIGN.md: Tier 2 uses short real intervals where time must pass).
+# Short real timings (docs/architecture.md: Tier 2 uses short real intervals where time must pass).
 FAST = dict(poll_rate=1000, ops_rate=100000, ops_burst=100000, poll_timeout=1, write_timeout=1)
 
 

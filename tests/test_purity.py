@@ -1,4 +1,4 @@
-"""Tier 0: rt/core and rt/transports are pure (DESIGN.md section 1).
+"""Tier 0: rt/core and rt/transports are pure (docs/architecture.md section 1).
 
 Importing them, in a fresh interpreter, loads no I/O or async framework
 and no layer to their right.

@@ -1,4 +1,4 @@
-"""`LocalClaims`: one live stream per (user, client id), in this process (DESIGN.md
+"""`LocalClaims`: one live stream per (user, client id), in this process (docs/architecture.md
 invariant 5; the contract is rt/backend/contracts.py's `Claims`).
 
 A new claimant is registered at once and ends the previous one (which then

@@ -16,7 +16,7 @@ a stream's `ready` carries a snapshot taken in the same step as its
 subscription; `online`/`offline` changes go out on the bus once per user and
 flow, `offline` only `grace` seconds after the last claimant left.
 
-**Claims** (DESIGN.md invariant 5): one live claimant (stream or polling
+**Claims** (docs/architecture.md invariant 5): one live claimant (stream or polling
 session) per (user, client id). `claim` registers a new one, ends the
 previous one at once, waits for it at most `write_timeout`, and says whether
 the new one is still the claimant; a user's claimants past `max_streams`

@@ -8,7 +8,7 @@ these promises (checked by `rt.testing.hub`):
   subscriber, in publish order, until `unsubscribe` or `lagging`.
 - `publish(events)` takes stored events in strictly increasing id order and
   never blocks; it fails loudly on an id that does not increase (a writer
-  that publishes out of order breaks resume, DESIGN.md invariant 1).
+  that publishes out of order breaks resume, docs/architecture.md invariant 1).
 - `publish_ephemeral(event)` delivers presence and typing; no id, no order check.
 - A subscriber whose buffer would exceed its bounds is marked `lagging` and
   detached: it keeps what it has and receives nothing more.

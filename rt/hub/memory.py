@@ -7,7 +7,7 @@ Contract (shared by every hub; tests/test_hub_conformance.py):
   subscriber, in publish order, until `unsubscribe` or `lagging`.
 - `publish(events)` takes stored events in strictly increasing id order and
   never blocks. It asserts that ids increase across calls: a writer that
-  publishes out of order breaks resume (DESIGN.md invariant 1), and we would
+  publishes out of order breaks resume (docs/architecture.md invariant 1), and we would
   rather crash loudly than lose events silently.
 - `publish_ephemeral(event)` delivers presence and typing; no id, no order check.
 - Each event is encoded once (`Event.raw`); the hub only appends references.

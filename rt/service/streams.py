@@ -8,7 +8,7 @@ polling sessions), writes `ready`, then loops on
 `next_batch()` (framing and writing each batch) until it raises `StreamEnd`,
 writes the `close` frame, and calls `finish()` in a `finally` block.
 
-Resume (DESIGN.md invariant 2): the session subscribes to the hub *before*
+Resume (docs/architecture.md invariant 2): the session subscribes to the hub *before*
 it reads the store, so every event it does not find in the store is in its
 buffer; it sends catch-up pages from the store while behind, then drains
 the buffer, skipping every id at or below the last id it sent. Catch-up

@@ -1,6 +1,6 @@
 """`Feed`: this node's committed events, in id order, into the window and the hub.
 
-The one place a node publishes stored events (DESIGN.md invariant 1; the
+The one place a node publishes stored events (docs/architecture.md invariant 1; the
 reader role of section 5). The log hands it every committed event exactly
 once, in id order (`committed`): a single-node log from its writer right
 after each commit, a shared log from its reader. In one synchronous step,

@@ -1,4 +1,4 @@
-"""`SqliteLog`: the event log and message states in rt's SQLite file (DESIGN.md section 4).
+"""`SqliteLog`: the event log and message states in rt's SQLite file (docs/architecture.md section 4).
 
 Connections, each used by one thread at a time:
 

@@ -5,7 +5,7 @@ most `MAX_BATCH`) and has the log apply them as one batch
 (`Log.apply_batch`: in queue order, each atomically, one commit). An op is
 answered only once its event is committed *and published on this node*
 (`Feed.published`), so an acknowledged op's echo is already on its way to
-every local stream (DESIGN.md invariants 1 and 3).
+every local stream (docs/architecture.md invariants 1 and 3).
 
 A batch the log fails to commit fails every op in it with `internal`
 (retry: nothing was stored); the exception's text goes to the log, never to

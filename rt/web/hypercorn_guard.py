@@ -1,6 +1,6 @@
 """A small, pinned patch of hypercorn's trio TCP server (hypercorn==0.18.0).
 
-It fixes the traps of the stack (DESIGN.md section 3a) at the one place
+It fixes the traps of the stack (docs/architecture.md section 3a) at the one place
 they can be fixed, the connection's own task:
 
 1. **Unbounded writes.** Upstream writes with `send_all` inside a shielded

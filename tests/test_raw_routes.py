@@ -1,4 +1,4 @@
-"""The WebSocket fast path (rt/web/rawws.py) and the head read-ahead that routes to it.
+"""The WebSocket fast path (rt/web/raw_routes.py) and the head read-ahead that routes to it.
 
 The behaviour of `/stream/ws` is tested in tests/test_streams.py (both paths,
 through the `ws_path` fixture) and tests/test_matrix.py; this file pins the
