@@ -193,3 +193,17 @@ async def test_the_delivery_record_names_each_stream_and_what_it_delivered(tmp_p
     assert {x["user"] for x in lines} == {"alice"} and {x["client"] for x in lines} == {client}
     assert lines[0]["stream"] != lines[1]["stream"]
     assert lines[0]["t"] < lines[1]["t"]
+
+
+async def test_stopped_chaos_forces_nothing_more():
+    with trio.fail_after(10):
+        async with serve_rt(chaos="all:every=0.05s", chaos_seed=2) as server:
+            await new_flow(server, "general")
+            alice = await new_user(server, "alice")
+            chaos = server.service.chaos
+            chaos.stop()
+            forced = dict(chaos.forced)
+            assert not chaos.force("429")
+            statuses = {(await alice.post("general", f"m{i}")).status_code for i in range(20)}
+            assert statuses == {201} and chaos.forced == forced
+            await alice.aclose()

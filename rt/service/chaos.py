@@ -20,7 +20,8 @@ SPEC is `all` (every kind but `signal`), or comma-separated kinds, each `KIND` o
 (the mean interval between two of that kind, default 10 s; `500ms`, `3s`,
 `1m`); `all:every=D` sets every kind's interval. The random choices come
 from `--chaos-seed`. Off by default; when on, rt logs a warning at start and
-a line for each answer it forces. Nothing reachable over HTTP turns it on.
+a line for each answer it forces. SIGUSR2 stops it for good (the race lab
+sends it when its faults stop, so the clients can catch up in peace). Nothing reachable over HTTP turns it on.
 With it off, the service holds `None` and every hot path pays one `is None`.
 """
 
@@ -113,6 +114,8 @@ class Chaos:
         self._sessions = sessions
         self._armed = _Armed()
         self.forced: dict[str, int] = dict.fromkeys(self.every, 0)
+        self.stopped = False
+        self._scope = trio.CancelScope()
 
     def describe(self) -> str:
         return ", ".join(f"{kind} every ~{every:g}s" for kind, every in self.every.items())
@@ -123,10 +126,19 @@ class Chaos:
             "Never run it for real users.",
             self.describe(),
         )
-        async with trio.open_nursery() as nursery:
-            for kind, every in self.every.items():
-                if kind != SIGNAL:
-                    nursery.start_soon(self._arm_every, kind, every)
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                for kind, every in self.every.items():
+                    if kind != SIGNAL:
+                        nursery.start_soon(self._arm_every, kind, every)
+
+    def stop(self) -> None:
+        """Force nothing more, from now on (the race lab's end of faults: SIGUSR2)."""
+        if not self.stopped:
+            self.stopped = True
+            self._armed = _Armed()
+            self._scope.cancel()
+            log.warning("rt: --chaos stopped: this server answers normally from now on")
 
     async def _arm_every(self, kind: str, every: float) -> None:
         while True:
@@ -135,6 +147,8 @@ class Chaos:
 
     def force(self, kind: str) -> bool:
         """Force one answer of `kind` now (or arm it for the next request)."""
+        if self.stopped:
+            return False
         if kind in STREAM_KINDS:
             # A polling session is hit only while a poll waits, so the close is
             # its answer (between polls, ending it would only start a new one).

@@ -28,7 +28,7 @@ from rt.backend import Backend
 from rt.config import Config
 from rt.hub import Hub
 from rt.service import Hooks, Service, open_service
-from rt.service.chaos import SIGNAL, parse_spec
+from rt.service.chaos import SIGNAL, Chaos, parse_spec
 from rt.web import hypercorn_guard
 from rt.web.admission import Admission, AdmissionLimits, raise_open_file_limit
 from rt.web.app import create_app
@@ -143,12 +143,16 @@ async def open_server(
             host, port = _parse_bind(binds[0])
             server = Server(service, host, port, admission, seeded)
             nursery.start_soon(_drain_then_stop, server, stop, config.drain_seconds)
-            if config.chaos and SIGNAL in parse_spec(config.chaos):
-                nursery.start_soon(_cut_on_sigusr1, server.admission)
-            try:
-                yield server
-            finally:
-                server.shutdown()
+            async with trio.open_nursery() as signals:  # the chaos signals, while serving
+                if config.chaos and SIGNAL in parse_spec(config.chaos):
+                    signals.start_soon(_cut_on_sigusr1, server.admission)
+                if service.chaos is not None:
+                    signals.start_soon(_stop_chaos_on_sigusr2, service.chaos)
+                try:
+                    yield server
+                finally:
+                    signals.cancel_scope.cancel()
+                    server.shutdown()
             # the nursery waits for hypercorn to finish its graceful stop
         server.stopped.set()
 
@@ -162,6 +166,13 @@ async def _cut_on_sigusr1(admission: Admission) -> None:
         async for _ in signals:
             cut = await hypercorn_guard.cut_all(admission)
             log.info("SIGUSR1: cut %d connections (--chaos signal)", cut)
+
+
+async def _stop_chaos_on_sigusr2(chaos: Chaos) -> None:
+    """`rt serve --chaos`: SIGUSR2 stops the forced answers (the race lab's faults end)."""
+    with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        async for _ in signals:
+            chaos.stop()
 
 
 async def _serve(app, hc, trigger, task_status=trio.TASK_STATUS_IGNORED) -> None:
