@@ -312,6 +312,7 @@ def _serve(config: Config) -> None:
 # line naming the install command instead of a traceback (issue 9).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("matplotlib", "rich"),
+    "browser": ("playwright",),
 }
 
 
@@ -378,6 +379,149 @@ def bench_all(quick: bool, out: str | None) -> None:
 
     for name in BENCH_SUBCOMMANDS:
         suite.run(name, quick, out)
+
+
+# -- the race lab ------------------------------------------------------------------------
+
+
+@main.group()
+def chaos() -> None:
+    """The race lab: put realtime clients through faults and judge them (docs/lab.md)."""
+
+
+@chaos.command("run")
+@click.option(
+    "--client",
+    "client",
+    default=None,
+    metavar="CMD",
+    help="the client under test: a command, one process per client (LAB.md 2)",
+)
+@click.option(
+    "--builtin",
+    type=click.Choice(["python", "browser"]),
+    default=None,
+    help="a built-in client instead: rt.client, or rt.js in headless Chromium",
+)
+@click.option("--clients", type=click.IntRange(1, 2000), default=10, show_default=True)
+@click.option(
+    "--flows",
+    default="lab-a,lab-b",
+    show_default=True,
+    help="the flows every client follows, comma-separated",
+)
+@click.option(
+    "--transport",
+    default="auto",
+    show_default=True,
+    type=click.Choice(
+        ["auto", "mix", "ws", "sse", "xhr", "multipart", "htmlfile", "poll", "jsonp"]
+    ),
+    help="what RT_TRANSPORT says; mix spreads the clients over all seven",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="seconds of posts and faults",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="posts a second, in all",
+)
+@click.option(
+    "--faults",
+    default="cut,stall,kill",
+    show_default=True,
+    metavar="SPEC",
+    help="LAB.md 4: e.g. cut,stall:every=10s:for=3s,latency:delay=400ms",
+)
+@click.option("--seed", type=int, default=None, help="the seed (drawn and printed if omitted)")
+@click.option(
+    "--server",
+    default=None,
+    metavar="URL",
+    help="use a running rt server (with --guests) instead of starting one",
+)
+@click.option("--server-args", default="", help="more arguments for the rt serve it starts")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="the run directory (default chaos/<timestamp>)",
+)
+@click.option(
+    "--catch-up",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="seconds a client has to catch up once faults stop",
+)
+@click.option("--quick", is_flag=True, help="a smoke run of under 30 seconds")
+def chaos_run(**options: Any) -> None:
+    """Run clients through the fault proxy in front of rt and check every invariant."""
+    from rt.chaos.run import LabOptions
+    from rt.chaos.run import main as run_main
+
+    if options["client"] and options["builtin"]:
+        raise click.UsageError("give --client or --builtin, not both")
+    if options["builtin"] == "browser":
+        require_extra("browser", "rt chaos run --builtin browser")
+    flows = tuple(f for f in options.pop("flows").split(",") if f)
+    for name in flows:
+        check_or_exit(check_flow, name)
+    sys.exit(run_main(LabOptions(flows=flows, **options)))
+
+
+@chaos.command("proxy")
+@click.option("--listen", required=True, metavar="HOST:PORT", help="where clients connect")
+@click.option("--upstream", required=True, metavar="HOST:PORT", help="the rt server")
+@click.option("--faults", default=None, metavar="SPEC", help="faults on a schedule (LAB.md 4)")
+@click.option("--seed", type=int, default=None)
+@click.option(
+    "--control",
+    default=None,
+    metavar="HOST:PORT",
+    help="the control API's address (default: an ephemeral loopback port)",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="seconds of scheduled faults (default: a day)",
+)
+def chaos_proxy(
+    listen: str,
+    upstream: str,
+    faults: str | None,
+    seed: int | None,
+    control: str | None,
+    duration: float | None,
+) -> None:
+    """Run the fault proxy alone, with a control API to break connections by hand."""
+    from rt.chaos.faults import FaultSpecError
+    from rt.chaos.proxy_command import HostPortError, serve_proxy
+
+    try:
+        trio.run(serve_proxy, listen, upstream, faults, seed, control, duration)
+    except (FaultSpecError, HostPortError, ValueError) as error:
+        click.echo(f"rt chaos proxy: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+@chaos.command("check")
+@click.argument("directory", type=click.Path())
+def chaos_check(directory: str) -> None:
+    """Re-check a recorded run's history offline; rewrite its report."""
+    from rt.chaos.report import check_dir
+
+    sys.exit(check_dir(directory))
 
 
 # -- users and flows --------------------------------------------------------------
