@@ -385,6 +385,7 @@ async def _drive(
     opts = lab.opts
     progress = lab.progress
     assert progress is not None
+    browser_host: Any = None  # the Chromium of --builtin browser
     async with trio.open_nursery() as nursery:
         nursery.start_soon(progress.run)
         for lab_id, spec in zip(lab_ids, specs, strict=True):
@@ -408,28 +409,26 @@ async def _drive(
                     lab.run_dir / "clients" / f"{lab_id}.stderr.log",
                 )
             elif opts.builtin == "browser":
-                from rt.chaos.browser import BrowserDriver
+                from rt.chaos.browser import BrowserDriver, BrowserHost
 
-                driver = BrowserDriver(
-                    lab_id,
-                    env,
-                    recorder,
-                    progress.record,
-                    lab.run_dir / "clients" / f"{lab_id}.console.log",
-                )
+                if browser_host is None:
+                    browser_host = BrowserHost(lab.run_dir / "browser.log")
+                    await browser_host.ensure_started(nursery)
+                driver = BrowserDriver(browser_host, lab_id, env, recorder, progress.record)
             else:
                 driver = PythonDriver(lab_id, env, recorder, progress.record)
             lab.drivers.append(driver)
             await nursery.start(driver.run)
         t0 = trio.current_time()
-        with trio.move_on_after(10):  # a client that never started (LAB.md: exit 2)
+        # A client that never started is the lab's failure (exit 2); a browser is slow.
+        with trio.move_on_after(30 if browser_host is not None else 10):
             while not all(d.printed_anything or d.exited.is_set() for d in lab.drivers):
                 await trio.sleep(0.05)
         dead = [d.lab_id for d in lab.drivers if not d.printed_anything]
         if dead:
             nursery.cancel_scope.cancel()
             raise LabError(
-                f"client {dead[0]} printed nothing within 10 s of its start (see "
+                f"client {dead[0]} printed nothing after its start (see "
                 f"{lab.run_dir / 'clients'}): is the client command right?"
             )
         async with trio.open_nursery() as faulting:
@@ -448,6 +447,8 @@ async def _drive(
         async with trio.open_nursery() as stopping:
             for driver in lab.drivers:
                 stopping.start_soon(driver.stop)
+        if browser_host is not None:
+            await browser_host.close()
         nursery.cancel_scope.cancel()
 
 
