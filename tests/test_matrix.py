@@ -740,3 +740,32 @@ async def test_each_event_is_flushed_within_100_ms_of_its_acknowledgement(transp
             finally:
                 await raw.aclose()
             assert max(lags) < 0.1, lags
+
+
+@pytest.mark.parametrize("transport", over("rotation"))
+async def test_a_tiny_rotate_bytes_still_delivers_an_event_each_response(transport):
+    """`ready` alone past the mark: each response still carries an object before it
+    rotates, so resuming makes progress (it did not: the client looped for ever)."""
+    with trio.fail_after(15):
+        async with world(rotate_bytes=200) as w:
+            cid = client_id()
+            epoch = w.service.feed.epoch
+            posted = [(await w.post(w.bob, content=f"tiny {i}"))["id"] for i in range(5)]
+            cursor, got = 0, []
+            for _ in range(len(posted)):  # at most one response per event
+                async with open_stream(
+                    w.alice, transport, ["general"], cid, cursor=cursor, epoch=epoch
+                ) as s:
+                    await expect_ready(s, reset=False, cursor=cursor)
+                    while True:
+                        obj = await s.next()
+                        if obj.get("type") == "close":
+                            assert obj["reason"] == "rotate"
+                            break
+                        if isinstance(obj.get("id"), int):
+                            got.append(obj["id"])
+                assert got and got[-1] > cursor, "a response rotated without an event"
+                cursor = got[-1]
+                if cursor == posted[-1]:
+                    break
+            assert got == posted

@@ -39,8 +39,12 @@ class BrowserHost:
             self._started = True
             log = open(self.log_path, "ab")  # noqa: SIM115 (the process owns it for the run)
             self.proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "rt.chaos.browser_host"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [sys.executable, "-m", "rt.chaos.browser_host"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             nursery.start_soon(self._read)
 
     async def _read(self) -> None:
@@ -81,8 +85,14 @@ class BrowserHost:
 
 
 class BrowserDriver(Driver):
-    def __init__(self, host: BrowserHost, lab_id: str, env: dict[str, str],
-                 recorder: ClientRecorder, on_record: OnRecord) -> None:
+    def __init__(
+        self,
+        host: BrowserHost,
+        lab_id: str,
+        env: dict[str, str],
+        recorder: ClientRecorder,
+        on_record: OnRecord,
+    ) -> None:
         super().__init__(lab_id, env, recorder, on_record)
         self.host = host
         host.drivers[lab_id] = self
@@ -90,9 +100,15 @@ class BrowserDriver(Driver):
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Open the page (the host must be started: `BrowserHost.ensure_started`)."""
         env = self.env
-        await self.host.send({"open": self.lab_id, "url": env["RT_URL"],
-                              "token": env["RT_TOKEN"], "flows": env["RT_FLOWS"].split(","),
-                              "transport": env["RT_TRANSPORT"]})
+        await self.host.send(
+            {
+                "open": self.lab_id,
+                "url": env["RT_URL"],
+                "token": env["RT_TOKEN"],
+                "flows": env["RT_FLOWS"].split(","),
+                "transport": env["RT_TRANSPORT"],
+            }
+        )
         task_status.started()
         await self.exited.wait()
 

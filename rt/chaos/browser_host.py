@@ -60,13 +60,22 @@ window.rtLab = {
 window.rtLabReady = true;
 </script>"""
 
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--disable-background-timer-throttling",
-               "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
-               # The page is routed by Playwright, not fetched: Chromium would count it
-               # as public and block its requests to the loopback proxy.
-               "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests"]
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+    # The page is routed by Playwright, not fetched: Chromium would count it
+    # as public and block its requests to the loopback proxy.
+    "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests",
+]
 CHROMIUM = os.environ.get("RT_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -95,12 +104,22 @@ async def main() -> int:
                     write({"from": lab_id, "exit": 0})
 
             await page.expose_function("rtLabRecord", on_record)
-            page.on("console", lambda m: print(f"{lab_id} console {m.type}: {m.text}",
-                                               file=sys.stderr, flush=True))
-            page.on("pageerror", lambda e: print(f"{lab_id} page error: {e}", file=sys.stderr,
-                                                 flush=True))
-            await page.route(url + "/__rt_lab__", lambda route: route.fulfill(
-                status=200, content_type="text/html; charset=utf-8", body=PAGE))
+            page.on(
+                "console",
+                lambda m: print(
+                    f"{lab_id} console {m.type}: {m.text}", file=sys.stderr, flush=True
+                ),
+            )
+            page.on(
+                "pageerror",
+                lambda e: print(f"{lab_id} page error: {e}", file=sys.stderr, flush=True),
+            )
+            await page.route(
+                url + "/__rt_lab__",
+                lambda route: route.fulfill(
+                    status=200, content_type="text/html; charset=utf-8", body=PAGE
+                ),
+            )
             await page.goto(url + "/__rt_lab__")
             await page.wait_for_function("window.rtLabReady === true", timeout=30000)
             await page.evaluate("(o) => window.rtLab.start(o)", opts)
@@ -113,12 +132,21 @@ async def main() -> int:
                 continue
             if "open" in message:
                 try:
-                    await open_page(message["open"], message["url"],
-                                    {"token": message["token"], "flows": message["flows"],
-                                     "transport": message["transport"]})
+                    await open_page(
+                        message["open"],
+                        message["url"],
+                        {
+                            "token": message["token"],
+                            "flows": message["flows"],
+                            "transport": message["transport"],
+                        },
+                    )
                 except Exception as error:  # the page could not start: say so, go on
-                    print(f"{message['open']}: the page did not start: {error}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"{message['open']}: the page did not start: {error}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     write({"from": message["open"], "exit": 1})
                 continue
             page = pages.get(message.get("to"))
@@ -127,8 +155,9 @@ async def main() -> int:
                 continue
             try:
                 if cmd.get("cmd") == "post":
-                    await page.evaluate("([f, c]) => window.rtLab.post(f, c)",
-                                        [cmd.get("flow"), cmd.get("content")])
+                    await page.evaluate(
+                        "([f, c]) => window.rtLab.post(f, c)", [cmd.get("flow"), cmd.get("content")]
+                    )
                 elif cmd.get("cmd") == "stop":
                     await page.evaluate("() => window.rtLab.stop()")
             except Exception as error:

@@ -433,8 +433,9 @@ async def _drive(
             )
         async with trio.open_nursery() as faulting:
             faulting.start_soon(_post_all, lab, workload, t0)
-            faulting.start_soon(partial(run_schedule, proxy, schedule, t0,
-                                        on_process_fault=lab.process_fault))
+            faulting.start_soon(
+                partial(run_schedule, proxy, schedule, t0, on_process_fault=lab.process_fault)
+            )
             await trio.sleep_until(t0 + opts.duration)
             faulting.cancel_scope.cancel()
         await lab.end_faults(proxy)
@@ -460,8 +461,8 @@ async def _post_all(lab: Lab, workload: list[Post], t0: float) -> None:
 
 
 async def _wait_for_quiet(lab: Lab, reader_token: str) -> None:
-    """Until every client shows the last event of its flows, or the catch-up limit
-    (plus a margin) has passed."""
+    """Until no post is in flight and every client shows the last event of its flows, or
+    the catch-up limit (plus a margin) has passed."""
     progress = lab.progress
     assert progress is not None
     deadline = trio.current_time() + lab.opts.catch_up + QUIET_MARGIN
@@ -479,7 +480,8 @@ async def _wait_for_quiet(lab: Lab, reader_token: str) -> None:
             heads[flow] = page["messages"][-1]["id"] if page["messages"] else 0
         else:
             target = max(heads.values(), default=0)
-            if all(progress.last_seen.get(d.lab_id, 0) >= target for d in lab.drivers):
+            settled = progress.acked + progress.gave_up >= progress.sent  # no post in flight
+            if settled and all(progress.last_seen.get(d.lab_id, 0) >= target for d in lab.drivers):
                 return
         await trio.sleep(0.5)
 

@@ -106,6 +106,7 @@ class StreamBody(ResponseBody):
         self._done = False
         self._last_write = 0.0
         self._written = 0  # body bytes so far, for rotation
+        self._carried = False  # whether this response has carried an event yet
         self._rotate_bytes = service.config.rotate_bytes
         self._delivered = service.metrics.events_delivered.labels(framer.name)  # looked up once
 
@@ -221,11 +222,17 @@ class StreamBody(ResponseBody):
         rotate = False
         if framer.rotates:
             n = rotation_cut(framer.object_sizes(batch), self._rotate_bytes - self._written)
+            if n == 0 and batch and not self._carried:
+                # A response always carries one object of a batch before it rotates:
+                # with `ready` alone past the mark, a rotation that sends nothing
+                # would have the client reconnect for ever (docs/decisions.md).
+                n = 1
             if n < len(batch):
                 # The rest comes from the log when the client resumes.
                 batch, rotate = batch[:n], True
         session.delivered(batch)
         self._delivered.inc(len(batch))
+        self._carried = self._carried or bool(batch)
         chunk = framer.frame(batch, epoch) if batch else b""
         if rotate or self._rotation_due(len(chunk)):
             self._end_with(StreamEnd("rotate", 0))
