@@ -120,6 +120,50 @@ def needs_extra(extra: str) -> Callable[[Path, Path, tuple[str, ...]], None]:
     return smoke
 
 
+def chaos_run(python: Path, tmp: Path) -> None:
+    """The race lab from the plain install: a quick run of the built-in Python client."""
+    result = run(python, "chaos", "run", "--quick", "--seed", "1", "--out", str(tmp / "lab"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp / "lab" / "timeline.png").read_bytes().startswith(b"\x89PNG")
+    again = run(python, "chaos", "check", str(tmp / "lab"))
+    assert again.returncode == 0, again.stderr
+    missing = run(python, "chaos", "check", str(tmp / "no-such-run"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    no_traceback(missing)
+
+
+def chaos_proxy(python: Path, tmp: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            str(python),
+            "-m",
+            "rt",
+            "chaos",
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:9",
+            "--faults",
+            "cut",
+            "--seed",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("rt chaos proxy: 127.0.0.1:"), first + proc.stderr.read()
+        assert "control http://127.0.0.1:" in first
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 SMOKE: dict[tuple[str, ...], Callable[..., None]] = {
     ("serve",): serves("serve"),
     ("demo",): serves("demo"),
@@ -128,6 +172,9 @@ SMOKE: dict[tuple[str, ...], Callable[..., None]] = {
     ("user", "list"): user_and_flow_commands,
     ("flow", "add"): user_and_flow_commands,
     ("flow", "list"): user_and_flow_commands,
+    ("chaos", "run"): chaos_run,
+    ("chaos", "check"): chaos_run,
+    ("chaos", "proxy"): chaos_proxy,
     **{
         ("bench", name): needs_extra("bench")
         for name in ("latency", "fanout", "connections", "storm", "ingest", "all")
@@ -154,10 +201,19 @@ def test_every_subcommand_has_help_and_a_smoke_run(plain, tmp_path):
             done.add(smoke)
 
 
+def test_the_browser_lab_says_what_to_install(plain, tmp_path):
+    result = run(
+        plain, "chaos", "run", "--builtin", "browser", "--quick", "--out", str(tmp_path / "b")
+    )
+    no_traceback(result)
+    assert result.returncode == 2 and "pip install -e '.[browser]'" in result.stderr
+
+
 def test_the_plain_install_lacks_the_extras(plain):
     # Without this, the bench check above would prove nothing.
-    probe = subprocess.run([str(plain), "-c", "import matplotlib"], capture_output=True)
-    assert probe.returncode != 0
+    for module in ("matplotlib", "playwright"):
+        probe = subprocess.run([str(plain), "-c", f"import {module}"], capture_output=True)
+        assert probe.returncode != 0, module
 
 
 def test_demo_takes_every_setting_as_flag_and_variable(tmp_path):

@@ -194,7 +194,9 @@ class Lab:
             if self.faults_stopped is not None:
                 return
             if window.name == "kill" and action == "start":
-                await server.kill_and_restart()
+                # Shielded: the end of the fault period must not leave the server dead.
+                with trio.CancelScope(shield=True):
+                    await server.kill_and_restart()
             elif window.name == "pause":
                 if action == "start":
                     server.pause()
@@ -490,6 +492,21 @@ def main(opts: LabOptions) -> int:
     """`rt chaos run`: run, print the verdict table and the reproducing command; the exit."""
     try:
         return trio.run(run_lab, opts)
-    except LabError as error:
-        print(f"rt chaos run: {error}", file=sys.stderr)
+    except (LabError, BaseExceptionGroup) as error:
+        lab_error = _lab_error(error)
+        if lab_error is None:
+            raise
+        print(f"rt chaos run: {lab_error}", file=sys.stderr)
         return 2
+
+
+def _lab_error(error: BaseException) -> LabError | None:
+    """The LabError in `error` (raised inside nurseries, it comes in exception groups)."""
+    if isinstance(error, LabError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _lab_error(inner)
+            if found is not None:
+                return found
+    return None
