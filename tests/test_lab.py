@@ -296,3 +296,8 @@ def test_a_run_is_rechecked_offline_with_the_same_verdict(tmp_path: Path) -> Non
     assert again.returncode == 0 and "PASS" in again.stdout
     assert json.loads((tmp_path / "run" / "report.json").read_text())["ok"] is True
     assert (tmp_path / "run" / "timeline.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("doc", ["README.md"])
+def test_the_readme_shows_the_example_client_as_it_is(doc: str) -> None:
+    assert EXAMPLE.read_text() in (ROOT / doc).read_text()
