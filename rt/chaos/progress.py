@@ -89,7 +89,7 @@ class Progress:
             print("\r\x1b[2K" + self.line(), end=end, file=self.out, flush=True)
         elif final or now - self._last_print >= 5:
             print(self.line(), file=self.out, flush=True)
-        self._last_print = now
+            self._last_print = now
 
     async def run(self) -> None:
         while True:
