@@ -152,7 +152,7 @@ async def test_presence_and_typing_reach_a_polling_client(service, autojump_cloc
             cursor=None,
             epoch=None,
         )
-        service.typing("bob", "general")
+        await service.typing("bob", "general")
         answer = await poll(service, ready["cursor"], ready["epoch"])
         assert answer == [
             {"type": "presence", "flow": "general", "user": "bob", "state": "online"},
@@ -164,7 +164,7 @@ async def test_presence_and_typing_reach_a_polling_client(service, autojump_cloc
         ready = (await poll(service))[0]
         for _ in range(8):
             await trio.sleep(1.1)
-            service.typing("bob", "general")
+            await service.typing("bob", "general")
         answer = await poll(service, ready["cursor"], ready["epoch"])
         assert len(answer) == 5
 
@@ -172,7 +172,7 @@ async def test_presence_and_typing_reach_a_polling_client(service, autojump_cloc
 async def test_stored_events_come_before_ephemeral_ones(service, autojump_clock):
     with trio.fail_after(60):
         ready = (await poll(service))[0]
-        service.typing("bob", "general")
+        await service.typing("bob", "general")
         event = (await post(service, "hi", 1)).event
         answer = await poll(service, ready["cursor"], ready["epoch"])
         assert [o["type"] for o in answer] == ["message", "typing"]

@@ -106,12 +106,12 @@ async def test_typing_above_one_a_second_is_dropped(service, autojump_clock):
     with trio.fail_after(60):
         watcher = Watcher(service)
         for _ in range(5):
-            service.typing("alice", "general")
+            await service.typing("alice", "general")
         typing = [e for e in watcher.drain() if e["type"] == "typing"]
         assert typing == [{"type": "typing", "flow": "general", "user": "alice"}]
         await trio.sleep(1.01)
-        service.typing("alice", "general")
-        service.typing("bob", "general")  # another user is not limited by alice
+        await service.typing("alice", "general")
+        await service.typing("bob", "general")  # another user is not limited by alice
         typing = [e for e in watcher.drain() if e["type"] == "typing"]
         assert [e["user"] for e in typing] == ["alice", "alice", "bob"]
 

@@ -16,7 +16,8 @@ import trio
 
 from rt.backend.bus import LocalBus
 from rt.backend.claims import LocalClaims
-from rt.backend.contracts import Bus, Claims, Presence, Tickets
+from rt.backend.contracts import Bus, Claims, Presence, RateLimit, Tickets
+from rt.backend.limits import LocalRateLimit
 from rt.backend.presence import LocalPresence
 from rt.backend.tickets import LocalTickets
 from rt.config import Config
@@ -33,6 +34,10 @@ class Backend:
     presence: Presence
     claims: Claims
     bus: Bus
+
+    def rate_limit(self, name: str, rate: float, burst: float) -> RateLimit:
+        """Token buckets `name` (`ops`, `polls`, `guests`), shared as widely as the backend."""
+        return LocalRateLimit(rate, burst)
 
     async def run(self) -> None:
         """The backend's background work, for as long as the node runs."""

@@ -111,3 +111,15 @@ class Bus(Protocol):
         ...
 
     async def run(self) -> None: ...
+
+
+class RateLimit(Protocol):
+    """Token buckets by key (a user, a polling session, an address), shared by the nodes.
+
+    `take(key)` spends one token and returns 0.0, or the seconds until one is
+    available (spending nothing); `refund(key)` gives the last one back.
+    """
+
+    async def take(self, key: str) -> float: ...
+
+    async def refund(self, key: str) -> None: ...

@@ -26,9 +26,9 @@ from typing import Any
 
 import trio
 
+from rt.backend.contracts import RateLimit
 from rt.core.codec import encode
 from rt.core.errors import RtError
-from rt.core.ratelimit import TokenBuckets
 from rt.service.streams import SessionContext, StreamEnd, StreamSession, close_frame
 
 MAX_ANSWER = 500
@@ -211,10 +211,10 @@ class Polling:
     a claimant (claim, start, count); False when a newer claimant won.
     """
 
-    def __init__(self, ctx: SessionContext, open_session: OpenSession, poll_rate: float) -> None:
+    def __init__(self, ctx: SessionContext, open_session: OpenSession, rate: RateLimit) -> None:
         self.ctx = ctx
         self._open_session = open_session
-        self.rate = TokenBuckets(poll_rate, max(1.0, poll_rate))
+        self.rate = rate
 
     async def poll(
         self,
@@ -231,7 +231,7 @@ class Polling:
 
         The caller has checked the request (draining, flows) already.
         """
-        wait = self.rate.take((user, client), trio.current_time())
+        wait = await self.rate.take(user + "\x00" + client)
         if wait:
             raise RtError(
                 "rate_limited", "polling too fast; poll again after the answer", retry_after=wait

@@ -28,7 +28,6 @@ from rt.core.errors import RtError
 from rt.core.events import Event, Flow, typing_event
 from rt.core.grammar import check_user
 from rt.core.ops import Op
-from rt.core.ratelimit import TokenBuckets
 from rt.hub import Hub, MemoryHub
 from rt.service.chaos import Chaos
 from rt.service.deliveries import DeliveryRecord
@@ -41,6 +40,7 @@ from rt.store import BatchWriter, Feed, OpResult
 log = logging.getLogger("rt")
 
 REFRESH_INTERVAL = 0.5  # how often changes by the `rt` CLI are picked up
+MISS_REFRESH_INTERVAL = 0.05  # the most often a lookup that missed reloads the directory
 
 
 class Service:
@@ -85,12 +85,19 @@ class Service:
             ),
             on_delivery=self._on_delivery if (self.delivery_record or hooks.on_delivery) else None,
         )
-        self.polling = Polling(self.context, self.open_session, config.poll_rate)
-        self.ops_limit = TokenBuckets(config.ops_rate, config.ops_burst)
-        self.guest_limit = TokenBuckets(config.guest_rate / 60.0, max(1.0, config.guest_rate))
+        self.polling = Polling(
+            self.context,
+            self.open_session,
+            backend.rate_limit("polls", config.poll_rate, max(1.0, config.poll_rate)),
+        )
+        self.ops_limit = backend.rate_limit("ops", config.ops_rate, config.ops_burst)
+        self.guest_limit = backend.rate_limit(
+            "guests", config.guest_rate / 60.0, max(1.0, config.guest_rate)
+        )
         self._typing_seen: dict[tuple[str, str], float] = {}
         self.draining = False
         self.started = time.time()
+        self._last_miss_refresh = float("-inf")
         self.chaos = (
             Chaos(config.chaos, config.chaos_seed, self.claims.claimants) if config.chaos else None
         )
@@ -107,7 +114,7 @@ class Service:
 
     # -- authentication ----------------------------------------------------
 
-    def authenticate(self, authorization: str | None) -> tuple[str, str]:
+    async def authenticate(self, authorization: str | None) -> tuple[str, str]:
         """(user, token) from an `Authorization: Bearer T` header; 401 otherwise."""
         if not authorization:
             raise RtError("unauthorized", "send Authorization: Bearer <token>")
@@ -116,16 +123,31 @@ class Service:
         if scheme.lower() != "bearer" or not token:
             raise RtError("unauthorized", "the Authorization header must be Bearer <token>")
         user = self.directory.authenticate(token)
+        if user is None and await self._refresh_on_miss():
+            user = self.directory.authenticate(token)
         if user is None:
             raise RtError("unauthorized", "the token is unknown or revoked; get a new one")
         return user, token
+
+    async def _refresh_on_miss(self) -> bool:
+        """Reload the directory after a lookup missed (a user, token or flow made by
+        another node or the `rt` CLI a moment ago); at most every 50 ms. True if it
+        changed."""
+        now = trio.current_time()
+        if now - self._last_miss_refresh < MISS_REFRESH_INTERVAL:
+            return False
+        self._last_miss_refresh = now
+        if await self.directory.refresh():
+            self.revalidate()
+            return True
+        return False
 
     async def authenticate_stream(
         self, authorization: str | None, ticket: str | None, client: str
     ) -> tuple[str, str]:
         """(user, token) for a stream: the Authorization header wins over a ticket."""
         if authorization:
-            return self.authenticate(authorization)
+            return await self.authenticate(authorization)
         if not ticket:
             raise RtError(
                 "unauthorized",
@@ -140,7 +162,7 @@ class Service:
         if not self.config.guests:
             raise RtError("not_found", "guest accounts are not enabled on this server")
         name = check_user(name, "name")
-        wait = self.guest_limit.take(address, trio.current_time())
+        wait = await self.guest_limit.take(address)
         if wait:
             raise RtError(
                 "rate_limited", "too many guest accounts from this address", retry_after=wait
@@ -150,9 +172,11 @@ class Service:
 
     # -- flows -------------------------------------------------------------
 
-    def require_flow(self, user: str, name: str) -> Flow:
+    async def require_flow(self, user: str, name: str) -> Flow:
         """The flow, if the user may read and write it; 404 or 403 otherwise."""
         flow = self.directory.flow(name)
+        if (flow is None or not flow.readable_by(user)) and await self._refresh_on_miss():
+            flow = self.directory.flow(name)
         if flow is None:
             raise RtError("not_found", f"no flow named {name}")
         if not flow.readable_by(user):
@@ -163,7 +187,7 @@ class Service:
         return [f for f in self.directory.flows() if f.readable_by(user)]
 
     async def add_member(self, user: str, flow_name: str, member: Any) -> None:
-        flow = self.require_flow(user, flow_name)
+        flow = await self.require_flow(user, flow_name)
         member = check_user(member)
         if flow.owner != user:
             raise RtError("forbidden", "only the flow's owner adds members")
@@ -172,7 +196,7 @@ class Service:
         await self.directory.add_member(flow_name, member)
 
     async def remove_member(self, user: str, flow_name: str, member: str) -> None:
-        flow = self.require_flow(user, flow_name)
+        flow = await self.require_flow(user, flow_name)
         if user not in (flow.owner, member):
             raise RtError("forbidden", "only the owner removes members, or a member leaves")
         await self.directory.remove_member(flow_name, member)
@@ -184,11 +208,11 @@ class Service:
         """Run one storing op after the flow check and the rate limit."""
         started = trio.current_time()
         self.check_draining()
-        self.require_flow(op.user, op.flow)
+        await self.require_flow(op.user, op.flow)
         # A retry of a used uuid is neither limited nor charged (PROTOCOL.md 2). The
         # store is asked only when the limit bites; a replay that got a token gets
         # it back, so the common path costs no extra store read.
-        wait = self.ops_limit.take(op.user, started)
+        wait = await self.ops_limit.take(op.user)
         if wait and not await self.backend.log.uuid_used(op.user, op.uuid):
             raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
         chaos = self.chaos
@@ -198,15 +222,15 @@ class Service:
         if chaos is not None and (delay := chaos.ack_delay()):
             await trio.sleep(delay)
         if result.replay and not wait:
-            self.ops_limit.refund(op.user)
+            await self.ops_limit.refund(op.user)
         self.metrics.op_latency.labels(op.kind).observe(trio.current_time() - started)
         return result
 
-    def typing(self, user: str, flow: str) -> None:
+    async def typing(self, user: str, flow: str) -> None:
         """Publish a typing event; above one a second per user and flow it is dropped."""
-        self.require_flow(user, flow)
+        await self.require_flow(user, flow)
         now = trio.current_time()
-        wait = self.ops_limit.take(user, now)
+        wait = await self.ops_limit.take(user)
         if wait:
             raise RtError("rate_limited", "too many operations; slow down", retry_after=wait)
         key = (user, flow)
@@ -227,7 +251,7 @@ class Service:
         limit: int,
         tag: str | None,
     ) -> dict[str, Any]:
-        self.require_flow(user, flow)
+        await self.require_flow(user, flow)
         head = self.feed.head
         states = await self.feed.history(flow, before=before, after=after, limit=limit, tag=tag)
         return {"cursor": head, "epoch": self.feed.epoch, "messages": [s.to_dict() for s in states]}
@@ -259,7 +283,7 @@ class Service:
         """
         self.check_draining()
         for name in flows:
-            self.require_flow(user, name)
+            await self.require_flow(user, name)
         session = StreamSession(
             self.context, user=user, client=client, flows=flows, transport=transport, token=token
         )
@@ -281,7 +305,7 @@ class Service:
         """Answer one poll of a polling session (encoded objects); RtError for refusals."""
         self.check_draining()
         for name in flows:
-            self.require_flow(user, name)
+            await self.require_flow(user, name)
         return await self.polling.poll(
             user=user,
             token=token,
@@ -303,7 +327,7 @@ class Service:
                 session.finish()
                 return False
             for name in session.flows:  # access may have changed while we waited
-                self.require_flow(session.user, name)
+                await self.require_flow(session.user, name)
             session.start(cursor, epoch)
         except BaseException:
             session.finish()

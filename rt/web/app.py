@@ -55,8 +55,8 @@ def create_app(service: Service) -> QuartTrio:
             raise bad_request("this request needs a JSON object body")
         return decode_object(data)
 
-    def user() -> tuple[str, str]:
-        return service.authenticate(request.headers.get("Authorization"))
+    async def user() -> tuple[str, str]:
+        return await service.authenticate(request.headers.get("Authorization"))
 
     # -- cross-cutting -------------------------------------------------------
 
@@ -133,7 +133,7 @@ def create_app(service: Service) -> QuartTrio:
 
     @app.post("/auth/ticket")
     async def ticket() -> Response:
-        name, token = user()
+        name, token = await user()
         body = await body_json()
         client = check_client(body.get("client"))
         ticket, expires = await service.tickets.issue(name, client, token)
@@ -141,19 +141,19 @@ def create_app(service: Service) -> QuartTrio:
 
     @app.get("/me")
     async def me() -> Response:
-        name, _ = user()
+        name, _ = await user()
         return json_response({"user": name, "flows": [f.name for f in service.visible_flows(name)]})
 
     # -- flows -----------------------------------------------------------------
 
     @app.get("/flows")
     async def list_flows() -> Response:
-        name, _ = user()
+        name, _ = await user()
         return json_response({"flows": [f.to_dict() for f in service.visible_flows(name)]})
 
     @app.post("/flows")
     async def create_flow() -> Response:
-        name, _ = user()
+        name, _ = await user()
         body = await body_json()
         flow_name = check_flow(body.get("name"), "name")
         private = body.get("private", False)
@@ -164,34 +164,34 @@ def create_app(service: Service) -> QuartTrio:
 
     @app.post("/flows/<flow>/members")
     async def add_member(flow: str) -> Response:
-        name, _ = user()
+        name, _ = await user()
         body = await body_json()
         await service.add_member(name, check_flow(flow), body.get("user"))
         return Response(b"", status=204)
 
     @app.delete("/flows/<flow>/members/<member>")
     async def remove_member(flow: str, member: str) -> Response:
-        name, _ = user()
+        name, _ = await user()
         await service.remove_member(name, check_flow(flow), check_user(member))
         return Response(b"", status=204)
 
     @app.get("/flows/<flow>/presence")
     async def presence(flow: str) -> Response:
-        name, _ = user()
-        service.require_flow(name, check_flow(flow))
+        name, _ = await user()
+        await service.require_flow(name, check_flow(flow))
         return json_response({"users": service.presence.online(flow)})
 
     @app.post("/flows/<flow>/typing")
     async def typing(flow: str) -> Response:
-        name, _ = user()
-        service.typing(name, check_flow(flow))
+        name, _ = await user()
+        await service.typing(name, check_flow(flow))
         return Response(b"", status=204)
 
     # -- messages --------------------------------------------------------------
 
     @app.get("/flows/<flow>/messages")
     async def history(flow: str) -> Response:
-        name, _ = user()
+        name, _ = await user()
         args = request.args
         limit = parse_int(args.get("limit"), "limit", minimum=1)
         limit = 50 if limit is None else limit
@@ -211,7 +211,7 @@ def create_app(service: Service) -> QuartTrio:
     async def run_op(op: Op) -> Response:
         # PROTOCOL.md section 2: the request is parsed and validated (400, 413)
         # before authentication (401), so ops are built for a placeholder user.
-        name, _ = user()
+        name, _ = await user()
         result = await service.apply(dataclasses.replace(op, user=name))
         return json_response(result.body, result.status)
 

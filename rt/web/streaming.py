@@ -304,7 +304,7 @@ async def parse_stream_request(
         epoch, cursor = parse_last_event_id(last_event_id) or (UNTRUSTED_EPOCH, None)
     user, token = await service.authenticate_stream(authorization, args.get("ticket"), client)
     for name in flows:
-        service.require_flow(user, name)
+        await service.require_flow(user, name)
     return StreamRequest(
         user=user,
         token=token,

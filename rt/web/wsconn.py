@@ -274,7 +274,7 @@ class WsConnection:
                     encode({"type": "pong", "ref": ref, "sent": time.time_ns() // 1_000_000})
                 )
             elif op_name == "typing":
-                self.service.typing(self.user, check_flow(frame.get("flow")))
+                await self.service.typing(self.user, check_flow(frame.get("flow")))
                 self.failures = 0
             elif op_name in ("post", "edit", "tag", "delete"):
                 op = self._parse_op(op_name, frame)
