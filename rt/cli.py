@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -129,6 +130,16 @@ db_option = click.option(
 )
 
 
+redis_option = click.option(
+    "--redis",
+    default=None,
+    envvar="RT_REDIS",
+    metavar="URL",
+    help="run as a node of a cluster on this Redis or Valkey (redis://[:pw@]host:port/db, "
+    "unix:///path?db=N); without it, one process on --db",
+)
+
+
 @click.group()
 @click.version_option(package_name="rt")
 def main() -> None:
@@ -163,6 +174,14 @@ def _server_options(*, guests: bool, flows: tuple[str, ...]) -> Callable[..., An
             envvar="RT_PORT",
         ),
         db_option,
+        redis_option,
+        click.option(
+            "--redis-prefix",
+            default="rt",
+            show_default=True,
+            envvar="RT_REDIS_PREFIX",
+            help="the prefix of every Redis key rt uses (several rt datasets in one Redis)",
+        ),
         click.option(
             "--guests/--no-guests",
             default=guests,
@@ -266,6 +285,8 @@ def demo(**options: Any) -> None:
 
 def _serve_from_options(options: dict[str, Any]) -> None:
     asgi_only = options.pop("bench_asgi_only", False)
+    if options.get("redis"):
+        require_extra("redis", "rt serve --redis")
     _serve(_config(options).replace(fast_paths=not asgi_only))
 
 
@@ -299,10 +320,29 @@ def _serve(config: Config) -> None:
     async def on_ready(server: Any) -> None:
         for name, token in server.seeded:
             click.echo(f"created user {name}; token: {token}")
-        click.echo(f"rt serving on {server.url} (store: {config.db})", err=False)
+        store = "redis" if config.redis else config.db
+        click.echo(f"rt serving on {server.url} (store: {store})", err=False)
         sys.stdout.flush()
 
-    trio.run(partial(run, config, on_ready=on_ready))
+    try:
+        trio.run(partial(run, config, on_ready=on_ready))
+    except BaseException as error:  # noqa: BLE001 (only a settings error is ours to word)
+        settings = _find(error, "RedisSettingsError") or _find(error, "ConnectionError")
+        if settings is None or not config.redis:
+            raise
+        click.echo(f"rt serve --redis: {settings}", err=True)
+        sys.exit(2)
+
+
+def _find(error: BaseException, name: str) -> BaseException | None:
+    """The exception called `name` in `error` (inside exception groups too)."""
+    if type(error).__name__ == name:
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _find(inner, name)
+        if found is not None:
+            return found
+    return None
 
 
 # -- optional dependencies ----------------------------------------------------------------
@@ -313,6 +353,7 @@ def _serve(config: Config) -> None:
 EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("matplotlib", "rich"),
     "browser": ("playwright",),
+    "redis": ("coredis",),
 }
 
 
@@ -527,9 +568,24 @@ def chaos_check(directory: str) -> None:
 # -- users and flows --------------------------------------------------------------
 
 
-def _with_directory(db: str, job: Callable[[Directory], Awaitable[Any]]) -> Any:
+@asynccontextmanager
+async def _directory_for(db: str, redis: str | None) -> AsyncIterator[Directory]:
+    if redis:
+        require_extra("redis", "rt --redis")
+        from rt.backend.redis import open_redis_directory
+
+        async with open_redis_directory(redis) as directory:
+            yield directory
+        return
+    async with open_directory(db) as directory:
+        yield directory
+
+
+def _with_directory(
+    db: str, job: Callable[[Directory], Awaitable[Any]], redis: str | None = None
+) -> Any:
     async def main() -> Any:
-        async with open_directory(db) as directory:
+        async with _directory_for(db, redis) as directory:
             try:
                 return await job(directory)
             except RtError as error:
@@ -549,10 +605,11 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @db_option
-def user_add(name: str, db: str) -> None:
+@redis_option
+def user_add(name: str, db: str, redis: str | None) -> None:
     """Create a user; prints the new token alone on the last line."""
     check_or_exit(check_user, name)
-    token = _with_directory(db, lambda s: s.create_user(name))
+    token = _with_directory(db, lambda s: s.create_user(name), redis)
     click.echo(f"created user {name}")
     click.echo(token)
 
@@ -561,20 +618,22 @@ def user_add(name: str, db: str) -> None:
 @click.argument("name")
 @click.option("--revoke", is_flag=True, help="revoke every token of the user instead")
 @db_option
-def user_token(name: str, revoke: bool, db: str) -> None:
+@redis_option
+def user_token(name: str, revoke: bool, db: str, redis: str | None) -> None:
     """Print a new token for NAME (or revoke all of NAME's tokens)."""
     if revoke:
-        _with_directory(db, lambda s: s.revoke_tokens(name))
+        _with_directory(db, lambda s: s.revoke_tokens(name), redis)
         click.echo(f"revoked every token of {name}; their streams close within a second")
         return
-    click.echo(_with_directory(db, lambda s: s.add_token(name)))
+    click.echo(_with_directory(db, lambda s: s.add_token(name), redis))
 
 
 @user.command("list")
 @db_option
-def user_list(db: str) -> None:
+@redis_option
+def user_list(db: str, redis: str | None) -> None:
     """List users."""
-    for record in _with_directory(db, lambda s: s.list_users()):
+    for record in _with_directory(db, lambda s: s.list_users(), redis):
         click.echo(f"{record.name}{'  (guest)' if record.guest else ''}")
 
 
@@ -589,26 +648,33 @@ def flow() -> None:
 @click.option("--owner", default=None, help="the user who owns it (adds members, deletes)")
 @click.option("--member", "members", multiple=True, help="a member (repeatable)")
 @db_option
+@redis_option
 def flow_add(
-    name: str, private: bool, owner: str | None, members: tuple[str, ...], db: str
+    name: str,
+    private: bool,
+    owner: str | None,
+    members: tuple[str, ...],
+    db: str,
+    redis: str | None,
 ) -> None:
     """Create a flow."""
     check_or_exit(check_flow, name)
     _with_directory(
-        db, lambda s: s.create_flow(name, private=private, owner=owner, members=members)
+        db, lambda s: s.create_flow(name, private=private, owner=owner, members=members), redis
     )
     click.echo(f"created {'private ' if private else ''}flow {name}")
 
 
 @flow.command("list")
 @db_option
-def flow_list(db: str) -> None:
+@redis_option
+def flow_list(db: str, redis: str | None) -> None:
     """List flows."""
 
     async def job(directory: Directory) -> list[Any]:
         return directory.flows()
 
-    for f in _with_directory(db, job):
+    for f in _with_directory(db, job, redis):
         extra = (
             f"  private, owner {f.owner}, members {', '.join(sorted(f.members))}"
             if f.private

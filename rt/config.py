@@ -57,6 +57,10 @@ class Config:
 
     # The race lab (LAB.md): forced rare answers (rt/service/chaos.py), and a
     # JSON-lines record of what each stream delivered when (rt/service/deliveries.py).
+    # Many nodes as one server (rt/backend/redis): the dataset's URL and key prefix.
+    redis: str | None = None
+    redis_prefix: str = "rt"
+
     chaos: str | None = None
     chaos_seed: int | None = None
     delivery_record: str | None = None

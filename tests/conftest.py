@@ -30,3 +30,13 @@ async def anon(server):
     api = Api(server)
     yield api
     await api.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session (tests/redis_server.py)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()

@@ -49,7 +49,14 @@ class Backend:
 
 @asynccontextmanager
 async def open_backend(config: Config, hub: Hub) -> AsyncIterator[Backend]:
-    """The local backend: storage from `config.db`, the rest in this process."""
+    """The backend `config` asks for: Redis with `--redis`, else the local one (storage
+    from `config.db`, the rest in this process)."""
+    if config.redis:
+        from rt.backend.redis import open_redis_backend
+
+        async with open_redis_backend(config, hub) as redis_backend:
+            yield redis_backend
+        return
     async with open_storage(config.db, sync=config.sync) as (log, directory):
         bus = LocalBus(hub)
         yield Backend(

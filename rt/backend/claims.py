@@ -35,6 +35,10 @@ class LocalClaims:
     def holder(self, key: tuple[str, str]) -> Any | None:
         return self.by_key.get(key)
 
+    async def elsewhere(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """Another node's claim of `key`: never, on a single node."""
+        return None
+
     async def claim(self, session: Any) -> bool:
         """Make `session` the claimant of its key; False if a newer one won meanwhile.
 

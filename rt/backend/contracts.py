@@ -102,6 +102,11 @@ class Claims(Protocol):
         """Make `claimant` the claimant of its key; False if a newer one won meanwhile."""
         ...
 
+    async def elsewhere(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """The claim of `key` held by a live claimant on another node: its `kind`
+        (`poll` or `stream`), `flows` and `transport`; None if there is none."""
+        ...
+
     def release(self, claimant: Any) -> None: ...
 
 

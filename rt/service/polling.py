@@ -164,6 +164,8 @@ class PollingSession:
             deadline = trio.current_time() + limits.poll_timeout
             while True:
                 if self.ended is not None:
+                    if self.ended.reason == "moved":
+                        return parts  # the session went on on another node: as a newer poll
                     return [*parts, encode(self.ended.frame())]
                 if me != self.polls:
                     if answer_now:
@@ -236,22 +238,34 @@ class Polling:
             raise RtError(
                 "rate_limited", "polling too fast; poll again after the answer", retry_after=wait
             )
-        session = self.ctx.claims.holder((user, client))
+        claims = self.ctx.claims
+        session = claims.holder((user, client))
+        resumable = cursor is not None and epoch == self.ctx.feed.epoch
         if (
             not isinstance(session, PollingSession)
             or session.ended is not None
-            or cursor is None
+            or not resumable
             or session.flows != flows
             or session.transport != transport
-            or epoch != self.ctx.feed.epoch
         ):
-            # A poll without a cursor, or with other flows, starts the session over.
+            # A poll without a cursor, or with other flows, starts the session over;
+            # one whose session lives on another node moves it here, with no `ready`.
+            remote = await claims.elsewhere((user, client)) if resumable else None
+            moved = (
+                remote is not None
+                and remote.get("kind") == "poll"
+                and remote.get("flows") == flows
+                and remote.get("transport") == transport
+            )
             session = PollingSession(
                 self.ctx, user=user, token=token, client=client, flows=flows, transport=transport
             )
             if not await self._open_session(session, cursor, epoch):
                 return [encode(close_frame("superseded"))]
-            cursor = session.ready["cursor"]
+            if moved and not session.ready["reset"]:
+                session.ready_due = False
+            else:
+                cursor = session.ready["cursor"]
         assert cursor is not None
         return await session.poll(cursor)
 

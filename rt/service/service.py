@@ -14,6 +14,7 @@ polling sessions see instead of the service itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -383,12 +384,15 @@ class Service:
     async def seed(self) -> list[tuple[str, str]]:
         """Create the `--user` and `--flow` names that are missing; return (user, token) made."""
         made = []
+        # Another node may be seeding the same names right now: `exists` is fine.
         for name in self.config.users:
             if not self.directory.user_exists(name):
-                made.append((name, await self.directory.create_user(name)))
+                with contextlib.suppress(RtError):
+                    made.append((name, await self.directory.create_user(name)))
         for name in self.config.flows:
             if self.directory.flow(name) is None:
-                await self.directory.create_flow(name)
+                with contextlib.suppress(RtError):
+                    await self.directory.create_flow(name)
         return made
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import trio
 
 from rt.backend.contracts import Claims, Presence
+from rt.core.errors import RtError
 from rt.core.events import Event
 from rt.hub import Hub, Subscriber
 from rt.service.metrics import Metrics
@@ -307,7 +308,13 @@ class StreamSession:
             if self._end is not None:
                 raise self._end
             if self._catching_up:
-                page = await self.ctx.feed.read(self.flow_set, self.last_id, CATCH_UP_PAGE)
+                try:
+                    page = await self.ctx.feed.read(self.flow_set, self.last_id, CATCH_UP_PAGE)
+                except RtError as error:
+                    if error.code != "shutting_down":
+                        raise
+                    # The log is unreachable for now: end, the client resumes later.
+                    raise StreamEnd("shutdown", retry_ms_for("shutdown")) from None
                 if len(page) < CATCH_UP_PAGE:
                     self._catching_up = False
                 if self._end is not None:

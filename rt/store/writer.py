@@ -100,6 +100,11 @@ class BatchWriter:
             # crash loudly rather than go on with a gap.
             self._fail(batch, "the server failed to publish the op; retry")
             raise exc.__cause__ or exc from None
+        except RtError as error:  # the log says why (its storage is unreachable: 503)
+            for pending in batch:
+                pending.outcome = error
+                pending.done.set()
+            return
         except BaseException as exc:
             # The batch failed to commit: nothing was stored.
             log.error("rt: a batch of %d ops failed in the log", len(batch), exc_info=exc)

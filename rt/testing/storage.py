@@ -34,6 +34,9 @@ class Storage:
             await stack.enter_async_context(self.directory)
             await stack.enter_async_context(self.log)
             await self.feed.start()
+            reading = await stack.enter_async_context(trio.open_nursery())
+            reading.start_soon(self.log.run)  # a shared log's reader (a local log: nothing)
+            stack.callback(reading.cancel_scope.cancel)  # last: after the writer drained
             nursery = await stack.enter_async_context(trio.open_nursery())
             nursery.start_soon(self.writer.run)
             stack.callback(self.writer.close)  # runs first: the writer drains, then ends
@@ -110,3 +113,33 @@ def sqlite_storage(path: Any, *, window: int = 10_000, sync: str = "normal") -> 
     from rt.store.sqlite_log import SqliteLog
 
     return Storage(SqliteLog(path, sync=sync), SqliteDirectory(path, sync=sync), window=window)
+
+
+class RedisStorage(Storage):
+    """A Redis log and directory under their own key prefix, with their own client."""
+
+    def __init__(self, url: str, prefix: str, *, window: int = 10_000) -> None:
+        import coredis
+
+        from rt.backend.redis.directory import RedisDirectory
+        from rt.backend.redis.keys import Keys
+        from rt.backend.redis.log import RedisLog
+
+        self.client = coredis.Redis.from_url(url, decode_responses=False)
+        keys = Keys(prefix)
+        directory = RedisDirectory(self.client, keys)
+        super().__init__(RedisLog(self.client, keys, directory), directory, window=window)
+
+    async def __aenter__(self) -> Storage:
+        await self.client.__aenter__()
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            await self.client.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            await self.client.__aexit__(None, None, None)

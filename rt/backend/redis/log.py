@@ -26,12 +26,14 @@ come from the per-flow streams, with the content of deleted messages'
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 import trio
 
+from rt.backend.redis.connection import UNREACHABLE
 from rt.backend.redis.keys import SEP, Keys
 from rt.core.errors import RtError
 from rt.core.events import Event, MessageState
@@ -86,6 +88,20 @@ redis.call('HSET', p..':ops', opkey, fp..'\0e'..sid)
 return {'stored', sid}
 """
 
+
+@contextmanager
+def reachable(what: str) -> Iterator[None]:
+    """Redis unreachable: the op or read fails with 503 and `Retry-After` (retry class)."""
+    try:
+        yield
+    except UNREACHABLE:
+        raise RtError(
+            "shutting_down",
+            f"the server's storage is unreachable ({what}); retry shortly",
+            retry_after=1,
+        ) from None
+
+
 MAX_REPLANS = 20  # a message changed this often under one op: give up (retry class)
 
 
@@ -93,8 +109,16 @@ def _state(raw: bytes | None) -> MessageState | None:
     if raw is None:
         return None
     d = orjson.loads(raw)
-    return MessageState(d["id"], d["flow"], d["user"], d["sent"], d["content"],
-                        tuple(d["tags"]), d["edited"], d["deleted"])
+    return MessageState(
+        d["id"],
+        d["flow"],
+        d["user"],
+        d["sent"],
+        d["content"],
+        tuple(d["tags"]),
+        d["edited"],
+        d["deleted"],
+    )
 
 
 def _state_json(state: MessageState, kind: str) -> bytes:
@@ -122,6 +146,7 @@ class RedisLog(Log):
         self.epoch = ""
         self._commit: Any = None
         self._followed = 0  # the last id handed to the feed
+        self._uuid_order = trio.Lock()
 
     async def open(self) -> None:
         await self.client.set(self.keys.epoch, new_epoch(), condition="NX")
@@ -146,27 +171,35 @@ class RedisLog(Log):
 
     async def _events(self, entries: Sequence[Any]) -> list[Event]:
         """Events from stream entries, with deleted messages' content blanked."""
-        data = [orjson.loads(e.field_values[b"e"] if b"e" in e.field_values
-                             else e.field_values["e"]) for e in entries]
-        about = {d["message"] if d["type"] == "edit" else d["id"]
-                 for d in data if d["type"] in ("message", "edit")}
+        data = [
+            orjson.loads(e.field_values[b"e"] if b"e" in e.field_values else e.field_values["e"])
+            for e in entries
+        ]
+        about = {
+            d["message"] if d["type"] == "edit" else d["id"]
+            for d in data
+            if d["type"] in ("message", "edit")
+        }
         if about:
             flags = await self.client.smismember(self.keys.deleted, [str(m) for m in about])
             gone = {m for m, flag in zip(about, flags, strict=True) if flag}
             for d in data:
-                if d["type"] in ("message", "edit") and (
-                        d["message"] if d["type"] == "edit" else d["id"]) in gone:
+                if (
+                    d["type"] in ("message", "edit")
+                    and (d["message"] if d["type"] == "edit" else d["id"]) in gone
+                ):
                     d["content"] = ""
         return [Event(d) for d in data]
 
-    async def read(self, flows: Iterable[str], after: int, upto: int,
-                   limit: int) -> list[Event]:
+    async def read(self, flows: Iterable[str], after: int, upto: int, limit: int) -> list[Event]:
         wanted = sorted(set(flows))
         if limit <= 0 or not wanted or after >= upto:
             return []
         async with self.client.pipeline(transaction=False) as pipe:
-            results = [pipe.xrange(self.keys.flow_log(flow), f"({'0-'}{after}",
-                                   f"0-{upto}", count=limit) for flow in wanted]
+            results = [
+                pipe.xrange(self.keys.flow_log(flow), f"({'0-'}{after}", f"0-{upto}", count=limit)
+                for flow in wanted
+            ]
         entries = [entry for result in results for entry in await result]
         entries.sort(key=lambda e: _event_id(e.identifier))
         return await self._events(entries[:limit])
@@ -175,10 +208,11 @@ class RedisLog(Log):
         """Follow the log (blocking XREAD) and hand new events to the feed, in id order."""
         while True:
             try:
-                answer = await self.client.xread({self.keys.log: f"0-{self._followed}"},
-                                                 count=1000, block=1000)
-            except (OSError, ConnectionError, TimeoutError) as error:
-                log.warning("rt: reading the Redis log failed (%s); retrying", error)
+                answer = await self.client.xread(
+                    {self.keys.log: f"0-{self._followed}"}, count=1000, block=1000
+                )
+            except UNREACHABLE as error:
+                log.warning("rt: following the Redis log failed (%s); retrying", error)
                 await trio.sleep(0.5)
                 continue
             if not answer:
@@ -194,6 +228,10 @@ class RedisLog(Log):
     # -- applying ops ----------------------------------------------------------------
 
     async def apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
+        with reachable("applying ops"):
+            return await self._apply_batch(ops)
+
+    async def _apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
         outcomes: list[OpResult | RtError | None] = [None] * len(ops)
         pending = list(range(len(ops)))
         for _ in range(MAX_REPLANS):
@@ -204,15 +242,20 @@ class RedisLog(Log):
             outcomes[i] = RtError("internal", "the message changed too often meanwhile; retry")
         return outcomes  # type: ignore[return-value]
 
-    async def _round(self, ops: Sequence[Op], which: list[int],
-                     outcomes: list[OpResult | RtError | None]) -> list[int]:
+    async def _round(
+        self, ops: Sequence[Op], which: list[int], outcomes: list[OpResult | RtError | None]
+    ) -> list[int]:
         """Plan and commit the ops `which`; the indexes that must go round again."""
         keys = self.keys
         async with self.client.pipeline(transaction=False) as pipe:
-            reads = [(pipe.hget(keys.ops, ops[i].user + SEP + ops[i].uuid),
-                      pipe.get(keys.message(ops[i].message)) if ops[i].message else None,
-                      pipe.hget(keys.ver, str(ops[i].message)) if ops[i].message else None)
-                     for i in which]
+            reads = [
+                (
+                    pipe.hget(keys.ops, ops[i].user + SEP + ops[i].uuid),
+                    pipe.get(keys.message(ops[i].message or 0)) if ops[i].message else None,
+                    pipe.hget(keys.ver, str(ops[i].message)) if ops[i].message else None,
+                )
+                for i in which
+            ]
         planned: list[tuple[int, list[Any]]] = []
         again: list[int] = []
         for i, (seen_req, state_req, ver_req) in zip(which, reads, strict=True):
@@ -233,8 +276,8 @@ class RedisLog(Log):
         if not planned:
             return again
         async with self.client.pipeline(transaction=False) as pipe:
-            results = [(i, self._commit(args=args, client=pipe)) for i, args in planned]
-        for i, result in results:
+            results = [(i, args, self._commit(args=args, client=pipe)) for i, args in planned]
+        for i, args, result in results:
             answer = [x.decode() if isinstance(x, bytes) else x for x in await result]
             kind = answer[0]
             if kind == "conflict":
@@ -242,27 +285,51 @@ class RedisLog(Log):
             elif kind == "stored":
                 outcomes[i] = await self._stored(int(answer[1]))
             elif kind == "noop":
-                outcomes[i] = OpResult(200, orjson.loads(planned_noop(planned, i)))
-            else:  # replay, mismatch: the uuid was used on another node meanwhile
-                outcomes[i] = self._answer_seen(ops[i], kind, answer)
-                if isinstance(outcomes[i], bytes):
-                    outcomes[i] = await self._seen(ops[i], outcomes[i])  # type: ignore[arg-type]
+                outcomes[i] = OpResult(200, orjson.loads(args[6]))
+            elif kind == "mismatch":  # the uuid was used on another node meanwhile
+                outcomes[i] = _mismatch(ops[i])
+            else:  # replay: the same op was stored from another node meanwhile
+                outcomes[i] = await self._seen(
+                    ops[i], ops[i].fingerprint.encode() + b"\x00" + answer[1].encode()
+                )
         return sorted(again)
 
-    def _commit_args(self, op: Op, state: MessageState | None, version: int,
-                     decision: Any) -> list[Any]:
+    def _commit_args(
+        self, op: Op, state: MessageState | None, version: int, decision: Any
+    ) -> list[Any]:
         keys = self.keys
-        head = [keys.prefix, op.user + SEP + op.uuid, op.fingerprint, str(op.message or 0),
-                str(version)]
+        head = [
+            keys.prefix,
+            op.user + SEP + op.uuid,
+            op.fingerprint,
+            str(op.message or 0),
+            str(version),
+        ]
         if not isinstance(decision, Change):
-            return [*head, "noop", orjson.dumps(decision.body()), b"", op.flow, op.kind,
-                    b"[]", b"[]"]
+            return [
+                *head,
+                "noop",
+                orjson.dumps(decision.body()),
+                b"",
+                op.flow,
+                op.kind,
+                b"[]",
+                b"[]",
+            ]
         data = {"id": 0, **decision.fields, "sent": now_ms()}
         new = next_state(state, {**data, "id": 0})
         gained = sorted(set(new.tags) - set(state.tags)) if state is not None else []
         lost = sorted(set(state.tags) - set(new.tags)) if state is not None else []
-        return [*head, "change", orjson.dumps(data), _state_json(new, op.kind), op.flow,
-                op.kind, orjson.dumps(gained), orjson.dumps(lost)]
+        return [
+            *head,
+            "change",
+            orjson.dumps(data),
+            _state_json(new, op.kind),
+            op.flow,
+            op.kind,
+            orjson.dumps(gained),
+            orjson.dumps(lost),
+        ]
 
     async def _stored(self, event_id: int) -> OpResult:
         event = await self._event(event_id)
@@ -282,14 +349,13 @@ class RedisLog(Log):
             return OpResult(200, event.data, replay=True)
         return OpResult(200, orjson.loads(result[1:]), replay=True)
 
-    def _answer_seen(self, op: Op, kind: str, answer: list[Any]) -> OpResult | RtError | bytes:
-        if kind == "mismatch":
-            return _mismatch(op)
-        return op.fingerprint.encode() + b"\x00" + answer[1].encode()
-
     # -- state reads -------------------------------------------------------------------
 
     async def history(self, flow, *, before, after, limit, tag, upto):
+        with reachable("reading history"):
+            return await self._history(flow, before, after, limit, tag, upto)
+
+    async def _history(self, flow, before, after, limit, tag, upto):
         if limit <= 0:
             return []
         index = self.keys.tagged(flow, tag) if tag is not None else self.keys.flow_messages(flow)
@@ -298,8 +364,9 @@ class RedisLog(Log):
         if after is not None:
             ids = await self.client.zrangebyscore(index, low, high, offset=0, count=limit)
         else:
-            ids = await self.client.zrange(index, high, low, sortby="BYSCORE", rev=True,
-                                           offset=0, count=limit)
+            ids = await self.client.zrange(
+                index, high, low, sortby="BYSCORE", rev=True, offset=0, count=limit
+            )
             ids = list(reversed(ids))
         if not ids:
             return []
@@ -307,19 +374,17 @@ class RedisLog(Log):
         return [s for s in (_state(r) for r in raws) if s is not None]
 
     async def message(self, message_id: int) -> MessageState | None:
-        return _state(await self.client.get(self.keys.message(message_id)))
+        with reachable("reading a message"):
+            return _state(await self.client.get(self.keys.message(message_id)))
 
     async def uuid_used(self, user: str, uuid: str) -> bool:
-        return bool(await self.client.hexists(self.keys.ops, user + SEP + uuid))
+        # One at a time (a FIFO lock): answers in the order asked (the contract).
+        async with self._uuid_order:
+            with reachable("checking a uuid"):
+                return bool(await self.client.hexists(self.keys.ops, user + SEP + uuid))
 
 
 def _mismatch(op: Op) -> RtError:
-    return RtError("uuid_mismatch", f"uuid {op.uuid} was used for another op; "
-                                    "make a new uuid for a new op")
-
-
-def planned_noop(planned: list[tuple[int, list[Any]]], i: int) -> bytes:
-    for index, args in planned:
-        if index == i:
-            return args[6]
-    raise KeyError(i)
+    return RtError(
+        "uuid_mismatch", f"uuid {op.uuid} was used for another op; make a new uuid for a new op"
+    )
