@@ -18,11 +18,13 @@ keep the promise of `--sync`:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import coredis
+
+from rt.core.errors import RtError
 
 log = logging.getLogger("rt.redis")
 
@@ -72,3 +74,16 @@ async def check_persistence(client: Any, sync: str) -> None:
             f"--sync full needs Redis's appendfsync always (it has {values.get('appendfsync')}): "
             "start it with --appendfsync always, or use --sync normal"
         )
+
+
+@contextmanager
+def reachable(what: str) -> Iterator[None]:
+    """Redis unreachable: the op or read fails with 503 and `Retry-After` (retry class)."""
+    try:
+        yield
+    except UNREACHABLE:
+        raise RtError(
+            "shutting_down",
+            f"the server's storage is unreachable ({what}); retry shortly",
+            retry_after=1,
+        ) from None

@@ -26,14 +26,13 @@ come from the per-flow streams, with the content of deleted messages'
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 import trio
 
-from rt.backend.redis.connection import UNREACHABLE
+from rt.backend.redis.connection import UNREACHABLE, reachable
 from rt.backend.redis.keys import SEP, Keys
 from rt.core.errors import RtError
 from rt.core.events import Event, MessageState
@@ -87,19 +86,6 @@ if etype == 'delete' then redis.call('SADD', p..':deleted', target) end
 redis.call('HSET', p..':ops', opkey, fp..'\0e'..sid)
 return {'stored', sid}
 """
-
-
-@contextmanager
-def reachable(what: str) -> Iterator[None]:
-    """Redis unreachable: the op or read fails with 503 and `Retry-After` (retry class)."""
-    try:
-        yield
-    except UNREACHABLE:
-        raise RtError(
-            "shutting_down",
-            f"the server's storage is unreachable ({what}); retry shortly",
-            retry_after=1,
-        ) from None
 
 
 MAX_REPLANS = 20  # a message changed this often under one op: give up (retry class)

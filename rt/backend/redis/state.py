@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import trio
 
+from rt.backend.redis.connection import reachable
 from rt.backend.redis.keys import Keys
 from rt.core.errors import RtError
 from rt.core.events import Event
@@ -43,15 +44,17 @@ class RedisTickets:
 
     async def issue(self, user: str, client: str, token: str) -> tuple[str, int]:
         ticket = "tk_" + secrets.token_urlsafe(24)
-        await self.client.set(
-            self.keys.ticket(ticket),
-            orjson.dumps({"user": user, "client": client, "token": token}),
-            px=int(self.ttl * 1000),
-        )
+        with reachable("issuing a ticket"):
+            await self.client.set(
+                self.keys.ticket(ticket),
+                orjson.dumps({"user": user, "client": client, "token": token}),
+                px=int(self.ttl * 1000),
+            )
         return ticket, int((time.time() + self.ttl) * 1000)
 
     async def redeem(self, ticket: str, client: str) -> Ticket:
-        raw = await self.client.getex(self.keys.ticket(ticket), px=int(self.ttl * 1000))
+        with reachable("redeeming a ticket"):
+            raw = await self.client.getex(self.keys.ticket(ticket), px=int(self.ttl * 1000))
         if raw is None:
             raise RtError(
                 "unauthorized",
@@ -96,11 +99,13 @@ class RedisRateLimit:
         self._script = client.register_script(BUCKET)
 
     async def take(self, key: str) -> float:
-        answer = await self._script(keys=[self.prefix + key], args=[self.rate, self.burst, 1])
+        with reachable("the rate limit"):
+            answer = await self._script(keys=[self.prefix + key], args=[self.rate, self.burst, 1])
         return float(answer)
 
     async def refund(self, key: str) -> None:
-        await self._script(keys=[self.prefix + key], args=[self.rate, self.burst, -1])
+        with reachable("the rate limit"):
+            await self._script(keys=[self.prefix + key], args=[self.rate, self.burst, -1])
 
 
 class RedisBus:

@@ -1,0 +1,366 @@
+"""Several `rt serve --redis` nodes behave, to every client, like one server (issue 13).
+
+Real processes: a redis-server of the test's own (tests/redis_server.py) and
+two or three `rt serve --redis` subprocesses on 127.0.0.1, spoken to over
+HTTP and SSE with httpx. Each test is bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.process import ROOT, RtProcess
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("coredis")
+
+USERS = ("alice", "bob")
+
+
+class Cluster:
+    def __init__(self, redis: RedisServer, tmp: Path, nodes: int, *extra: str) -> None:
+        self.redis = redis
+        self.tmp = tmp
+        self.extra = extra
+        self.nodes: list[RtProcess] = []
+        self.tokens: dict[str, str] = {}
+        for i in range(nodes):
+            self.add(i)
+
+    def add(self, i: int) -> RtProcess:
+        args = ["--redis", self.redis.url, "--flow", "general", "--heartbeat", "2",
+                "--delivery-record", str(self.tmp / f"deliveries-{i}.jsonl"), *self.extra]
+        for user in USERS:
+            args += ["--user", user]
+        node = RtProcess(*args, db=self.tmp / f"unused-{i}.db")
+        self.tokens.update(node.tokens)
+        self.nodes.append(node)
+        return node
+
+    def url(self, i: int) -> str:
+        return self.nodes[i % len(self.nodes)].url
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(redis, tmp_path):
+    c = Cluster(redis, tmp_path, 3)
+    yield c
+    c.close()
+
+
+def client_id() -> str:
+    return "c" + secrets.token_hex(10)
+
+
+async def post(http: httpx.AsyncClient, url: str, user_auth: dict[str, str], content: str,
+               uuid: str | None = None) -> httpx.Response:
+    return await http.post(f"{url}/flows/general/messages", headers=user_auth,
+                           json={"content": content, "uuid": uuid or "u" + secrets.token_hex(8)})
+
+
+@asynccontextmanager
+async def sse(http: httpx.AsyncClient, url: str, auth: dict[str, str], client: str,
+              **params: Any):
+    query = {"flows": "general", "client": client, **params}
+    async with http.stream("GET", f"{url}/stream/sse", params=query, headers=auth) as r:
+        assert r.status_code == 200, await r.aread()
+        yield SseReader(r)
+
+
+class SseReader:
+    def __init__(self, response: httpx.Response) -> None:
+        self.lines = response.aiter_lines()
+
+    async def next(self) -> dict[str, Any]:
+        event = None
+        async for line in self.lines:
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                obj = json.loads(line[6:])
+                obj.setdefault("_event", event)
+                return obj
+        raise EOFError
+
+    async def until(self, pred) -> dict[str, Any]:
+        while True:
+            obj = await self.next()
+            if pred(obj):
+                return obj
+
+    async def stored(self) -> dict[str, Any]:
+        return await self.until(lambda o: isinstance(o.get("id"), int) or o["type"] == "close")
+
+
+async def test_posts_on_any_node_reach_every_node_in_one_order(cluster):
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(timeout=10) as http:
+            got: dict[int, list[int]] = defaultdict(list)
+            async with sse(http, cluster.url(0), cluster.auth("bob"), client_id()) as s0, \
+                    sse(http, cluster.url(1), cluster.auth("bob"), client_id()) as s1, \
+                    sse(http, cluster.url(2), cluster.auth("bob"), client_id()) as s2:
+                for s in (s0, s1, s2):
+                    assert (await s.next())["type"] == "ready"
+                ids = []
+                async with trio.open_nursery() as nursery:
+                    async def one(i: int) -> None:
+                        r = await post(http, cluster.url(i), cluster.auth("alice"), f"m{i}")
+                        assert r.status_code == 201, r.text
+                        ids.append(r.json()["id"])
+                    for i in range(30):
+                        nursery.start_soon(one, i)
+                for n, s in enumerate((s0, s1, s2)):
+                    while len(got[n]) < 30:
+                        got[n].append((await s.stored())["id"])
+            assert sorted(ids) == got[0] == got[1] == got[2]
+            assert got[0] == sorted(got[0]) and len(set(got[0])) == 30
+
+
+async def test_a_cursor_from_one_node_resumes_on_another(cluster):
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(timeout=10) as http:
+            client = client_id()
+            async with sse(http, cluster.url(0), cluster.auth("bob"), client) as s:
+                ready = await s.next()
+                first = [(await post(http, cluster.url(1), cluster.auth("alice"), f"a{i}")).json()
+                         for i in range(5)]
+                seen = [(await s.stored())["id"] for _ in range(5)]
+            assert seen == [e["id"] for e in first]
+            later = [(await post(http, cluster.url(2), cluster.auth("alice"), f"b{i}")).json()
+                     for i in range(5)]
+            async with sse(http, cluster.url(1), cluster.auth("bob"), client,
+                           cursor=seen[-1], epoch=ready["epoch"]) as s:
+                again = await s.next()
+                assert again["type"] == "ready" and not again["reset"]
+                assert again["epoch"] == ready["epoch"]
+                rest = [(await s.stored())["id"] for _ in range(5)]
+            assert rest == [e["id"] for e in later]
+
+
+async def test_one_uuid_posted_ten_times_over_the_nodes_is_stored_once(cluster):
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(timeout=10) as http:
+            answers = []
+
+            async def one(i: int) -> None:
+                answers.append(await post(http, cluster.url(i), cluster.auth("alice"), "once",
+                                          "same-uuid-everywhere"))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(one, i)
+            statuses = sorted(r.status_code for r in answers)
+            assert statuses == [200] * 9 + [201], statuses
+            assert len({r.json()["id"] for r in answers}) == 1
+            history = (await http.get(f"{cluster.url(0)}/flows/general/messages",
+                                      headers=cluster.auth("alice"))).json()["messages"]
+            assert [m["content"] for m in history] == ["once"]
+
+
+async def test_a_ticket_is_redeemed_on_another_node(cluster):
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(timeout=10) as http:
+            client = client_id()
+            r = await http.post(f"{cluster.url(0)}/auth/ticket", headers=cluster.auth("bob"),
+                                json={"client": client})
+            ticket = r.json()["ticket"]
+            async with sse(http, cluster.url(1), {}, client, ticket=ticket) as s:
+                assert (await s.next())["type"] == "ready"
+
+
+async def test_a_user_made_on_one_node_is_known_on_the_others_at_once(cluster, redis):
+    with trio.fail_after(30):
+        done = subprocess.run([sys.executable, "-m", "rt", "user", "add", "carol", "--redis",
+                               redis.url], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        token = done.stdout.strip().splitlines()[-1]
+        async with httpx.AsyncClient(timeout=10) as http:
+            for i in range(3):
+                r = await http.get(f"{cluster.url(i)}/me",
+                                   headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 200 and r.json()["user"] == "carol"
+
+
+async def test_presence_and_typing_cross_nodes(cluster):
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(timeout=10) as http:
+            async with sse(http, cluster.url(0), cluster.auth("bob"), client_id()) as bob:
+                ready = await bob.next()
+                assert ready["presence"]["general"] == ["bob"]
+                async with sse(http, cluster.url(1), cluster.auth("alice"), client_id()) as alice:
+                    alice_ready = await alice.next()
+                    assert alice_ready["presence"]["general"] == ["alice", "bob"]
+                    online = await bob.until(lambda o: o["type"] == "presence")
+                    assert (online["user"], online["state"]) == ("alice", "online")
+                    r = await http.post(f"{cluster.url(1)}/flows/general/typing",
+                                        headers=cluster.auth("alice"))
+                    assert r.status_code == 204
+                    typing = await bob.until(lambda o: o["type"] == "typing")
+                    assert typing["user"] == "alice"
+
+
+async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(cluster, redis,
+                                                                          tmp_path):
+    rounds = 100
+    with trio.fail_after(120):
+        async with httpx.AsyncClient(timeout=10) as http:
+            async def poster() -> None:
+                while True:
+                    await post(http, cluster.url(0), cluster.auth("alice"), "tick")
+                    await trio.sleep(0.02)
+
+            async with trio.open_nursery() as background:
+                background.start_soon(poster)
+                for n in range(rounds):
+                    client = client_id()
+                    outcomes: list[str] = []
+
+                    async def one(i: int, client: str = client,
+                                  outcomes: list[str] = outcomes) -> None:
+                        async with sse(http, cluster.url(i), cluster.auth("bob"), client) as s:
+                            first = await s.next()
+                            if first["type"] == "close":
+                                outcomes.append(first["reason"])
+                                return
+                            obj = await s.until(lambda o: o["type"] in ("close", "message"))
+                            outcomes.append(obj.get("reason") or "won")
+
+                    async with trio.open_nursery() as racing:
+                        for i in range(2):
+                            racing.start_soon(one, n + i)
+                    assert sorted(outcomes) == ["superseded", "won"], outcomes
+                background.cancel_scope.cancel()
+    # No two streams of one client id delivered at the same time, on any node.
+    streams: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(dict)
+    for path in tmp_path.glob("deliveries-*.jsonl"):
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            span = streams[(d["user"], d["client"])].setdefault(d["stream"], [d["t"], d["t"]])
+            span[0], span[1] = min(span[0], d["t"]), max(span[1], d["t"])
+    for key, spans in streams.items():
+        ordered = sorted(spans.values())
+        for (_, end), (start, _) in zip(ordered, ordered[1:], strict=False):
+            assert start >= end, (key, ordered)
+    # Every claim was given back.
+    with trio.fail_after(10):
+        while True:
+            keys = redis_keys(redis, "rt:claim:*")
+            if not keys:
+                break
+            await trio.sleep(0.1)
+
+
+def redis_keys(redis: RedisServer, pattern: str) -> list[str]:
+    out = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan", "--pattern", pattern],
+                         capture_output=True, text=True, timeout=10)
+    return [line for line in out.stdout.splitlines() if line]
+
+
+async def test_polls_that_land_on_other_nodes_continue_the_session(cluster):
+    with trio.fail_after(30):
+        async with httpx.AsyncClient(timeout=30) as http:
+            client = client_id()
+            base = {"flows": "general", "client": client}
+            first = (await http.get(f"{cluster.url(0)}/stream/poll", params=base,
+                                    headers=cluster.auth("bob"))).json()
+            ready = first[0]
+            assert ready["type"] == "ready"
+            cursor, seen = ready["cursor"], []
+            for i in range(6):
+                await post(http, cluster.url(i), cluster.auth("alice"), f"p{i}")
+                answer = (await http.get(f"{cluster.url(i + 1)}/stream/poll",
+                                         params={**base, "cursor": cursor, "epoch": ready["epoch"]},
+                                         headers=cluster.auth("bob"))).json()
+                assert all(o["type"] != "ready" for o in answer), answer
+                stored = [o["id"] for o in answer if isinstance(o.get("id"), int)]
+                seen += stored
+                cursor = stored[-1] if stored else cursor
+            assert seen == sorted(set(seen)) and len(seen) == 6
+
+
+async def test_a_killed_node_loses_no_acknowledged_event(cluster):
+    acked: list[int] = []
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=5) as http:
+            async def posting(i: int) -> None:
+                for n in range(100):
+                    try:
+                        r = await post(http, cluster.url(i), cluster.auth("alice"), f"k{i}-{n}")
+                    except httpx.HTTPError:
+                        continue
+                    if r.status_code in (200, 201):
+                        acked.append(r.json()["id"])
+
+            async with trio.open_nursery() as nursery:
+                for i in (1, 2):
+                    nursery.start_soon(posting, i)
+                await trio.sleep(0.5)
+                cluster.nodes[2].kill()
+            history = (await http.get(f"{cluster.url(0)}/flows/general/messages",
+                                      params={"limit": 500},
+                                      headers=cluster.auth("alice"))).json()["messages"]
+    stored = {m["id"] for m in history}
+    assert acked and set(acked) <= stored
+
+
+async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cluster, redis):
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=5) as http:
+            before = [(await post(http, cluster.url(i), cluster.auth("alice"), f"b{i}")).json()["id"]
+                      for i in range(5)]
+            redis.kill()
+            r = await post(http, cluster.url(0), cluster.auth("alice"), "while down")
+            assert r.status_code == 503 and "Retry-After" in r.headers
+            assert r.json()["error"]["code"] == "shutting_down"
+            redis.start()
+            started = time.monotonic()
+            while True:
+                r = await post(http, cluster.url(1), cluster.auth("alice"), "after")
+                if r.status_code == 201:
+                    break
+                assert time.monotonic() - started < 20, r.text
+                await trio.sleep(0.2)
+            assert r.json()["id"] > max(before)
+            history = (await http.get(f"{cluster.url(2)}/flows/general/messages",
+                                      headers=cluster.auth("alice"))).json()["messages"]
+            assert set(before) <= {m["id"] for m in history}
+
+
+def test_redis_without_aof_is_refused_with_one_line(tmp_path):
+    server = RedisServer("--appendonly", "no")
+    try:
+        done = subprocess.run([sys.executable, "-m", "rt", "serve", "--port", "0", "--redis",
+                               server.url], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert re.search(r"appendonly", done.stderr) and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()[-1:]) == 1
+    finally:
+        server.stop()
