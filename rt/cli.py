@@ -502,6 +502,14 @@ def chaos() -> None:
     show_default=True,
     help="seconds a client has to catch up once faults stop",
 )
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="rt serve nodes: more than 1 runs a cluster on a Redis of its own "
+    "(redis-server), the proxy spreading connections over the nodes",
+)
 @click.option("--quick", is_flag=True, help="a smoke run of under 30 seconds")
 def chaos_run(**options: Any) -> None:
     """Run clients through the fault proxy in front of rt and check every invariant."""
@@ -512,6 +520,8 @@ def chaos_run(**options: Any) -> None:
         raise click.UsageError("give --client or --builtin, not both")
     if options["builtin"] == "browser":
         require_extra("browser", "rt chaos run --builtin browser")
+    if options["nodes"] > 1:
+        require_extra("redis", "rt chaos run --nodes")
     flows = tuple(f for f in options.pop("flows").split(",") if f)
     for name in flows:
         check_or_exit(check_flow, name)

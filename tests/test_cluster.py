@@ -42,8 +42,17 @@ class Cluster:
             self.add(i)
 
     def add(self, i: int) -> RtProcess:
-        args = ["--redis", self.redis.url, "--flow", "general", "--heartbeat", "2",
-                "--delivery-record", str(self.tmp / f"deliveries-{i}.jsonl"), *self.extra]
+        args = [
+            "--redis",
+            self.redis.url,
+            "--flow",
+            "general",
+            "--heartbeat",
+            "2",
+            "--delivery-record",
+            str(self.tmp / f"deliveries-{i}.jsonl"),
+            *self.extra,
+        ]
         for user in USERS:
             args += ["--user", user]
         node = RtProcess(*args, db=self.tmp / f"unused-{i}.db")
@@ -80,15 +89,22 @@ def client_id() -> str:
     return "c" + secrets.token_hex(10)
 
 
-async def post(http: httpx.AsyncClient, url: str, user_auth: dict[str, str], content: str,
-               uuid: str | None = None) -> httpx.Response:
-    return await http.post(f"{url}/flows/general/messages", headers=user_auth,
-                           json={"content": content, "uuid": uuid or "u" + secrets.token_hex(8)})
+async def post(
+    http: httpx.AsyncClient,
+    url: str,
+    user_auth: dict[str, str],
+    content: str,
+    uuid: str | None = None,
+) -> httpx.Response:
+    return await http.post(
+        f"{url}/flows/general/messages",
+        headers=user_auth,
+        json={"content": content, "uuid": uuid or "u" + secrets.token_hex(8)},
+    )
 
 
 @asynccontextmanager
-async def sse(http: httpx.AsyncClient, url: str, auth: dict[str, str], client: str,
-              **params: Any):
+async def sse(http: httpx.AsyncClient, url: str, auth: dict[str, str], client: str, **params: Any):
     query = {"flows": "general", "client": client, **params}
     async with http.stream("GET", f"{url}/stream/sse", params=query, headers=auth) as r:
         assert r.status_code == 200, await r.aread()
@@ -124,17 +140,21 @@ async def test_posts_on_any_node_reach_every_node_in_one_order(cluster):
     with trio.fail_after(30):
         async with httpx.AsyncClient(timeout=10) as http:
             got: dict[int, list[int]] = defaultdict(list)
-            async with sse(http, cluster.url(0), cluster.auth("bob"), client_id()) as s0, \
-                    sse(http, cluster.url(1), cluster.auth("bob"), client_id()) as s1, \
-                    sse(http, cluster.url(2), cluster.auth("bob"), client_id()) as s2:
+            async with (
+                sse(http, cluster.url(0), cluster.auth("bob"), client_id()) as s0,
+                sse(http, cluster.url(1), cluster.auth("bob"), client_id()) as s1,
+                sse(http, cluster.url(2), cluster.auth("bob"), client_id()) as s2,
+            ):
                 for s in (s0, s1, s2):
                     assert (await s.next())["type"] == "ready"
                 ids = []
                 async with trio.open_nursery() as nursery:
+
                     async def one(i: int) -> None:
                         r = await post(http, cluster.url(i), cluster.auth("alice"), f"m{i}")
                         assert r.status_code == 201, r.text
                         ids.append(r.json()["id"])
+
                     for i in range(30):
                         nursery.start_soon(one, i)
                 for n, s in enumerate((s0, s1, s2)):
@@ -150,14 +170,24 @@ async def test_a_cursor_from_one_node_resumes_on_another(cluster):
             client = client_id()
             async with sse(http, cluster.url(0), cluster.auth("bob"), client) as s:
                 ready = await s.next()
-                first = [(await post(http, cluster.url(1), cluster.auth("alice"), f"a{i}")).json()
-                         for i in range(5)]
+                first = [
+                    (await post(http, cluster.url(1), cluster.auth("alice"), f"a{i}")).json()
+                    for i in range(5)
+                ]
                 seen = [(await s.stored())["id"] for _ in range(5)]
             assert seen == [e["id"] for e in first]
-            later = [(await post(http, cluster.url(2), cluster.auth("alice"), f"b{i}")).json()
-                     for i in range(5)]
-            async with sse(http, cluster.url(1), cluster.auth("bob"), client,
-                           cursor=seen[-1], epoch=ready["epoch"]) as s:
+            later = [
+                (await post(http, cluster.url(2), cluster.auth("alice"), f"b{i}")).json()
+                for i in range(5)
+            ]
+            async with sse(
+                http,
+                cluster.url(1),
+                cluster.auth("bob"),
+                client,
+                cursor=seen[-1],
+                epoch=ready["epoch"],
+            ) as s:
                 again = await s.next()
                 assert again["type"] == "ready" and not again["reset"]
                 assert again["epoch"] == ready["epoch"]
@@ -171,8 +201,11 @@ async def test_one_uuid_posted_ten_times_over_the_nodes_is_stored_once(cluster):
             answers = []
 
             async def one(i: int) -> None:
-                answers.append(await post(http, cluster.url(i), cluster.auth("alice"), "once",
-                                          "same-uuid-everywhere"))
+                answers.append(
+                    await post(
+                        http, cluster.url(i), cluster.auth("alice"), "once", "same-uuid-everywhere"
+                    )
+                )
 
             async with trio.open_nursery() as nursery:
                 for i in range(10):
@@ -180,8 +213,11 @@ async def test_one_uuid_posted_ten_times_over_the_nodes_is_stored_once(cluster):
             statuses = sorted(r.status_code for r in answers)
             assert statuses == [200] * 9 + [201], statuses
             assert len({r.json()["id"] for r in answers}) == 1
-            history = (await http.get(f"{cluster.url(0)}/flows/general/messages",
-                                      headers=cluster.auth("alice"))).json()["messages"]
+            history = (
+                await http.get(
+                    f"{cluster.url(0)}/flows/general/messages", headers=cluster.auth("alice")
+                )
+            ).json()["messages"]
             assert [m["content"] for m in history] == ["once"]
 
 
@@ -189,8 +225,11 @@ async def test_a_ticket_is_redeemed_on_another_node(cluster):
     with trio.fail_after(30):
         async with httpx.AsyncClient(timeout=10) as http:
             client = client_id()
-            r = await http.post(f"{cluster.url(0)}/auth/ticket", headers=cluster.auth("bob"),
-                                json={"client": client})
+            r = await http.post(
+                f"{cluster.url(0)}/auth/ticket",
+                headers=cluster.auth("bob"),
+                json={"client": client},
+            )
             ticket = r.json()["ticket"]
             async with sse(http, cluster.url(1), {}, client, ticket=ticket) as s:
                 assert (await s.next())["type"] == "ready"
@@ -198,14 +237,20 @@ async def test_a_ticket_is_redeemed_on_another_node(cluster):
 
 async def test_a_user_made_on_one_node_is_known_on_the_others_at_once(cluster, redis):
     with trio.fail_after(30):
-        done = subprocess.run([sys.executable, "-m", "rt", "user", "add", "carol", "--redis",
-                               redis.url], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "rt", "user", "add", "carol", "--redis", redis.url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
         token = done.stdout.strip().splitlines()[-1]
         async with httpx.AsyncClient(timeout=10) as http:
             for i in range(3):
-                r = await http.get(f"{cluster.url(i)}/me",
-                                   headers={"Authorization": f"Bearer {token}"})
+                r = await http.get(
+                    f"{cluster.url(i)}/me", headers={"Authorization": f"Bearer {token}"}
+                )
                 assert r.status_code == 200 and r.json()["user"] == "carol"
 
 
@@ -220,18 +265,21 @@ async def test_presence_and_typing_cross_nodes(cluster):
                     assert alice_ready["presence"]["general"] == ["alice", "bob"]
                     online = await bob.until(lambda o: o["type"] == "presence")
                     assert (online["user"], online["state"]) == ("alice", "online")
-                    r = await http.post(f"{cluster.url(1)}/flows/general/typing",
-                                        headers=cluster.auth("alice"))
+                    r = await http.post(
+                        f"{cluster.url(1)}/flows/general/typing", headers=cluster.auth("alice")
+                    )
                     assert r.status_code == 204
                     typing = await bob.until(lambda o: o["type"] == "typing")
                     assert typing["user"] == "alice"
 
 
-async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(cluster, redis,
-                                                                          tmp_path):
+async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(
+    cluster, redis, tmp_path
+):
     rounds = 100
     with trio.fail_after(120):
         async with httpx.AsyncClient(timeout=10) as http:
+
             async def poster() -> None:
                 while True:
                     await post(http, cluster.url(0), cluster.auth("alice"), "tick")
@@ -243,8 +291,9 @@ async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(clus
                     client = client_id()
                     outcomes: list[str] = []
 
-                    async def one(i: int, client: str = client,
-                                  outcomes: list[str] = outcomes) -> None:
+                    async def one(
+                        i: int, client: str = client, outcomes: list[str] = outcomes
+                    ) -> None:
                         async with sse(http, cluster.url(i), cluster.auth("bob"), client) as s:
                             first = await s.next()
                             if first["type"] == "close":
@@ -279,8 +328,12 @@ async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(clus
 
 
 def redis_keys(redis: RedisServer, pattern: str) -> list[str]:
-    out = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan", "--pattern", pattern],
-                         capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+        ["redis-cli", "-p", str(redis.port), "--scan", "--pattern", pattern],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     return [line for line in out.stdout.splitlines() if line]
 
 
@@ -289,16 +342,23 @@ async def test_polls_that_land_on_other_nodes_continue_the_session(cluster):
         async with httpx.AsyncClient(timeout=30) as http:
             client = client_id()
             base = {"flows": "general", "client": client}
-            first = (await http.get(f"{cluster.url(0)}/stream/poll", params=base,
-                                    headers=cluster.auth("bob"))).json()
+            first = (
+                await http.get(
+                    f"{cluster.url(0)}/stream/poll", params=base, headers=cluster.auth("bob")
+                )
+            ).json()
             ready = first[0]
             assert ready["type"] == "ready"
             cursor, seen = ready["cursor"], []
             for i in range(6):
                 await post(http, cluster.url(i), cluster.auth("alice"), f"p{i}")
-                answer = (await http.get(f"{cluster.url(i + 1)}/stream/poll",
-                                         params={**base, "cursor": cursor, "epoch": ready["epoch"]},
-                                         headers=cluster.auth("bob"))).json()
+                answer = (
+                    await http.get(
+                        f"{cluster.url(i + 1)}/stream/poll",
+                        params={**base, "cursor": cursor, "epoch": ready["epoch"]},
+                        headers=cluster.auth("bob"),
+                    )
+                ).json()
                 assert all(o["type"] != "ready" for o in answer), answer
                 stored = [o["id"] for o in answer if isinstance(o.get("id"), int)]
                 seen += stored
@@ -310,6 +370,7 @@ async def test_a_killed_node_loses_no_acknowledged_event(cluster):
     acked: list[int] = []
     with trio.fail_after(60):
         async with httpx.AsyncClient(timeout=5) as http:
+
             async def posting(i: int) -> None:
                 for n in range(100):
                     try:
@@ -324,9 +385,13 @@ async def test_a_killed_node_loses_no_acknowledged_event(cluster):
                     nursery.start_soon(posting, i)
                 await trio.sleep(0.5)
                 cluster.nodes[2].kill()
-            history = (await http.get(f"{cluster.url(0)}/flows/general/messages",
-                                      params={"limit": 500},
-                                      headers=cluster.auth("alice"))).json()["messages"]
+            history = (
+                await http.get(
+                    f"{cluster.url(0)}/flows/general/messages",
+                    params={"limit": 500},
+                    headers=cluster.auth("alice"),
+                )
+            ).json()["messages"]
     stored = {m["id"] for m in history}
     assert acked and set(acked) <= stored
 
@@ -334,8 +399,10 @@ async def test_a_killed_node_loses_no_acknowledged_event(cluster):
 async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cluster, redis):
     with trio.fail_after(60):
         async with httpx.AsyncClient(timeout=5) as http:
-            before = [(await post(http, cluster.url(i), cluster.auth("alice"), f"b{i}")).json()["id"]
-                      for i in range(5)]
+            before = [
+                (await post(http, cluster.url(i), cluster.auth("alice"), f"b{i}")).json()["id"]
+                for i in range(5)
+            ]
             redis.kill()
             r = await post(http, cluster.url(0), cluster.auth("alice"), "while down")
             assert r.status_code == 503 and "Retry-After" in r.headers
@@ -349,16 +416,24 @@ async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cl
                 assert time.monotonic() - started < 20, r.text
                 await trio.sleep(0.2)
             assert r.json()["id"] > max(before)
-            history = (await http.get(f"{cluster.url(2)}/flows/general/messages",
-                                      headers=cluster.auth("alice"))).json()["messages"]
+            history = (
+                await http.get(
+                    f"{cluster.url(2)}/flows/general/messages", headers=cluster.auth("alice")
+                )
+            ).json()["messages"]
             assert set(before) <= {m["id"] for m in history}
 
 
 def test_redis_without_aof_is_refused_with_one_line(tmp_path):
     server = RedisServer("--appendonly", "no")
     try:
-        done = subprocess.run([sys.executable, "-m", "rt", "serve", "--port", "0", "--redis",
-                               server.url], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "rt", "serve", "--port", "0", "--redis", server.url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 2
         assert re.search(r"appendonly", done.stderr) and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()[-1:]) == 1

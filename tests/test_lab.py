@@ -238,6 +238,36 @@ def test_rt_client_on_all_seven_transports_under_fire(tmp_path: Path) -> None:
     assert {"cut", "stall", "slice", "kill", "server"} <= names, names
 
 
+def test_rt_over_two_nodes_with_kills_of_a_node(tmp_path: Path) -> None:
+    pytest.importorskip("coredis")
+    need("redis-server", "RT_REQUIRE_REDIS")
+    status, report, output = lab(
+        "--builtin",
+        "python",
+        "--clients",
+        "14",
+        "--transport",
+        "mix",
+        "--nodes",
+        "2",
+        "--duration",
+        "15",
+        "--rate",
+        "10",
+        "--faults",
+        "cut:every=3s,stall:every=6s:for=2s,kill:every=5s,server:every=2s",
+        "--seed",
+        "31",
+        out=tmp_path / "run",
+    )
+    assert status == 0, output[-4000:]
+    assert report["ok"] and not violated(report)
+    restarts = sum(
+        (tmp_path / "run" / f"node-{i}.log").read_text().count("serving on") - 1 for i in range(2)
+    )
+    assert restarts >= 1  # a node really was killed and came back
+
+
 def test_rt_js_in_chromium_on_all_seven_transports_under_fire(tmp_path: Path) -> None:
     need("chromium", "RT_REQUIRE_BROWSER")
     pytest.importorskip("playwright")

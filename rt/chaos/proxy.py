@@ -106,14 +106,19 @@ class FaultProxy:
 
     def __init__(
         self,
-        upstream: tuple[str, int],
+        upstream: tuple[str, int] | list[tuple[str, int]],
         nursery: trio.Nursery,
         *,
         on_connection: Hook | None,
         on_fault: Hook | None,
         connect_timeout: float,
     ) -> None:
-        self.upstream = upstream
+        # One (host, port), or a list of them: a cluster's nodes, used round robin.
+        self.upstreams: list[tuple[str, int]] = (
+            list(upstream) if isinstance(upstream, list) else [upstream]
+        )
+        self.upstream = self.upstreams[0]
+        self._next_upstream = 0
         self.addresses: dict[str, tuple[str, int]] = {}
         self.connect_timeout = connect_timeout
         self._nursery = nursery
@@ -222,6 +227,21 @@ class FaultProxy:
 
     # -- connections ----------------------------------------------------------------------
 
+    async def _connect_upstream(self) -> trio.SocketStream | None:
+        """A connection to the upstream; with several (a cluster's nodes), the next one
+        round robin, falling over to the others when it does not answer."""
+        upstreams = self.upstreams
+        start = self._next_upstream
+        self._next_upstream = (start + 1) % len(upstreams)
+        for i in range(len(upstreams)):
+            host, port = upstreams[(start + i) % len(upstreams)]
+            try:
+                with trio.fail_after(self.connect_timeout):
+                    return await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError):
+                continue
+        return None
+
     def _emit(self, conn: Connection, event: str) -> None:
         if self._on_connection is not None:
             self._on_connection(connection_record(conn, event))
@@ -255,10 +275,8 @@ class FaultProxy:
                 self.record(fault.window, "hit", [conn.id], fault.id)
             abort(client)
             return
-        try:
-            with trio.fail_after(self.connect_timeout):
-                server = await trio.open_tcp_stream(*self.upstream)
-        except (OSError, trio.TooSlowError):
+        server = await self._connect_upstream()
+        if server is None:
             # The server is down (killed, restarting): the client sees a
             # reset, as it would from the server's own port.
             conn.state = conn.close_mode = "failed"
@@ -274,7 +292,7 @@ class FaultProxy:
 
 @asynccontextmanager
 async def open_proxy(
-    upstream: tuple[str, int],
+    upstream: tuple[str, int] | list[tuple[str, int]],
     listeners: Sequence[tuple[str, str, int]],
     *,
     on_connection: Hook | None = None,

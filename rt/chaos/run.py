@@ -55,7 +55,7 @@ from rt.chaos.records import (
     write_run_info,
 )
 from rt.chaos.report import verdict_table, write_report
-from rt.chaos.server import LabError, RtServer, wait_healthy
+from rt.chaos.server import LabError, RedisProcess, RtServer, wait_healthy
 
 TRANSPORTS = ("ws", "sse", "xhr", "multipart", "htmlfile", "poll", "jsonp")
 BUILTINS = ("python", "browser")
@@ -82,6 +82,7 @@ class LabOptions:
     out: str | None = None
     quick: bool = False
     catch_up: float = 10.0
+    nodes: int = 1
 
     def effective(self) -> LabOptions:
         """With the seed drawn and `--quick`'s small run applied."""
@@ -123,6 +124,8 @@ class LabOptions:
             "--seed",
             str(self.seed),
         ]
+        if self.nodes != 1:
+            parts += ["--nodes", str(self.nodes)]
         if self.catch_up != 10.0:
             parts += ["--catch-up", f"{self.catch_up:g}"]
         if self.server:
@@ -175,7 +178,8 @@ class Lab:
     run_dir: Path
     specs: list[FaultSpec]
     specs_server: FaultSpec | None
-    server: RtServer | None = None
+    servers: list[RtServer] = field(default_factory=list)  # one, or a cluster's nodes
+    redis: RedisProcess | None = None
     url: str = ""
     drivers: list[Driver] = field(default_factory=list)
     progress: Progress | None = None
@@ -186,10 +190,18 @@ class Lab:
 
     # -- process faults ------------------------------------------------------------------
 
+    @property
+    def server(self) -> RtServer | None:
+        return self.servers[0] if self.servers else None
+
+    def target(self, window: FaultWindow) -> RtServer:
+        """The node a process fault hits: drawn from the window's seed (one of a cluster)."""
+        return self.servers[random.Random(window.seed).randrange(len(self.servers))]
+
     async def process_fault(self, window: FaultWindow, action: str) -> None:
-        server = self.server
-        if server is None:
+        if not self.servers:
             return
+        server = self.target(window)
         async with self._process_lock:  # a kill waits for the restart before it
             if self.faults_stopped is not None:
                 return
@@ -207,10 +219,10 @@ class Lab:
         async with self._process_lock:
             self.faults_stopped = time.time()
             proxy.stop_all()
-            if self.server is not None:
-                self.server.resume()
+            for server in self.servers:
+                server.resume()
                 if self.specs_server is not None:
-                    self.server.stop_chaos()
+                    server.stop_chaos()
 
 
 def server_chaos(spec: FaultSpec | None) -> str | None:
@@ -273,8 +285,11 @@ async def run_lab(opts: LabOptions) -> int:
         progress.fault(record)
 
     try:
-        assert lab.server is not None or opts.server
-        upstream = ("127.0.0.1", lab.server.port) if lab.server else _hostport(opts.server)
+        upstream: Any = (
+            [("127.0.0.1", node.port) for node in lab.servers]
+            if lab.servers
+            else _hostport(opts.server)
+        )
         listeners = [(lab_id, "127.0.0.1", 0) for lab_id in lab_ids]
         async with open_proxy(
             upstream, listeners, on_connection=on_connection, on_fault=on_fault
@@ -311,9 +326,11 @@ async def run_lab(opts: LabOptions) -> int:
         connections.close()
         faults_file.close()
         progress.finish()
-        if lab.server is not None:
-            await lab.server.stop()
-            lab.server.close()
+        for node in lab.servers:
+            await node.stop()
+            node.close()
+        if lab.redis is not None:
+            await lab.redis.stop()
         write_run_info(
             run_dir,
             replace(
@@ -333,11 +350,11 @@ def judge(run_dir: Path) -> int:
 
 async def _start_server(lab: Lab, users: list[str]) -> dict[str, str]:
     opts = lab.opts
+    tokens: dict[str, str] = {}
     if opts.server:
         lab.url = opts.server.rstrip("/")
         if not await wait_healthy(lab.url, 10):
             raise LabError(f"--server {opts.server}: no answer from /health")
-        tokens = {}
         tag = secrets.token_hex(3)
         for user in users:
             status, body = await post_json(f"{lab.url}/auth/guest", {"name": f"{user}-{tag}"})
@@ -348,17 +365,27 @@ async def _start_server(lab: Lab, users: list[str]) -> dict[str, str]:
                 )
             tokens[user] = body["token"]
         return tokens
-    server = RtServer(
-        lab.run_dir,
-        users=users,
-        flows=list(opts.flows),
-        extra_args=shlex.split(opts.server_args),
-        chaos=server_chaos(lab.specs_server),
-        seed=opts.seed or 0,
-    )
-    lab.server = server
-    await server.start()
+    redis = None
+    if opts.nodes > 1:
+        redis = lab.redis = RedisProcess(lab.run_dir)
+        await redis.start()
+    for i in range(opts.nodes):
+        node = RtServer(
+            lab.run_dir,
+            users=users,
+            flows=list(opts.flows),
+            extra_args=shlex.split(opts.server_args),
+            chaos=server_chaos(lab.specs_server),
+            seed=(opts.seed or 0) + i,
+            redis=redis.url if redis else None,
+            name="server" if opts.nodes == 1 else f"node-{i}",
+        )
+        lab.servers.append(node)
+        await node.start()
+        tokens.update(node.tokens)
+    server = lab.servers[0]
     lab.url = server.url
+    server.tokens = tokens
     missing = [u for u in users if u not in server.tokens]
     if missing:
         raise LabError(
@@ -442,8 +469,8 @@ async def _drive(
             faulting.cancel_scope.cancel()
         await lab.end_faults(proxy)
         progress.phase = "catching up"
-        if lab.server is not None:
-            await wait_healthy(lab.url, 30)
+        for node in lab.servers:
+            await wait_healthy(node.url, 30)
         await _wait_for_quiet(lab, tokens[READER])
         lab.stopped = time.time()
         progress.phase = "stopping"

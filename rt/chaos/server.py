@@ -64,11 +64,18 @@ class RtServer:
         extra_args: list[str],
         chaos: str | None,
         seed: int,
+        redis: str | None = None,
+        name: str = "server",
     ) -> None:
+        """One `rt serve` on the run's database, or, with `redis`, one node of a cluster
+        on that Redis (`name` tells the nodes' logs apart)."""
         self.run_dir = run_dir
+        self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tokens: dict[str, str] = {}
+        store = ["--redis", redis] if redis else ["--db", str(run_dir / "rt.db")]
+        # Every node appends to one delivery record (each line is one small write).
         self.args = [
             sys.executable,
             "-m",
@@ -78,8 +85,7 @@ class RtServer:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--db",
-            str(run_dir / "rt.db"),
+            *store,
             "--delivery-record",
             str(run_dir / "deliveries.jsonl"),
             *LAB_SERVER_ARGS,
@@ -94,7 +100,7 @@ class RtServer:
         self.proc: trio.Process | None = None
         self.paused = False
         self.restarts = 0
-        self._log = open(run_dir / "server.log", "ab")  # noqa: SIM115 (closed in close())
+        self._log = open(run_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in close())
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start the process and return once it serves (LabError if it does not)."""
@@ -118,7 +124,7 @@ class RtServer:
                     return
         self._log.write(buffer)
         raise LabError(
-            f"rt serve did not start within {timeout:.0f} s; see {self.run_dir / 'server.log'}"
+            f"rt serve did not start within {timeout:.0f} s; see {self.run_dir / (self.name + '.log')}"
         )
 
     def _signal(self, signum: int) -> None:
@@ -181,3 +187,55 @@ async def wait_healthy(url: str, timeout: float) -> bool:
             pass
         await trio.sleep(0.1)
     return False
+
+
+class RedisProcess:
+    """The Redis of a cluster run (`--nodes N`): Debian's redis-server (or Valkey's), AOF on."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server") or shutil.which("valkey-server")
+        if binary is None:
+            raise LabError(
+                "--nodes needs redis-server (apt-get install redis-server) "
+                "or valkey-server on the PATH"
+            )
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        (run_dir / "redis").mkdir(exist_ok=True)
+        self.args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(run_dir / "redis"),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ]
+        self.proc: trio.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await trio.lowlevel.open_process(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                await stream.aclose()
+                return
+            except OSError:
+                await trio.sleep(0.05)
+        raise LabError("redis-server did not start")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
