@@ -113,7 +113,9 @@ async def test_takeover_race_never_overlaps_and_cleans_up():
             # Everything closed: the hub and the task tree return to their baseline.
             await wait_for(lambda: service.hub.count() == baseline_subs)
             await wait_for(lambda: len(service.claims) == 0)
-            with trio.fail_after(5):
+            # A closed stream's connection may idle in keep-alive until
+            # --keep-alive-timeout (5 s) before its tasks end: wait past that.
+            with trio.fail_after(15):
                 await wait_for(lambda: count_tasks() <= baseline_tasks)
             assert len(deliveries.by_key) == ROUNDS
             for key, intervals in deliveries.intervals().items():
