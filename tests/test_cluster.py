@@ -366,6 +366,56 @@ async def test_polls_that_land_on_other_nodes_continue_the_session(cluster):
             assert seen == sorted(set(seen)) and len(seen) == 6
 
 
+async def wait_presence(
+    http: httpx.AsyncClient, url: str, auth: dict[str, str], user: str, present: bool
+) -> None:
+    """Until `url`'s node lists (or no longer lists) `user` online in general."""
+    while True:
+        r = await http.get(f"{url}/flows/general/presence", headers=auth)
+        if (user in r.json()["users"]) == present:
+            return
+        await trio.sleep(0.05)  # polling the node's view; the test's fail_after bounds it
+
+
+async def test_presence_between_polls_moves_with_the_polling_session(redis, tmp_path):
+    """A presence change that reaches a polling session between its polls is not lost when
+    the next poll lands on another node: the old node hands the session over."""
+    cluster = Cluster(redis, tmp_path, 2, "--presence-grace", "1", "--poll-timeout", "3")
+    try:
+        with trio.fail_after(30):
+            async with httpx.AsyncClient(timeout=10) as http:
+                client = client_id()
+                base = {"flows": "general", "client": client}
+                bob = cluster.auth("bob")
+                [ready] = (
+                    await http.get(f"{cluster.url(0)}/stream/poll", params=base, headers=bob)
+                ).json()
+                assert ready["type"] == "ready" and "alice" not in ready["presence"]["general"]
+                resume = {**base, "cursor": ready["cursor"], "epoch": ready["epoch"]}
+
+                async def poll(node: int) -> list[dict]:
+                    r = await http.get(
+                        f"{cluster.url(node)}/stream/poll", params=resume, headers=bob
+                    )
+                    assert r.status_code == 200, r.text
+                    answer = r.json()
+                    assert all(o["type"] != "ready" for o in answer), answer
+                    return [o for o in answer if o["type"] == "presence" and o["user"] == "alice"]
+
+                # alice comes online (her stream on node 1) while bob's session
+                # sits between polls on node 0; bob's next poll goes to node 1.
+                async with sse(http, cluster.url(1), cluster.auth("alice"), client_id()) as s:
+                    await s.next()
+                    await wait_presence(http, cluster.url(0), bob, "alice", True)
+                    assert [o["state"] for o in await poll(1)] == ["online"]
+                # she goes (offline after the grace) while the session is on
+                # node 1; the next poll goes back to node 0.
+                await wait_presence(http, cluster.url(1), bob, "alice", False)
+                assert [o["state"] for o in await poll(0)] == ["offline"]
+    finally:
+        cluster.close()
+
+
 async def test_a_killed_node_loses_no_acknowledged_event(cluster):
     acked: list[int] = []
     with trio.fail_after(60):

@@ -99,7 +99,12 @@ class Claims(Protocol):
         ...
 
     async def claim(self, claimant: Any) -> bool:
-        """Make `claimant` the claimant of its key; False if a newer one won meanwhile."""
+        """Make `claimant` the claimant of its key; False if a newer one won meanwhile.
+
+        When a polling session moves here from another node, the old one's
+        `handover()` reaches `claimant.take_handover(data)` before this returns
+        (None if that node did not answer in time).
+        """
         ...
 
     async def elsewhere(self, key: tuple[str, str]) -> dict[str, Any] | None:

@@ -16,6 +16,16 @@ something is due it lingers `poll-linger` to gather more. A newer poll of
 the same session makes the pending one answer `[]` at once. The session
 expires `presence-grace` after its last poll ends; presence treats it as
 present until then.
+
+In a cluster a session moves to the node its next poll lands on
+(rt/backend/redis/claims.py). The old node hands over what the client has
+not been told yet: the presence the client knows (`ready`'s snapshot plus
+the presence events answered since) and the typing waiting in the mailbox.
+The new node continues with no new `ready`: it puts in the mailbox the
+presence events that turn what the client knows into its own snapshot,
+then goes on from its subscription, so no presence change is lost between
+the nodes. Without a handover (the old node died) the next answer starts
+with a `ready`, as after an expired session.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import trio
 from rt.backend.contracts import RateLimit
 from rt.core.codec import encode
 from rt.core.errors import RtError
+from rt.core.events import Event, presence_event
 from rt.service.streams import SessionContext, StreamEnd, StreamSession, close_frame
 
 MAX_ANSWER = 500
@@ -42,8 +53,11 @@ class PollingSession:
     def __init__(self, ctx: SessionContext, **kwargs: Any) -> None:
         self.ctx = ctx
         self.stream = StreamSession(ctx, **kwargs)
-        self.mailbox: deque[bytes] = deque(maxlen=ctx.limits.poll_mailbox)
+        self.mailbox: deque[Event] = deque(maxlen=ctx.limits.poll_mailbox)
         self.ready_due = True
+        # Presence as the client has been told it (None until `ready` is answered).
+        self.known: dict[str, set[str]] | None = None
+        self.handed_over: dict[str, Any] | None = None
         self.expires_at = trio.current_time() + ctx.limits.presence_grace
         self.polls = 0  # numbers the polls: a newer one supersedes the pending one
         self.pending = 0  # polls waiting now
@@ -123,6 +137,40 @@ class PollingSession:
         self.stream.finish()
         self.ctx.claims.release(self)
 
+    # -- moving between nodes ----------------------------------------------------
+
+    def handover(self) -> dict[str, Any] | None:
+        """What the node this session moves to needs (JSON); None before `ready` was answered."""
+        if self.known is None:
+            return None
+        return {
+            "presence": {flow: sorted(users) for flow, users in self.known.items()},
+            "typing": [event.data for event in self.mailbox if event.type == "typing"],
+        }
+
+    def take_handover(self, data: dict[str, Any] | None) -> None:
+        """The handover of this session's previous node (called by the claims)."""
+        self.handed_over = data
+
+    def continue_moved(self) -> bool:
+        """Go on from the handover with no new `ready`; False when there was none."""
+        data = self.handed_over
+        if data is None:
+            return False
+        self.ready_due = False
+        for typing in data["typing"]:
+            self.mailbox.append(Event(typing))
+        known = {flow: set(users) for flow, users in data["presence"].items()}
+        now = self.ready["presence"]
+        for flow in self.flows:
+            before, after = known.get(flow, set()), set(now.get(flow, ()))
+            for user in sorted(after - before):
+                self.mailbox.append(presence_event(flow, user, "online"))
+            for user in sorted(before - after):
+                self.mailbox.append(presence_event(flow, user, "offline"))
+        self.known = known
+        return True
+
     # -- polls ------------------------------------------------------------------
 
     def _collect(self) -> None:
@@ -136,7 +184,7 @@ class PollingSession:
             return
         for event in sub.take_all():
             if event.id is None:
-                self.mailbox.append(event.raw)
+                self.mailbox.append(event)
         if sub.lagging and self.ended is None:
             self.stream.resubscribe()
 
@@ -158,6 +206,7 @@ class PollingSession:
                 # with `ready`, then the backlog when it carried a cursor.
                 self.ready_due = False
                 parts.append(encode(self.ready))
+                self.known = {flow: set(users) for flow, users in self.ready["presence"].items()}
                 cursor = self.ready["cursor"]
                 answer_now = True
             lingered = False
@@ -198,8 +247,16 @@ class PollingSession:
         if stored:
             self.stream.delivered(stored)
         parts.extend(event.raw for event in stored)
+        known = self.known
         while self.mailbox and len(parts) < MAX_ANSWER:
-            parts.append(self.mailbox.popleft())
+            event = self.mailbox.popleft()
+            parts.append(event.raw)
+            if event.type == "presence" and known is not None:
+                users = known.setdefault(event.flow, set())
+                if event.data["state"] == "online":
+                    users.add(event.data["user"])
+                else:
+                    users.discard(event.data["user"])
         return parts
 
 
@@ -249,7 +306,8 @@ class Polling:
             or session.transport != transport
         ):
             # A poll without a cursor, or with other flows, starts the session over;
-            # one whose session lives on another node moves it here, with no `ready`.
+            # one whose session lives on another node moves it here, with no `ready`
+            # when that node handed it over.
             remote = await claims.elsewhere((user, client)) if resumable else None
             moved = (
                 remote is not None
@@ -262,9 +320,7 @@ class Polling:
             )
             if not await self._open_session(session, cursor, epoch):
                 return [encode(close_frame("superseded"))]
-            if moved and not session.ready["reset"]:
-                session.ready_due = False
-            else:
+            if not (moved and not session.ready["reset"] and session.continue_moved()):
                 cursor = session.ready["cursor"]
         assert cursor is not None
         return await session.poll(cursor)

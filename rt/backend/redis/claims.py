@@ -15,9 +15,12 @@ as on a single node). Across nodes (docs/architecture.md section 5):
    `max_streams` the oldest are told to end with `evicted`.
 
 A polling session whose next poll lands on another node moves there: the
-claim carries its flows and transport, the new node continues it from the
-poll's cursor with no new `ready`, and the old node answers its pending
-poll `[]` (as for a newer poll on one node) instead of `superseded`.
+claim carries its flows and transport, the old node answers its pending
+poll `[]` (as for a newer poll on one node) instead of `superseded`, and
+its `released` carries the session's `handover()` (what the client has not
+been told yet), which the new claimant gets by `take_handover` before
+`claim` returns; the new node then continues from the poll's cursor with no
+new `ready` (rt/service/polling.py).
 A dead node's claims are forgotten when its lease expires.
 """
 
@@ -54,6 +57,7 @@ class RedisClaims:
         self.local = LocalClaims(write_timeout, max_streams=1 << 30)
         self._claims: dict[int, tuple[bytes, str]] = {}  # id(session) -> (value, member)
         self._released: dict[tuple[str, str, str], trio.Event] = {}
+        self._handovers: dict[tuple[str, str, str], Any] = {}
         self._release = client.register_script(RELEASE)
         node.on_control.append(self._on_control)
         node.on_dead.append(self._on_dead)
@@ -99,10 +103,11 @@ class RedisClaims:
         previous = await previous_req
         if previous:
             held = orjson.loads(previous)
-            if held["node"] != self.node.id and held["node"] in self.node.alive:
+            if held["node"] != self.node.id and await self.node.is_alive(held["node"]):
                 done = self._released.setdefault((user, client, str(held["gen"])), trio.Event())
                 await self.node.tell(
                     "claim",
+                    to=held["node"],  # every node hears it; only the holder answers
                     user=user,
                     client=client,
                     gen=held["gen"],
@@ -111,6 +116,9 @@ class RedisClaims:
                 with trio.move_on_after(self.write_timeout):
                     await done.wait()
                 self._released.pop((user, client, str(held["gen"])), None)
+                handover = self._handovers.pop((user, client, str(held["gen"])), None)
+                if (take := getattr(session, "take_handover", None)) is not None:
+                    take(handover)
         if await self.client.get(self.keys.claim(user, client)) != value:
             return False  # a newer claimant, on some node, won meanwhile
         await self._evict_past_limit(user)
@@ -134,7 +142,7 @@ class RedisClaims:
         if not raw:
             return None
         held = orjson.loads(raw)
-        if held["node"] == self.node.id or held["node"] not in self.node.alive:
+        if held["node"] == self.node.id or not await self.node.is_alive(held["node"]):
             return None
         return held
 
@@ -164,6 +172,8 @@ class RedisClaims:
     def _on_control(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "claim":
+            if message.get("to") != self.node.id:
+                return
             key = (message["user"], message["client"])
             session = self.local.holder(key)
             if session is None or self._gen_of(session) != message["gen"]:
@@ -177,8 +187,11 @@ class RedisClaims:
             )
             self.node.spawn(self._tell_released_when_done, session, key, message["gen"])
         elif kind == "released":
-            done = self._released.get((message["user"], message["client"], str(message["gen"])))
+            key3 = (message["user"], message["client"], str(message["gen"]))
+            done = self._released.get(key3)
             if done is not None:
+                if message.get("handover") is not None:
+                    self._handovers[key3] = message["handover"]
                 done.set()
         elif kind == "evict":
             self._evict_local(message["user"], message["client"], message["gen"])
@@ -189,7 +202,10 @@ class RedisClaims:
     async def _tell_released_when_done(self, session: Any, key: tuple[str, str], gen: int) -> None:
         with trio.move_on_after(self.write_timeout):
             await session.done.wait()
-        await self.node.tell("released", user=key[0], client=key[1], gen=gen)
+        give = getattr(session, "handover", None)
+        moved = session.ended is not None and session.ended.reason == "moved"
+        handover = give() if give is not None and moved else None
+        await self.node.tell("released", user=key[0], client=key[1], gen=gen, handover=handover)
 
     def _on_dead(self, node: str) -> None:
         for done in self._released.values():

@@ -85,6 +85,16 @@ class Node:
     async def _renew(self) -> None:
         await self.client.set(self.keys.node(self.id), b"1", px=LEASE_MS)
 
+    async def is_alive(self, node: str) -> bool:
+        """Whether `node` holds its lease: from the set renewed every second, or, for a
+        node not in it (one that started within the last second), from Redis."""
+        if node in self.alive:
+            return True
+        if await self.client.exists([self.keys.node(node)]):
+            self.alive.add(node)
+            return True
+        return False
+
     async def live_nodes(self) -> set[str]:
         found: set[str] = set()
         cursor = 0
