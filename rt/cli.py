@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import click
@@ -420,6 +421,64 @@ def bench_all(quick: bool, out: str | None) -> None:
 
     for name in BENCH_SUBCOMMANDS:
         suite.run(name, quick, out)
+
+
+# -- a local cluster ---------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--nodes", default=2, show_default=True, type=click.IntRange(1, 32), help="rt nodes to run"
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="the front's address")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="the front's port (the nodes take the next ones; 0: free ports)",
+)
+@click.option(
+    "--dir",
+    "directory",
+    default="rt-cluster",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Redis's data and the nodes' logs",
+)
+@click.option("--redis", default=None, help="use this Redis or Valkey instead of starting one")
+@click.option(
+    "--redis-server",
+    default=None,
+    envvar="RT_REDIS_SERVER",
+    help="the redis-server (or valkey-server) to start (default: from the PATH)",
+)
+@click.argument("node_args", nargs=-1, type=click.UNPROCESSED)
+def cluster(
+    nodes: int,
+    host: str,
+    port: int,
+    directory: str,
+    redis: str | None,
+    redis_server: str | None,
+    node_args: tuple[str, ...],
+) -> None:
+    """Try rt on several nodes: a redis-server, N `rt demo --redis` nodes behind a
+    round-robin front (docs/cluster.md). Options after `--` go to every node."""
+    require_extra("redis", "rt cluster")
+    from rt.cluster.run import ClusterOptions
+    from rt.cluster.run import main as run_cluster
+
+    opts = ClusterOptions(
+        nodes=nodes,
+        host=host,
+        port=port,
+        directory=Path(directory),
+        redis=redis,
+        redis_server=redis_server,
+        node_args=list(node_args),
+    )
+    sys.exit(run_cluster(opts))
 
 
 # -- the race lab ------------------------------------------------------------------------

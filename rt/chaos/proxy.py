@@ -60,6 +60,7 @@ from rt.chaos.faults import (
     takes_new,
     window_now,
 )
+from rt.cluster.front import RoundRobin
 
 Record = dict[str, Any]
 Hook = Callable[[Record], None]
@@ -118,7 +119,7 @@ class FaultProxy:
             list(upstream) if isinstance(upstream, list) else [upstream]
         )
         self.upstream = self.upstreams[0]
-        self._next_upstream = 0
+        self._balancer = RoundRobin(self.upstreams, connect_timeout)
         self.addresses: dict[str, tuple[str, int]] = {}
         self.connect_timeout = connect_timeout
         self._nursery = nursery
@@ -227,21 +228,6 @@ class FaultProxy:
 
     # -- connections ----------------------------------------------------------------------
 
-    async def _connect_upstream(self) -> trio.SocketStream | None:
-        """A connection to the upstream; with several (a cluster's nodes), the next one
-        round robin, falling over to the others when it does not answer."""
-        upstreams = self.upstreams
-        start = self._next_upstream
-        self._next_upstream = (start + 1) % len(upstreams)
-        for i in range(len(upstreams)):
-            host, port = upstreams[(start + i) % len(upstreams)]
-            try:
-                with trio.fail_after(self.connect_timeout):
-                    return await trio.open_tcp_stream(host, port)
-            except (OSError, trio.TooSlowError):
-                continue
-        return None
-
     def _emit(self, conn: Connection, event: str) -> None:
         if self._on_connection is not None:
             self._on_connection(connection_record(conn, event))
@@ -275,7 +261,7 @@ class FaultProxy:
                 self.record(fault.window, "hit", [conn.id], fault.id)
             abort(client)
             return
-        server = await self._connect_upstream()
+        server = await self._balancer.connect()
         if server is None:
             # The server is down (killed, restarting): the client sees a
             # reset, as it would from the server's own port.

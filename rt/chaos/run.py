@@ -367,7 +367,7 @@ async def _start_server(lab: Lab, users: list[str]) -> dict[str, str]:
         return tokens
     redis = None
     if opts.nodes > 1:
-        redis = lab.redis = RedisProcess(lab.run_dir)
+        redis = lab.redis = RedisProcess(lab.run_dir / "redis")
         await redis.start()
     for i in range(opts.nodes):
         node = RtServer(
