@@ -116,9 +116,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@asynccontextmanager
-async def run_nginx(nginx: str, prefix: Path, upstream: str) -> AsyncIterator[int]:
-    """nginx in the foreground with docs/nginx.conf, proxying to `upstream`; yields its port."""
+def start_nginx(nginx: str, prefix: Path, upstream: str) -> tuple[subprocess.Popen[str], int]:
+    """nginx in the foreground with docs/nginx.conf, proxying to `upstream`, answering on
+    its port: the process and the port. (Blocking: async tests call it in a thread.)"""
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     for attempt in range(3):  # another process may take the free port first
         port = free_port()
@@ -129,49 +129,43 @@ async def run_nginx(nginx: str, prefix: Path, upstream: str) -> AsyncIterator[in
         conf = prefix / "nginx.conf"
         conf.write_text(main_config(prefix, site))
         proc = subprocess.Popen(
-            [
-                nginx,
-                "-p",
-                str(prefix),
-                "-e",
-                str(prefix / "error.log"),
-                "-c",
-                str(conf),
-                "-g",
-                "daemon off;",
-            ],
+            [nginx, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
+            + ["-g", "daemon off;"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        try:
-            with trio.fail_after(10):
-                while proc.poll() is None:
-                    try:
-                        stream = await trio.open_tcp_stream("127.0.0.1", port)
-                    except OSError:
-                        await trio.sleep(0.01)
-                        continue
-                    await stream.aclose()
-                    break
-            if proc.poll() is None:
-                break
-            output = proc.communicate()[0] + (prefix / "error.log").read_text()
-            if "Address already in use" not in output or attempt == 2:
-                raise RuntimeError(f"nginx did not start:\n{output}")
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc, port
+            except OSError:
+                time.sleep(0.01)  # polling the port it opens, with a deadline
+        stop_nginx(proc)
+        output = proc.communicate()[0] + (prefix / "error.log").read_text()
+        if "Address already in use" not in output or attempt == 2:
+            raise RuntimeError(f"nginx did not start:\n{output}")
+    raise AssertionError("unreachable")
+
+
+def stop_nginx(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()  # SIGTERM: fast shutdown, open connections closed
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@asynccontextmanager
+async def run_nginx(nginx: str, prefix: Path, upstream: str) -> AsyncIterator[int]:
+    """`start_nginx` for async tests; yields its port."""
+    proc, port = await trio.to_thread.run_sync(start_nginx, nginx, prefix, upstream)
     try:
         yield port
     finally:
-        proc.terminate()  # SIGTERM: fast shutdown, open connections closed
-        try:
-            await trio.to_thread.run_sync(proc.wait, 5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        await trio.to_thread.run_sync(stop_nginx, proc)
 
 
 @dataclass
