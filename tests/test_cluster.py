@@ -299,7 +299,15 @@ async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(
                             if first["type"] == "close":
                                 outcomes.append(first["reason"])
                                 return
-                            obj = await s.until(lambda o: o["type"] in ("close", "message"))
+                            # The winner is the one still delivering once its rival
+                            # lost (leaving at the first message would let the other,
+                            # opened later, win too, with no race at all).
+                            obj = await s.until(
+                                lambda o: (
+                                    o["type"] == "close"
+                                    or (o["type"] == "message" and len(outcomes) == 1)
+                                )
+                            )
                             outcomes.append(obj.get("reason") or "won")
 
                     async with trio.open_nursery() as racing:
@@ -444,6 +452,82 @@ async def test_a_killed_node_loses_no_acknowledged_event(cluster):
             ).json()["messages"]
     stored = {m["id"] for m in history}
     assert acked and set(acked) <= stored
+
+
+async def test_a_killed_nodes_users_go_offline_within_its_lease_and_the_grace(redis, tmp_path):
+    """Presence of a node killed with -9 is taken down by node liveness in Redis (its
+    lease lapses), not by a timeout per user: offline within lease + grace."""
+    grace = 1.0
+    cluster = Cluster(redis, tmp_path, 2, "--presence-grace", str(grace))
+    try:
+        with trio.fail_after(30):
+            async with httpx.AsyncClient(timeout=10) as http:
+                async with sse(http, cluster.url(0), cluster.auth("bob"), client_id()) as bob:
+                    await bob.next()
+                    alice = http.stream(
+                        "GET",
+                        f"{cluster.url(1)}/stream/sse",
+                        params={"flows": "general", "client": client_id()},
+                        headers=cluster.auth("alice"),
+                    )
+                    async with alice:
+                        online = await bob.until(lambda o: o["type"] == "presence")
+                        assert (online["user"], online["state"]) == ("alice", "online")
+                        cluster.nodes[1].kill()
+                        killed = time.monotonic()
+                        offline = await bob.until(lambda o: o["type"] == "presence")
+                    took = time.monotonic() - killed
+        assert (offline["user"], offline["state"]) == ("alice", "offline")
+        # The lease is 3 s (rt/backend/redis/node.py), renewed every second.
+        assert grace <= took < 3.0 + grace + 2.0, took
+    finally:
+        cluster.close()
+
+
+class RedisBehind:
+    """The Redis URL of `redis` reached through a fault proxy's listener."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+
+async def test_latency_to_redis_does_not_serialise_the_node(redis, tmp_path):
+    """With 20 ms each way between a node and Redis, concurrent posts share round trips
+    (pipelined, batched): many posts take a few round trips, not one or more each."""
+    from rt.chaos.proxy import open_proxy
+
+    one_way = 0.020
+    posts = 100
+    host, port = "127.0.0.1", int(redis.url.rsplit(":", 1)[1].split("/")[0])
+    with trio.fail_after(90):
+        async with open_proxy((host, port), [("redis", "127.0.0.1", 0)]) as proxy:
+            proxy.start_spec(f"latency:delay={int(one_way * 1000)}ms:jitter=0ms:for=1h", seed=1)
+            behind = RedisBehind(proxy.addresses["redis"][1])
+            cluster = await trio.to_thread.run_sync(
+                lambda: Cluster(behind, tmp_path, 1, "--ops-rate", "1000", "--ops-burst", "1000")
+            )
+            try:
+                async with httpx.AsyncClient(timeout=20) as http:
+                    auth = cluster.auth("alice")
+                    assert (await post(http, cluster.url(0), auth, "warm")).status_code == 201
+                    statuses: list[int] = []
+
+                    async def one(n: int) -> None:
+                        statuses.append(
+                            (await post(http, cluster.url(0), auth, f"p{n}")).status_code
+                        )
+
+                    started = time.monotonic()
+                    async with trio.open_nursery() as nursery:
+                        for n in range(posts):
+                            nursery.start_soon(one, n)
+                    took = time.monotonic() - started
+            finally:
+                await trio.to_thread.run_sync(cluster.close)
+    assert statuses == [201] * posts
+    serialised = posts * 2 * one_way  # at least one round trip per post, one after another
+    print(f"{posts} posts through {one_way * 1000:.0f} ms each way: {took:.2f} s")
+    assert took < serialised / 3, (took, serialised)
 
 
 async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cluster, redis):

@@ -269,7 +269,7 @@ class RedisLog(Log):
             if kind == "conflict":
                 again.append(i)
             elif kind == "stored":
-                outcomes[i] = await self._stored(int(answer[1]))
+                outcomes[i] = _stored(args, int(answer[1]))
             elif kind == "noop":
                 outcomes[i] = OpResult(200, orjson.loads(args[6]))
             elif kind == "mismatch":  # the uuid was used on another node meanwhile
@@ -316,10 +316,6 @@ class RedisLog(Log):
             orjson.dumps(gained),
             orjson.dumps(lost),
         ]
-
-    async def _stored(self, event_id: int) -> OpResult:
-        event = await self._event(event_id)
-        return OpResult(201 if event.type == "message" else 200, event.data, event)
 
     async def _event(self, event_id: int) -> Event:
         entries = await self.client.xrange(self.keys.log, f"0-{event_id}", f"0-{event_id}")
@@ -368,6 +364,15 @@ class RedisLog(Log):
         async with self._uuid_order:
             with reachable("checking a uuid"):
                 return bool(await self.client.hexists(self.keys.ops, user + SEP + uuid))
+
+
+def _stored(args: list[Any], event_id: int) -> OpResult:
+    """The answer to an op the commit script stored as `event_id`: the event is the one
+    planned (args[6], with its id), exactly as the script wrote it, so reading it back
+    would cost one round trip per op (one after another: latency to Redis would
+    serialise the batch)."""
+    event = Event({**orjson.loads(args[6]), "id": event_id})
+    return OpResult(201 if event.type == "message" else 200, event.data, event)
 
 
 def _mismatch(op: Op) -> RtError:
