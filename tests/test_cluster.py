@@ -532,11 +532,16 @@ async def test_latency_to_redis_does_not_serialise_the_node(redis, tmp_path):
 
 async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cluster, redis):
     with trio.fail_after(60):
-        async with httpx.AsyncClient(timeout=5) as http:
+        async with (
+            httpx.AsyncClient(timeout=5) as http,
+            sse(http, cluster.url(0), cluster.auth("bob"), client_id()) as live,
+        ):
+            assert (await live.next())["type"] == "ready"
             before = [
                 (await post(http, cluster.url(i), cluster.auth("alice"), f"b{i}")).json()["id"]
                 for i in range(5)
             ]
+            assert [(await live.stored())["id"] for _ in before] == before
             redis.kill()
             r = await post(http, cluster.url(0), cluster.auth("alice"), "while down")
             assert r.status_code == 503 and "Retry-After" in r.headers
@@ -556,6 +561,10 @@ async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cl
                 )
             ).json()["messages"]
             assert set(before) <= {m["id"] for m in history}
+            # A stream that was live meanwhile held (heartbeats) and goes on with the
+            # next event: nothing in between, since nothing was acknowledged.
+            resumed = await live.stored()
+            assert (resumed["id"], resumed["content"]) == (r.json()["id"], "after")
 
 
 def test_redis_without_aof_is_refused_with_one_line(tmp_path):

@@ -1,6 +1,6 @@
 """`rt bench`: the benchmark suite (issue 5). One module per subcommand; see common.py."""
 
-SUBCOMMANDS = ("latency", "fanout", "connections", "storm", "ingest")
+SUBCOMMANDS = ("latency", "fanout", "connections", "storm", "ingest", "cluster")
 
 
 def run(name: str, quick: bool, out) -> None:
