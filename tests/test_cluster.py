@@ -484,6 +484,66 @@ async def test_a_killed_nodes_users_go_offline_within_its_lease_and_the_grace(re
         cluster.close()
 
 
+async def test_every_request_while_redis_is_down_is_answered_never_a_500(redis, tmp_path):
+    """Redis unreachable: each route answers from the node's cache, or 503
+    `shutting_down` with Retry-After, or (a stream) `close` `shutdown`; never 500."""
+    cluster = Cluster(redis, tmp_path, 1, "--guests", "--ops-rate", "1000", "--ops-burst", "1000")
+    try:
+        with trio.fail_after(60):
+            async with httpx.AsyncClient(timeout=10) as http:
+                url, auth = cluster.url(0), cluster.auth("alice")
+                first = (await post(http, url, auth, "before")).json()["id"]
+                redis.kill()
+                m = f"/flows/general/messages/{first}"
+                requests = [
+                    ("POST", "/auth/guest", None),
+                    ("POST", "/auth/ticket", {"client": client_id()}),
+                    ("GET", "/me", None),
+                    ("GET", "/flows", None),
+                    ("POST", "/flows", {"name": "new-flow"}),
+                    ("POST", "/flows/general/members", {"user": "bob"}),
+                    ("GET", "/flows/general/presence", None),
+                    ("POST", "/flows/general/typing", None),
+                    ("GET", "/flows/general/messages", None),
+                    ("POST", "/flows/general/messages", {"content": "x", "uuid": "u-down-1"}),
+                    ("PATCH", m, {"content": "y", "uuid": "u-down-2"}),
+                    ("POST", f"{m}/tags", {"add": ["t"], "uuid": "u-down-3"}),
+                    ("DELETE", f"{m}?uuid=u-down-4", None),
+                ]
+                for method, path, body in requests:
+                    r = await http.request(method, url + path, json=body, headers=auth)
+                    if r.status_code >= 500:
+                        assert is_retry_later(r), (method, path, r.text)
+                        assert r.json()["error"]["code"] == "shutting_down", r.text
+                for transport in ("sse", "xhr", "multipart", "htmlfile", "poll", "jsonp"):
+                    query = {"flows": "general", "client": client_id(), "callback": "cb"}
+                    async with http.stream(
+                        "GET", f"{url}/stream/{transport}", params=query, headers=auth
+                    ) as r:
+                        if r.status_code != 200:
+                            assert is_retry_later(r), (transport, r.status_code)
+                            continue
+                        body = b""
+                        with trio.move_on_after(5):
+                            async for chunk in r.aiter_bytes():
+                                body += chunk
+                                if b'"shutdown"' in body or b'"ready"' in body:
+                                    break
+                        assert b'"shutdown"' in body or b'"ready"' in body, (transport, body)
+                redis.start()
+                # And the node comes back by itself.
+                started = time.monotonic()
+                while (await post(http, url, auth, "after")).status_code != 201:
+                    assert time.monotonic() - started < 20
+                    await trio.sleep(0.2)
+    finally:
+        cluster.close()
+
+
+def is_retry_later(r: httpx.Response) -> bool:
+    return r.status_code == 503 and "Retry-After" in r.headers
+
+
 class RedisBehind:
     """The Redis URL of `redis` reached through a fault proxy's listener."""
 
@@ -546,6 +606,16 @@ async def test_redis_killed_and_restarted_loses_nothing_and_the_nodes_recover(cl
             r = await post(http, cluster.url(0), cluster.auth("alice"), "while down")
             assert r.status_code == 503 and "Retry-After" in r.headers
             assert r.json()["error"]["code"] == "shutting_down"
+            # A stream opened meanwhile is told to come back later, one way or the other.
+            query = {"flows": "general", "client": client_id()}
+            async with http.stream(
+                "GET", f"{cluster.url(1)}/stream/sse", params=query, headers=cluster.auth("bob")
+            ) as opened:
+                if opened.status_code == 200:
+                    closed = await SseReader(opened).until(lambda o: o["type"] == "close")
+                    assert closed["reason"] == "shutdown" and closed["retry_ms"] > 0, closed
+                else:
+                    assert opened.status_code == 503 and "Retry-After" in opened.headers
             redis.start()
             started = time.monotonic()
             while True:

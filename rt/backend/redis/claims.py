@@ -33,6 +33,7 @@ import orjson
 import trio
 
 from rt.backend.claims import LocalClaims
+from rt.backend.redis.connection import reaching
 from rt.backend.redis.keys import SEP, Keys
 from rt.backend.redis.node import Node
 
@@ -84,6 +85,10 @@ class RedisClaims:
     async def claim(self, session: Any) -> bool:
         if not await self.local.claim(session):
             return False
+        return await self._claim_cluster(session)
+
+    @reaching("claiming the stream")
+    async def _claim_cluster(self, session: Any) -> bool:
         user, client = session.key
         gen = await self.client.incr(self.keys.gen)
         value = orjson.dumps(
@@ -136,6 +141,7 @@ class RedisClaims:
                 [value, member],
             )
 
+    @reaching("looking up a stream's claim")
     async def elsewhere(self, key: tuple[str, str]) -> dict[str, Any] | None:
         """The claim of (user, client) if a live claimant on another node holds it."""
         raw = await self.client.get(self.keys.claim(*key))

@@ -18,9 +18,10 @@ keep the promise of `--sync`:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
 import coredis
 
@@ -87,3 +88,26 @@ def reachable(what: str) -> Iterator[None]:
             f"the server's storage is unreachable ({what}); retry shortly",
             retry_after=1,
         ) from None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reaching(
+    what: str,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """Decorate a method that talks to Redis on a request's path: `reachable(what)`
+    around all of it, so an unreachable Redis is a 503, never a 500 or a broken stream."""
+
+    def decorate(
+        fn: Callable[P, Coroutine[Any, Any, R]],
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
+        @wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with reachable(what):
+                return await fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

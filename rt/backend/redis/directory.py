@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from rt.backend.redis.connection import reaching
 from rt.backend.redis.keys import Keys
 from rt.core.errors import RtError
 from rt.core.events import Flow
@@ -66,6 +67,7 @@ class RedisDirectory(Directory):
         }
         self._version = version
 
+    @reaching("reloading users and flows")
     async def refresh(self) -> bool:
         if await self._version_now() == self._version:
             return False
@@ -80,6 +82,7 @@ class RedisDirectory(Directory):
 
     # -- users and tokens --------------------------------------------------------------
 
+    @reaching("creating a user")
     async def create_user(self, name: str, *, guest: bool = False) -> str:
         record = UserRecord(name, guest, now_ms())
         made = await self.client.hsetnx(
@@ -98,6 +101,7 @@ class RedisDirectory(Directory):
         if name not in self._users and not await self.client.hexists(self.keys.users, name):
             raise RtError("not_found", f"no user named {name}")
 
+    @reaching("adding a token")
     async def add_token(self, name: str) -> str:
         await self._require_user(name)
         token = new_token()
@@ -106,6 +110,7 @@ class RedisDirectory(Directory):
         self._tokens[hash_token(token)] = name
         return token
 
+    @reaching("revoking tokens")
     async def revoke_tokens(self, name: str) -> None:
         await self._require_user(name)
         tokens = await self.client.hgetall(self.keys.tokens)
@@ -121,12 +126,14 @@ class RedisDirectory(Directory):
     def user_exists(self, name: str) -> bool:
         return name in self._users
 
+    @reaching("listing users")
     async def list_users(self) -> list[UserRecord]:
         await self.refresh()
         return sorted(self._users.values(), key=lambda u: u.name)
 
     # -- flows -----------------------------------------------------------------------
 
+    @reaching("creating a flow")
     async def create_flow(
         self,
         name: str,
@@ -165,6 +172,7 @@ class RedisDirectory(Directory):
     def flows(self) -> list[Flow]:
         return sorted(self._flows.values(), key=lambda f: f.name)
 
+    @reaching("adding a member")
     async def add_member(self, flow: str, user: str) -> None:
         f = await self._require_flow(flow)
         await self._require_user(user)
@@ -172,6 +180,7 @@ class RedisDirectory(Directory):
         await self._changed()
         self._flows[flow] = Flow(f.name, f.private, f.owner, f.members | {user})
 
+    @reaching("removing a member")
     async def remove_member(self, flow: str, user: str) -> None:
         f = await self._require_flow(flow)
         await self.client.srem(self.keys.members(flow), [user])

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import trio
 
-from rt.backend.redis.connection import UNREACHABLE, reachable
+from rt.backend.redis.connection import UNREACHABLE, reachable, reaching
 from rt.backend.redis.keys import SEP, Keys
 from rt.core.errors import RtError
 from rt.core.events import Event, MessageState
@@ -145,6 +145,7 @@ class RedisLog(Log):
 
     # -- reading the log -------------------------------------------------------------
 
+    @reaching("reading the log's tail")
     async def tail(self, count: int) -> tuple[int, list[Event]]:
         last = await self.client.xrevrange(self.keys.log, count=1)
         head = _event_id(last[0].identifier) if last else 0
@@ -177,6 +178,7 @@ class RedisLog(Log):
                     d["content"] = ""
         return [Event(d) for d in data]
 
+    @reaching("reading the log")
     async def read(self, flows: Iterable[str], after: int, upto: int, limit: int) -> list[Event]:
         wanted = sorted(set(flows))
         if limit <= 0 or not wanted or after >= upto:
