@@ -35,7 +35,7 @@ LIMIT_HELP = {
     "heartbeat": "seconds between heartbeats",
     "write_timeout": "seconds a write may block before the stream is dropped",
     "poll_timeout": "seconds a poll waits",
-    "poll_linger": "seconds a poll gathers after the first due object",
+    "poll_linger": "at most this many seconds a poll gathers a burst before it answers",
     "poll_mailbox": "ephemeral events kept per polling session",
     "rotate_bytes": "bytes before xhr, multipart and htmlfile responses rotate",
     "presence_grace": "seconds before going offline is announced",

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import trio
+import trio.testing
 
 from rt.config import Config
 from rt.core.errors import RtError
@@ -74,7 +75,28 @@ async def test_first_poll_answers_ready_at_once(service, autojump_clock):
         assert ready["presence"] == {"general": ["alice"]}
 
 
-async def test_poll_waits_for_an_event_then_lingers(service, autojump_clock):
+async def test_poll_waits_for_an_event_and_a_lone_event_answers_at_once(service, autojump_clock):
+    with trio.fail_after(120):
+        ready = (await poll(service))[0]
+        answers = []
+        answered_at = []
+
+        async def poller():
+            answers.append(await poll(service, ready["cursor"], ready["epoch"]))
+            answered_at.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poller)
+            await trio.sleep(5)
+            assert answers == []  # nothing due: still waiting
+            first = await post(service, "one", 1)
+            posted_at = trio.current_time()
+        assert [o["id"] for o in answers[0]] == [first.event.id]
+        # Nothing else was on its way: no linger (0.02 s here).
+        assert answered_at[0] - posted_at < 0.001
+
+
+async def test_a_burst_being_written_leaves_as_one_answer(service, autojump_clock):
     with trio.fail_after(120):
         ready = (await poll(service))[0]
         answers = []
@@ -85,10 +107,41 @@ async def test_poll_waits_for_an_event_then_lingers(service, autojump_clock):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poller)
             await trio.sleep(5)
-            assert answers == []  # nothing due: still waiting
-            first = await post(service, "one", 1)
-            await post(service, "two", 2)  # within the linger: in the same answer
-        assert [o["id"] for o in answers[0]] == [first.event.id, first.event.id + 1]
+            async with trio.open_nursery() as burst:  # ten ops in the writer at once
+                for n in range(10):
+                    burst.start_soon(post, service, f"b{n}", n)
+        assert len(answers[0]) == 10
+
+
+async def test_a_poll_lingers_at_most_poll_linger_while_ops_keep_coming(service, autojump_clock):
+    with trio.fail_after(120):
+        ready = (await poll(service))[0]
+        answers = []
+
+        async with trio.open_nursery() as nursery:
+
+            async def hold_the_writer(events) -> None:
+                if events[0].data["content"] == "one":
+                    # While "one" is published, "two" is queued behind it; the
+                    # writer then holds "two" for 10 s: more stays on its way.
+                    nursery.start_soon(post, service, "two", 2)
+                    await trio.testing.wait_all_tasks_blocked()
+                else:
+                    await trio.sleep(10)
+
+            async def poller():
+                answers.append(await poll(service, ready["cursor"], ready["epoch"]))
+                answers.append(trio.current_time())
+
+            service.feed.after_commit = hold_the_writer
+            nursery.start_soon(poller)
+            await trio.sleep(5)
+            posted_at = trio.current_time()
+            await post(service, "one", 1)
+        objects, answered_at = answers
+        assert [o["content"] for o in objects] == ["one"]
+        # It waited for "two" (the linger, 0.02 s), but no longer.
+        assert 0.019 <= answered_at - posted_at < 0.03, answered_at - posted_at
 
 
 async def test_poll_times_out_with_an_empty_answer(service, autojump_clock):

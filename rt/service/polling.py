@@ -11,8 +11,11 @@ oldest dropped).
 
 Each poll answers, in this order: `ready` (first poll, or after a reset),
 stored events in id order, then ephemeral events in arrival order, at most
-500 objects in all. A poll with nothing due waits up to `poll-timeout`; once
-something is due it lingers `poll-linger` to gather more. A newer poll of
+500 objects in all. A poll with nothing due waits up to `poll-timeout`. Once
+something is due it answers at once, unless more is on its way (an op queued
+or being applied by this node's writer): then it gathers for at most
+`poll-linger`, so a burst leaves as one answer and a lone event at once
+(docs/decisions.md). A newer poll of
 the same session makes the pending one answer `[]` at once. The session
 expires `presence-grace` after its last poll ends; presence treats it as
 present until then.
@@ -225,11 +228,16 @@ class PollingSession:
                 stored = await feed.read(self.stream.flow_set, cursor, room)
                 self._collect()
                 due = bool(stored) or bool(self.mailbox)
-                if answer_now or (due and (lingered or len(stored) >= room)):
+                if answer_now or (
+                    due and (lingered or len(stored) >= room or not self.ctx.writes.busy)
+                ):
                     return self._answer(parts, stored)
                 if due:
+                    # More is on its way (an op queued or being applied on this
+                    # node): gather it into this answer, for at most the linger.
                     lingered = True
-                    await trio.sleep(limits.poll_linger)
+                    with trio.move_on_after(limits.poll_linger):
+                        await self.ctx.writes.quiet()
                     continue
                 if trio.current_time() >= deadline:
                     return parts

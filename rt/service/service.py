@@ -75,6 +75,7 @@ class Service:
             presence=self.presence,
             claims=self.claims,
             metrics=self.metrics,
+            writes=self.writer,
             limits=SessionLimits(
                 buffer_objects=config.buffer_objects,
                 buffer_bytes=config.buffer_bytes,

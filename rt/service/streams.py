@@ -33,7 +33,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -97,6 +97,15 @@ class SessionLimits:
     presence_grace: float
 
 
+class Writes(Protocol):
+    """What a session may know of the node's writer (rt.store.writer.BatchWriter)."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def quiet(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SessionContext:
     """All a stream or polling session may touch of the node: nothing more."""
@@ -107,6 +116,8 @@ class SessionContext:
     claims: Claims
     metrics: Metrics
     limits: SessionLimits
+    # The node's writer: whether more events are on their way (a poll's linger).
+    writes: Writes
     # Called with (session, events) for each batch of events a session delivers.
     on_delivery: Callable[[Any, Sequence[Event]], None] | None = None
 

@@ -46,6 +46,20 @@ class BatchWriter:
         self.log = log
         self.feed = feed
         self._send, self._recv = trio.open_memory_channel[_Pending](QUEUE)
+        self._outstanding = 0  # ops submitted and not yet answered
+        self._quiet = trio.Event()  # set (and replaced) each time that falls to 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether an op is queued or being applied on this node: more events are on
+        their way (a poll lingers for them, docs/decisions.md)."""
+        return self._outstanding > 0
+
+    async def quiet(self) -> None:
+        """Return once no op is queued or being applied (at once if none is). Every op
+        answered by then is also published on this node."""
+        while self._outstanding:
+            await self._quiet.wait()
 
     async def submit(self, op: Op) -> OpResult:
         """Apply `op`; return once it is committed and published on this node.
@@ -64,13 +78,20 @@ class BatchWriter:
             raise RtError(
                 "shutting_down", "the server is stopping; retry shortly", retry_after=2
             ) from None
+        self._outstanding += 1
         # Shielded: once queued, the op will be committed; waiting for it keeps a
         # cancelled handler from reporting a failure that did not happen.
-        with trio.CancelScope(shield=True):
-            await pending.done.wait()
-            outcome = pending.outcome
-            if isinstance(outcome, OpResult) and isinstance(outcome.body.get("id"), int):
-                await self.feed.published(outcome.body["id"])  # a replay too
+        try:
+            with trio.CancelScope(shield=True):
+                await pending.done.wait()
+                outcome = pending.outcome
+                if isinstance(outcome, OpResult) and isinstance(outcome.body.get("id"), int):
+                    await self.feed.published(outcome.body["id"])  # a replay too
+        finally:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self._quiet.set()
+                self._quiet = trio.Event()
         if isinstance(outcome, RtError):
             raise outcome
         assert outcome is not None
