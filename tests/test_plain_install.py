@@ -179,7 +179,7 @@ SMOKE: dict[tuple[str, ...], Callable[..., None]] = {
     ("cluster",): needs_extra("redis"),
     **{
         ("bench", name): needs_extra("bench")
-        for name in ("latency", "fanout", "connections", "storm", "ingest", "all")
+        for name in ("latency", "fanout", "connections", "storm", "ingest", "cluster", "all")
     },
 }
 
