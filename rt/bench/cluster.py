@@ -556,11 +556,11 @@ def main(quick: bool, out: Path) -> Report:
     report = Report("cluster", out, quick)
     n = 20 if quick else 1000
     rates: tuple[int, ...] = (20,) if quick else (20, 100)
-    seconds, grace = (2.0, 1.0) if quick else (8.0, 3.0)
+    seconds, grace = (1.0, 0.5) if quick else (8.0, 3.0)
     rounds = [["1 node", "2 nodes"]] if quick else [["1 node", "2 nodes"], ["2 nodes", "1 node"]]
     if not quick:
         rounds[0].insert(0, "standalone")
-    ingest_seconds, ingest_clients = (2.0, 8) if quick else (10.0, ingest.CLIENTS)
+    ingest_seconds, ingest_clients = (1.0, 8) if quick else (10.0, ingest.CLIENTS)
     paths = INGEST_PATHS if not quick else (INGEST_PATHS[0], INGEST_PATHS[2])
     common.raise_nofile()
     cells = sum(len(r) for r in rounds) * len(rates) + len(paths) + (0 if quick else 1)
