@@ -516,22 +516,7 @@ INGEST_COLUMNS = [
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
     """A Markdown table, formatted as Report.write formats its own."""
-    lines = [
-        "| " + " | ".join(h for _, h, _ in columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    for row in rows:
-        cells = []
-        for key, _, spec in columns:
-            value = row.get(key)
-            if value is None:
-                cells.append("–")
-            elif spec and isinstance(value, int | float):
-                cells.append(format(value, spec))
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return common.markdown_table(rows, columns)
 
 
 def calls_text(rows: list[dict[str, Any]]) -> str:

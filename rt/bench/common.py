@@ -493,6 +493,26 @@ def git_commit() -> str:
         return "?"
 
 
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Rows as a Markdown table: (key, heading, format spec) per column, `–` for None."""
+    lines = [
+        "| " + " | ".join(h for _, h, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = []
+        for key, _, spec in columns:
+            value = row.get(key)
+            if value is None:
+                cells.append("–")
+            elif spec and isinstance(value, int | float):
+                cells.append(format(value, spec))
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @dataclass
 class Report:
     """Rows of one run: JSON lines, a Markdown table and charts under `out`."""
@@ -529,20 +549,8 @@ class Report:
             "",
             f"commit {meta['commit']}, {meta['machine']}, {self.stamp}",
             "",
-            "| " + " | ".join(h for _, h, _ in columns) + " |",
-            "|" + "---|" * len(columns),
+            markdown_table(self.rows, columns),
         ]
-        for row in self.rows:
-            cells = []
-            for key, _, spec in columns:
-                value = row.get(key)
-                if value is None:
-                    cells.append("–")
-                elif spec and isinstance(value, int | float):
-                    cells.append(format(value, spec))
-                else:
-                    cells.append(str(value))
-            lines.append("| " + " | ".join(cells) + " |")
         if notes:
             lines += ["", notes]
         text = "\n".join(lines) + "\n"
