@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -41,7 +42,15 @@ from rt.store import BatchWriter, Feed, OpResult
 log = logging.getLogger("rt")
 
 REFRESH_INTERVAL = 0.5  # how often changes by the `rt` CLI are picked up
-MISS_REFRESH_INTERVAL = 0.05  # the most often a lookup that missed reloads the directory
+
+
+@dataclass
+class _MissRefresh:
+    """A directory reload under way for the misses numbered up to `covers`."""
+
+    covers: int
+    changed: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 class Service:
@@ -99,7 +108,8 @@ class Service:
         self._typing_seen: dict[tuple[str, str], float] = {}
         self.draining = False
         self.started = time.time()
-        self._last_miss_refresh = float("-inf")
+        self._misses = 0  # lookups that missed so far; numbers them
+        self._refreshing: _MissRefresh | None = None
         self.chaos = (
             Chaos(config.chaos, config.chaos_seed, self.claims.claimants) if config.chaos else None
         )
@@ -133,16 +143,28 @@ class Service:
 
     async def _refresh_on_miss(self) -> bool:
         """Reload the directory after a lookup missed (a user, token or flow made by
-        another node or the `rt` CLI a moment ago); at most every 50 ms. True if it
-        changed."""
-        now = trio.current_time()
-        if now - self._last_miss_refresh < MISS_REFRESH_INTERVAL:
-            return False
-        self._last_miss_refresh = now
-        if await self.directory.refresh():
-            self.revalidate()
-            return True
-        return False
+        another node or the `rt` CLI a moment ago); True if it changed.
+
+        Only a reload that began after the miss can answer it, so a user made on
+        another node a moment ago is always found. Misses at once share one reload
+        (a reload is one GET when nothing changed): a flood of bad tokens costs
+        Redis one GET at a time, not one per request.
+        """
+        self._misses += 1
+        mine = self._misses
+        while (running := self._refreshing) is not None:
+            await running.done.wait()
+            if running.covers >= mine:
+                return running.changed
+        run = self._refreshing = _MissRefresh(covers=self._misses)
+        try:
+            run.changed = await self.directory.refresh()
+            if run.changed:
+                self.revalidate()
+        finally:
+            self._refreshing = None
+            run.done.set()
+        return run.changed
 
     async def authenticate_stream(
         self, authorization: str | None, ticket: str | None, client: str
@@ -156,7 +178,10 @@ class Service:
                 "a stream needs a ticket (POST /auth/ticket) or an Authorization header",
             )
         record = await self.tickets.redeem(ticket, client)
-        if self.directory.authenticate(record.token) != record.user:
+        user = self.directory.authenticate(record.token)
+        if user is None and await self._refresh_on_miss():
+            user = self.directory.authenticate(record.token)  # made on another node just now
+        if user != record.user:
             raise RtError("unauthorized", "the token behind this ticket was revoked")
         return record.user, record.token
 
