@@ -915,6 +915,24 @@ async def test_presence(server, anon, alice, bob):
 # -- metrics --------------------------------------------------------------------------
 
 
+def metric(text: str, name: str) -> str:
+    """The value of the sample `name` (labels included, if any) in a /metrics page."""
+    [value] = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return value
+
+
+async def test_a_stalled_event_loop_shows_in_the_metrics(server, anon):
+    """The server runs in this test's Trio loop: blocking it is a stall the server saw."""
+    with trio.fail_after(10):
+        time.sleep(0.03)  # not synchronisation: the stall being measured
+        await trio.sleep(0)  # a look at the network ends the loop's turn
+        text = (await anon.http.request("GET", "/metrics")).text
+        assert float(metric(text, "rt_loop_stall_max_seconds")) >= 0.03
+        assert float(metric(text, 'rt_loop_stall_seconds_bucket{le="0.025"}')) < float(
+            metric(text, "rt_loop_stall_seconds_count")
+        )
+
+
 async def test_metrics_from_loopback(server, anon, alice):
     with trio.fail_after(10):
         await post(alice, "general", "one")
@@ -938,6 +956,9 @@ async def test_metrics_from_loopback(server, anon, alice):
             assert 'rt_op_latency_seconds_count{op="message"} 2.0' in text
         # no labels by user, flow or client
         assert "alice" not in text and "general" not in text
+        # the writer's batches (two posts, however they were batched) and the loop's turns
+        assert "rt_writer_batch_ops_sum 2.0" in text
+        assert float(metric(text, "rt_loop_stall_seconds_count")) > 0
         for header in ({"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}):
             r = await anon.http.request("GET", "/metrics", headers=header)
             assert_error(r, 403, "forbidden")

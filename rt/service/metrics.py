@@ -19,6 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from rt.service.loop_stalls import STALL_BUCKETS, TallyHistogram
 from rt.transports import ALL_TRANSPORTS  # noqa: E402
 
 # `*_created` samples double the output and say nothing an operator needs.
@@ -119,6 +120,19 @@ class Metrics:
             ["op"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
+        )
+        self.writer_batch = TallyHistogram(
+            "rt_writer_batch_ops",
+            "Ops the writer applied in one batch (one commit)",
+            [1 << k for k in range(10)],
+            registry=r,
+        )
+        self.loop_stalls = TallyHistogram(
+            "rt_loop_stall_seconds",
+            "How long the event loop ran between two looks at the network",
+            STALL_BUCKETS,
+            registry=r,
+            max_name="rt_loop_stall_max_seconds",
         )
         for transport in ALL_TRANSPORTS:
             self.streams_open.labels(transport)

@@ -34,6 +34,7 @@ from rt.hub import Hub, MemoryHub
 from rt.service.chaos import Chaos
 from rt.service.deliveries import DeliveryRecord
 from rt.service.hooks import Hooks
+from rt.service.loop_stalls import LoopStalls
 from rt.service.metrics import Metrics
 from rt.service.polling import Polling
 from rt.service.streams import SessionContext, SessionLimits, StreamEnd, StreamSession
@@ -70,7 +71,7 @@ class Service:
             publish_to=self._publish,
             after_commit=hooks.after_commit,
         )
-        self.writer = BatchWriter(backend.log, self.feed)
+        self.writer = BatchWriter(backend.log, self.feed, self.metrics.writer_batch.observe)
         self.presence = backend.presence
         self.claims = backend.claims
         self.claims.on_takeover = lambda old: self.metrics.takeovers.labels(old.transport).inc()
@@ -436,21 +437,33 @@ async def open_service(
     async with _backend_for(config, hub, backend) as backend:
         service = Service(config, backend, hub, hooks)
         await service.feed.start()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(backend.run)
-            nursery.start_soon(service.polling.run)
-            nursery.start_soon(service.watch_changes)
-            if service.chaos is not None:
-                nursery.start_soon(service.chaos.run)
-            async with trio.open_nursery() as writing:
-                writing.start_soon(service.writer.run)
-                try:
-                    yield service
-                finally:
-                    service.writer.close()  # it drains what is queued, then ends
-            nursery.cancel_scope.cancel()
+        stalls = LoopStalls(service.metrics.loop_stalls)
+        trio.lowlevel.add_instrument(stalls)
+        try:
+            async with _running(service, backend):
+                yield service
+        finally:
+            trio.lowlevel.remove_instrument(stalls)
         if service.delivery_record is not None:
             service.delivery_record.close()
+
+
+@asynccontextmanager
+async def _running(service: Service, backend: Backend) -> AsyncIterator[None]:
+    """The service's background tasks and its writer, for as long as the block runs."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.run)
+        nursery.start_soon(service.polling.run)
+        nursery.start_soon(service.watch_changes)
+        if service.chaos is not None:
+            nursery.start_soon(service.chaos.run)
+        async with trio.open_nursery() as writing:
+            writing.start_soon(service.writer.run)
+            try:
+                yield
+            finally:
+                service.writer.close()  # it drains what is queued, then ends
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ applied.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -42,9 +43,10 @@ class _Pending:
 class BatchWriter:
     """The node's writer (see the module docstring). Run `run()` in a nursery."""
 
-    def __init__(self, log: Log, feed: Feed) -> None:
+    def __init__(self, log: Log, feed: Feed, on_batch: Callable[[int], None] | None = None) -> None:
         self.log = log
         self.feed = feed
+        self.on_batch = on_batch  # told each batch's size (the metrics)
         self._send, self._recv = trio.open_memory_channel[_Pending](QUEUE)
         self._outstanding = 0  # ops submitted and not yet answered
         self._quiet = trio.Event()  # set (and replaced) each time that falls to 0
@@ -109,6 +111,8 @@ class BatchWriter:
                     batch.append(self._recv.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             with trio.CancelScope(shield=True):
                 await self._run_batch(batch)
 
