@@ -207,3 +207,53 @@ async def test_sqlite_concurrent_writers_on_one_file(tmp_path):
             assert await server.refresh() is True
             assert all(server.user_exists(f"u{i}") for i in range(15))
             assert len(await server.read(["lobby"], 0, 100)) == 60
+
+
+async def test_sqlite_a_write_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path):
+    """Small batches commit on the Trio thread (--sync normal), never waiting there: while
+    another process holds the file's write lock the post waits in a worker thread, the
+    loop runs on, and the post commits once the lock is gone."""
+    with trio.fail_after(20):
+        path = tmp_path / "locked.db"
+        async with sqlite_storage(path) as s:
+            await setup_directory(s)
+            assert s.log.inline
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            done = trio.Event()
+
+            async def posting() -> None:
+                await s.submit(post("alice", "lobby", "after the lock"))
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(posting)
+                for _ in range(5):  # the loop is free: each short sleep ends in time
+                    with trio.fail_after(1):
+                        await trio.sleep(0.02)
+                assert not done.is_set()
+                other.execute("COMMIT")
+                other.close()
+            assert [e.data["content"] for e in await s.read(["lobby"], 0, 10)] == [
+                "after the lock"
+            ]
+
+
+async def test_sqlite_inline_commits_are_checkpointed_off_the_loop(tmp_path):
+    """The writer connection never checkpoints (a checkpoint's fsync would stall the
+    loop); the log's own task does, so the WAL stops growing."""
+    with trio.fail_after(60):
+        path = tmp_path / "wal.db"
+        wal = tmp_path / "wal.db-wal"
+        async with sqlite_storage(path) as s:
+            await setup_directory(s)
+            sizes = []
+            for round_ in range(3):
+                async with trio.open_nursery() as nursery:
+                    for i in range(1_200):
+                        nursery.start_soon(s.submit, post("alice", "lobby", f"{round_}.{i}"))
+                done = s.log.checkpoints
+                while s.log.checkpoints == done:  # one after 1,000 ops (or a second)
+                    await trio.sleep(0.01)
+                sizes.append(wal.stat().st_size)
+            assert sizes[2] < 2 * sizes[0], sizes  # reused, not grown round after round

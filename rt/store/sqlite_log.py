@@ -3,8 +3,17 @@
 Connections, each used by one thread at a time:
 
 - the **writer** connection, used only by `apply_batch` through a
-  `CapacityLimiter(1)` of its own: one thread applies each batch of ops in
-  one transaction, each op in a savepoint, and commits once;
+  `CapacityLimiter(1)` of its own: each batch of ops is applied in one
+  transaction, each op in a savepoint, and committed once. With `--sync
+  normal` (no fsync at commit in WAL mode) a batch of at most `INLINE_MAX`
+  ops is applied on the Trio thread itself: it costs tens of microseconds,
+  less than the hop to a worker thread and back (docs/decisions.md, Speed
+  round two). Bigger batches, `--sync full` (an fsync per commit), and a
+  file another process holds locked go to a worker thread, so no store call
+  blocks the event loop for long. The writer connection never checkpoints
+  then (`wal_autocheckpoint` 0): `run` does, in a worker thread on a
+  connection of its own, after `CHECKPOINT_OPS` ops or a second (the
+  checkpoints are where `--sync normal` fsyncs);
 - a small pool of **read** connections for catch-up, history and message
   reads, behind another limiter, so reads never starve commits;
 - one for `uuid_used`, which answers in the order it is asked.
@@ -27,6 +36,7 @@ from rt.core.events import Event, MessageState
 from rt.core.ops import Change, Op, next_state, plan
 from rt.store.contracts import Log, OpResult, now_ms
 from rt.store.sqlite_files import (
+    BUSY_TIMEOUT_MS,
     STATE_COLUMNS,
     check_sync,
     connect,
@@ -36,6 +46,13 @@ from rt.store.sqlite_files import (
 )
 
 READERS = 4
+# A batch of at most this many ops commits on the Trio thread (--sync normal):
+# at ~20-40 µs an op, at most about a millisecond of the loop.
+INLINE_MAX = 24
+# With inline commits the WAL is checkpointed in a worker thread once this many
+# ops were committed since the last checkpoint, or a second after any were.
+CHECKPOINT_OPS = 1000
+CHECKPOINT_EVERY = 1.0
 # A disk read for at most this many flows uses one indexed query per flow
 # (each reads at most `limit` rows); for more, one scan of the id range.
 PER_FLOW_READ_MAX = 32
@@ -55,6 +72,12 @@ class SqliteLog(Log):
         self._read_limiter = trio.CapacityLimiter(READERS)
         self._uuids: sqlite3.Connection | None = None
         self._uuid_limiter = trio.CapacityLimiter(1)  # FIFO: see uuid_used
+        self.inline = self.sync == "normal"  # small batches commit on the Trio thread
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_limiter = trio.CapacityLimiter(1)
+        self._checkpoint_due = trio.Event()
+        self._unchecked = 0  # ops committed since the last checkpoint
+        self.checkpoints = 0  # checkpoints done by `run`
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -67,24 +90,29 @@ class SqliteLog(Log):
             writer = connect(self.path, self.sync)
             conns.append(writer)
             self.epoch = prepare(writer, self.path)
-            for _ in range(READERS + 1):
+            for _ in range(READERS + 2):
                 conns.append(connect(self.path, self.sync))
+            if self.inline:
+                # The loop must not wait on another process's lock, nor checkpoint.
+                writer.execute("PRAGMA busy_timeout = 0")
+                writer.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
             for conn in conns:
                 conn.close()
             raise
         self._writer_conn = writer
         self._readers = conns[1 : 1 + READERS]
-        self._uuids = conns[-1]
+        self._uuids = conns[-2]
+        self._checkpointer = conns[-1]
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
             # Wait for reads in flight: a connection must not close under its thread.
             for _ in range(READERS):
                 await self._read_slots.acquire()
-            async with self._uuid_limiter, self._writer_limiter:
-                conns = [self._writer_conn, *self._readers, self._uuids]
-                self._writer_conn = self._uuids = None
+            async with self._uuid_limiter, self._writer_limiter, self._checkpoint_limiter:
+                conns = [self._writer_conn, *self._readers, self._uuids, self._checkpointer]
+                self._writer_conn = self._uuids = self._checkpointer = None
                 self._readers = []
                 for conn in conns:
                     if conn is not None:
@@ -98,14 +126,56 @@ class SqliteLog(Log):
     # -- the writer --------------------------------------------------------
 
     async def apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
-        assert self._writer_conn is not None, "the log is not open"
-        outcomes = await trio.to_thread.run_sync(
-            self._apply_batch_sync, self._writer_conn, list(ops), limiter=self._writer_limiter
-        )
+        conn = self._writer_conn
+        assert conn is not None, "the log is not open"
+        outcomes = None
+        if self.inline and len(ops) <= INLINE_MAX:
+            async with self._writer_limiter:
+                try:
+                    outcomes = self._apply_batch_sync(conn, list(ops))
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    # Another process (the `rt` CLI) holds the file's write lock:
+                    # wait for it in a thread, as without inline commits.
+        if outcomes is None:
+            outcomes = await trio.to_thread.run_sync(
+                self._apply_batch_waiting, conn, list(ops), limiter=self._writer_limiter
+            )
+        self._unchecked += len(ops)
+        if self._unchecked >= CHECKPOINT_OPS:
+            self._checkpoint_due.set()
         events = [o.event for o in outcomes if isinstance(o, OpResult) and o.event is not None]
         if events and self.feed is not None:
             await self.feed.committed(events)
         return outcomes
+
+    def _apply_batch_waiting(
+        self, conn: sqlite3.Connection, ops: list[Op]
+    ) -> list[OpResult | RtError]:
+        """`_apply_batch_sync` in a worker thread, waiting for another process's lock."""
+        if not self.inline:
+            return self._apply_batch_sync(conn, ops)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            return self._apply_batch_sync(conn, ops)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    async def run(self) -> None:
+        """Checkpoint the WAL off the event loop (inline commits never do)."""
+        if not self.inline:
+            return
+        while True:
+            with trio.move_on_after(CHECKPOINT_EVERY):
+                await self._checkpoint_due.wait()
+            self._checkpoint_due = trio.Event()
+            if self._unchecked and self._checkpointer is not None:
+                self._unchecked = 0
+                await trio.to_thread.run_sync(
+                    _checkpoint, self._checkpointer, limiter=self._checkpoint_limiter
+                )
+                self.checkpoints += 1
 
     def _apply_batch_sync(
         self, conn: sqlite3.Connection, ops: list[Op]
@@ -262,6 +332,18 @@ class SqliteLog(Log):
 
 
 # -- queries, run in a thread on a read connection ------------------------------
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    ) or ("locked" in str(exc))
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    # PASSIVE: copies what no reader still needs, never waits for anyone.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _tail(conn: sqlite3.Connection, count: int) -> tuple[int, list[Event]]:
