@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,12 +142,16 @@ class Server:
             args += ["--chaos", "signal"]
         server_cores, _ = cores()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # RT_BENCH_SERVER=<a checkout of rt>: serve that code instead of this one (the
+        # load generators stay this one's), for before-and-after runs (bench/before_after.py).
+        root = os.environ.get("RT_BENCH_SERVER") or str(ROOT)
+        env["PYTHONPATH"] = root
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            cwd=ROOT,
+            cwd=root,
             env=env,
             preexec_fn=_server_preexec,
         )
@@ -183,6 +188,17 @@ class Server:
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
+    def metrics(self) -> dict[str, float]:
+        """The server's /metrics samples, by name with labels (`a_bucket{le="0.001"}`)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -215,6 +231,67 @@ def proc_status_kb(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def histogram_delta(
+    before: dict[str, float], after: dict[str, float], name: str
+) -> list[tuple[float, float]]:
+    """(upper bound, count) of each bucket of histogram `name` between two scrapes."""
+    prefix = name + '_bucket{le="'
+    rows, below = [], 0.0
+    for key, value in after.items():
+        if key.startswith(prefix):
+            bound = float(key[len(prefix) : -2])
+            rows.append((bound, value - before.get(key, 0.0)))
+    rows.sort()
+    buckets = []
+    for bound, cumulative in rows:
+        buckets.append((bound, cumulative - below))
+        below = cumulative
+    return buckets
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile `q` (None without samples)."""
+    total = sum(count for _, count in buckets)
+    if not total:
+        return None
+    running = 0.0
+    for bound, count in buckets:
+        running += count
+        if running >= q * total:
+            return bound
+    return buckets[-1][0]
+
+
+def loop_and_writer(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What the server's loop and writer did between two scrapes (rt/service/loop_stalls.py).
+
+    The loop's stalls at p99.9 and at their longest, each as the upper bound
+    of its bucket (the longest is exact when it is past the last bound, or
+    when it is a record since the server started); the writer's batches
+    (count, mean size, the p99 bucket's upper bound).
+    """
+    stalls = histogram_delta(before, after, "rt_loop_stall_seconds")
+    batches = histogram_delta(before, after, "rt_writer_batch_ops")
+    p999 = histogram_quantile(stalls, 0.999)
+    longest = max((bound for bound, count in stalls if count), default=None)
+    record = after.get("rt_loop_stall_max_seconds", 0.0)
+    if longest is not None and (
+        longest == float("inf") or record > before.get("rt_loop_stall_max_seconds", 0.0)
+    ):
+        longest = record  # it happened between the scrapes: the exact figure
+    count = after.get("rt_writer_batch_ops_count", 0.0) - before.get(
+        "rt_writer_batch_ops_count", 0.0
+    )
+    ops = after.get("rt_writer_batch_ops_sum", 0.0) - before.get("rt_writer_batch_ops_sum", 0.0)
+    return {
+        "stall_p999_ms": None if p999 is None else p999 * 1e3,
+        "stall_max_ms": None if longest is None else longest * 1e3,
+        "batches": int(count),
+        "batch_mean": ops / count if count else None,
+        "batch_p99": histogram_quantile(batches, 0.99),
+    }
 
 
 # -- raw clients ---------------------------------------------------------------------------

@@ -101,6 +101,7 @@ def run_cell(server: Server, transport: str, seconds: float, clients: int) -> di
         p.start()
         pipes.append((p, parent))
     time.sleep(max(0.0, start_at - time.monotonic()))
+    before = server.metrics()
     cpu0 = server.cpu_seconds()
     acked, lat, errors = 0, [], 0
     for p, parent in pipes:
@@ -112,6 +113,7 @@ def run_cell(server: Server, transport: str, seconds: float, clients: int) -> di
         errors += e
         p.join(10)
     cpu = server.cpu_seconds() - cpu0
+    loop = common.loop_and_writer(before, server.metrics())
     stats = common.percentiles(lat, scale=1e3, unit="ms")
     return {
         "transport": transport,
@@ -123,6 +125,7 @@ def run_cell(server: Server, transport: str, seconds: float, clients: int) -> di
         "ack_p50_ms": stats["p50_ms"],
         "ack_p99_ms": stats["p99_ms"],
         "cpu_us_per_post": cpu / acked * 1e6 if acked else None,
+        **loop,
     }
 
 
@@ -147,9 +150,17 @@ def main(quick: bool, out: Path) -> Report:
             ("ack_p50_ms", "ack p50 ms", ".1f"),
             ("ack_p99_ms", "ack p99 ms", ".1f"),
             ("cpu_us_per_post", "server CPU µs/post", ".0f"),
+            ("batch_mean", "ops per commit, mean", ".1f"),
+            ("batch_p99", "ops per commit, p99 ≤", ".0f"),
+            ("stall_p999_ms", "loop stall p99.9 ms ≤", ".2f"),
+            ("stall_max_ms", "longest loop stall ms", ".2f"),
             ("errors", "errors", "d"),
         ],
-        notes="closed loop: each client waits for its ack before its next post.",
+        notes="closed loop: each client waits for its ack before its next post. "
+        "Ops per commit: the writer's batches (one commit each). A loop stall is the "
+        "server's event loop running without a look at the network "
+        "(rt/service/loop_stalls.py); bucket upper bounds, the longest exact when it "
+        "was a record since the server started.",
     )
     chart(report.rows, report.path(".png"), quick)
     return report

@@ -303,6 +303,7 @@ async def measure(quick: bool, progress) -> list[dict]:
                 rounds = rounds_for(transport, quick)
                 measure_one = polling_round_trips if transport in POLLING else streaming_round_trips
                 notes: dict = {}
+                before = server.metrics()
                 with trio.fail_after(300):
                     stats = percentiles(await measure_one(server, transport, rounds, tick, notes))
                 rows.append(
@@ -310,6 +311,7 @@ async def measure(quick: bool, progress) -> list[dict]:
                         "transport": transport,
                         "store": store,
                         **stats,
+                        **common.loop_and_writer(before, server.metrics()),
                         "timeouts": notes.get("timeouts", 0),
                         "reopened": notes.get("reopened", 0),
                     }
@@ -416,9 +418,13 @@ def main(quick: bool, out: Path) -> Report:
             ("p99_us", "p99 µs", ".0f"),
             ("p50_x_floor", "p50 × floor", ".1f"),
             ("p99_x_floor", "p99 × floor", ".1f"),
+            ("stall_p999_ms", "loop stall p99.9 ms", ".2f"),
+            ("stall_max_ms", "longest loop stall ms", ".2f"),
         ],
         notes="ws posts over the socket; the other transports post by HTTP POST "
-        "and see the echo on their stream.",
+        "and see the echo on their stream. A loop stall is the server's event loop "
+        "running without a look at the network (rt/service/loop_stalls.py); both "
+        "figures are bucket upper bounds, the longest exact when it was a record.",
     )
     chart(rows, report.path(".png"), quick)
     return report
