@@ -46,6 +46,9 @@ def test_latency(tmp_path: Path) -> None:
     assert {r["store"] for r in rows} == {"–", "sqlite", "memory", "sqlite, --poll-linger 0.001"}
     assert {r["transport"] for r in rows if "linger" in r["store"]} == {"poll", "jsonp"}
     assert all(r["n"] > 0 and r["p50_us"] > 0 for r in rows)
+    # the server's loop stalls, from its /metrics, for every transport's cell
+    measured = [r for r in rows if r["store"] in ("sqlite", "memory")]
+    assert all(r["stall_max_ms"] > 0 and r["stall_p999_ms"] > 0 for r in measured)
 
 
 def test_fanout(tmp_path: Path) -> None:
@@ -81,6 +84,38 @@ def test_ingest(tmp_path: Path) -> None:
         ("http", "memory"),
     }
     assert all(r["acked"] > 0 and r["errors"] == 0 for r in rows)
+    # every acked post went through one of the writer's batches counted in /metrics
+    assert all(r["batches"] > 0 and r["batch_mean"] >= 1 for r in rows)
+    assert all(r["stall_max_ms"] > 0 for r in rows)
+
+
+def test_histograms_read_from_two_scrapes() -> None:
+    from rt.bench.common import histogram_delta, histogram_quantile, loop_and_writer
+
+    def scrape(counts: list[int], top: float) -> dict[str, float]:
+        bounds = ["0.001", "0.002", "0.005", "+Inf"]
+        running, page = 0, {}
+        for bound, count in zip(bounds, counts, strict=True):
+            running += count
+            page[f'rt_loop_stall_seconds_bucket{{le="{bound}"}}'] = running
+        page["rt_loop_stall_max_seconds"] = top
+        return page
+
+    before, after = scrape([5, 0, 0, 0], 0.0009), scrape([905, 99, 1, 0], 0.0031)
+    assert histogram_delta(before, after, "rt_loop_stall_seconds") == [
+        (0.001, 900),
+        (0.002, 99),
+        (0.005, 1),
+        (float("inf"), 0),
+    ]
+    assert histogram_quantile([(0.001, 900), (0.002, 99), (0.005, 1)], 0.99) == 0.002
+    assert histogram_quantile([(0.001, 900), (0.002, 99), (0.005, 1)], 0.999) == 0.002
+    assert histogram_quantile([(0.001, 0)], 0.5) is None
+    seen = loop_and_writer(before, after)
+    assert seen["stall_max_ms"] == 3.1  # a record between the scrapes: exact
+    assert seen["stall_p999_ms"] == 2.0
+    # no record between them: the longest is its bucket's upper bound
+    assert loop_and_writer(scrape([5, 0, 0, 0], 0.9), after)["stall_max_ms"] == 5.0
 
 
 def test_cluster(tmp_path: Path) -> None:

@@ -234,9 +234,7 @@ async def test_sqlite_a_write_lock_held_elsewhere_is_waited_for_off_the_loop(tmp
                 assert not done.is_set()
                 other.execute("COMMIT")
                 other.close()
-            assert [e.data["content"] for e in await s.read(["lobby"], 0, 10)] == [
-                "after the lock"
-            ]
+            assert [e.data["content"] for e in await s.read(["lobby"], 0, 10)] == ["after the lock"]
 
 
 async def test_sqlite_inline_commits_are_checkpointed_off_the_loop(tmp_path):
