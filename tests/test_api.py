@@ -959,6 +959,7 @@ async def test_metrics_from_loopback(server, anon, alice):
         # the writer's batches (two posts, however they were batched) and the loop's turns
         assert "rt_writer_batch_ops_sum 2.0" in text
         assert float(metric(text, "rt_loop_stall_seconds_count")) > 0
+        assert float(metric(text, "rt_store_hold_seconds_count")) >= 1  # the memory store
         for header in ({"X-Forwarded-For": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}):
             r = await anon.http.request("GET", "/metrics", headers=header)
             assert_error(r, 403, "forbidden")

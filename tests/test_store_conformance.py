@@ -255,3 +255,23 @@ async def test_sqlite_inline_commits_are_checkpointed_off_the_loop(tmp_path):
                     await trio.sleep(0.01)
                 sizes.append(wal.stat().st_size)
             assert sizes[2] < 2 * sizes[0], sizes  # reused, not grown round after round
+
+
+async def test_sqlite_tells_how_long_inline_commits_held_the_loop(tmp_path):
+    """Small batches (--sync normal) report their hold of the loop; big ones and
+    --sync full commit in a thread and report none."""
+    with trio.fail_after(20):
+        async with sqlite_storage(tmp_path / "hold.db") as s:
+            await setup_directory(s)
+            holds: list[float] = []
+            s.log.on_hold = holds.append
+            await s.submit(post("alice", "lobby", "lone"))
+            assert len(holds) == 1 and 0 < holds[0] < 1
+            holds.clear()
+            batch = [post("alice", "lobby", f"b{i}") for i in range(40)]
+            assert (await s.log.apply_batch(batch))[0].status == 201  # one batch of 40
+            assert holds == []
+        async with sqlite_storage(tmp_path / "hold.db", sync="full") as s:
+            s.log.on_hold = holds.append
+            await s.submit(post("alice", "lobby", "fsynced"))
+            assert holds == []

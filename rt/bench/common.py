@@ -264,23 +264,32 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | 
     return buckets[-1][0]
 
 
+def _quantile_and_longest(
+    before: dict[str, float], after: dict[str, float], name: str
+) -> tuple[float | None, float | None]:
+    """p99.9 and the longest of histogram `<name>_seconds` between two scrapes (seconds)."""
+    buckets = histogram_delta(before, after, name + "_seconds")
+    longest = max((bound for bound, count in buckets if count), default=None)
+    record = after.get(name + "_max_seconds", 0.0)
+    if longest is not None and (
+        longest == float("inf") or record > before.get(name + "_max_seconds", 0.0)
+    ):
+        longest = record  # it happened between the scrapes: the exact figure
+    return histogram_quantile(buckets, 0.999), longest
+
+
 def loop_and_writer(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     """What the server's loop and writer did between two scrapes (rt/service/loop_stalls.py).
 
     The loop's stalls at p99.9 and at their longest, each as the upper bound
     of its bucket (the longest is exact when it is past the last bound, or
     when it is a record since the server started); the writer's batches
-    (count, mean size, the p99 bucket's upper bound).
+    (count, mean size, the p99 bucket's upper bound); and how long the store held the
+    loop per batch (`rt_store_hold_seconds`: p99.9 and longest, read the same way).
     """
-    stalls = histogram_delta(before, after, "rt_loop_stall_seconds")
     batches = histogram_delta(before, after, "rt_writer_batch_ops")
-    p999 = histogram_quantile(stalls, 0.999)
-    longest = max((bound for bound, count in stalls if count), default=None)
-    record = after.get("rt_loop_stall_max_seconds", 0.0)
-    if longest is not None and (
-        longest == float("inf") or record > before.get("rt_loop_stall_max_seconds", 0.0)
-    ):
-        longest = record  # it happened between the scrapes: the exact figure
+    p999, longest = _quantile_and_longest(before, after, "rt_loop_stall")
+    hold_p999, hold_longest = _quantile_and_longest(before, after, "rt_store_hold")
     count = after.get("rt_writer_batch_ops_count", 0.0) - before.get(
         "rt_writer_batch_ops_count", 0.0
     )
@@ -288,6 +297,8 @@ def loop_and_writer(before: dict[str, float], after: dict[str, float]) -> dict[s
     return {
         "stall_p999_ms": None if p999 is None else p999 * 1e3,
         "stall_max_ms": None if longest is None else longest * 1e3,
+        "hold_p999_ms": None if hold_p999 is None else hold_p999 * 1e3,
+        "hold_max_ms": None if hold_longest is None else hold_longest * 1e3,
         "batches": int(count),
         "batch_mean": ops / count if count else None,
         "batch_p99": histogram_quantile(batches, 0.99),

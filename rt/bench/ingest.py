@@ -154,13 +154,16 @@ def main(quick: bool, out: Path) -> Report:
             ("batch_p99", "ops per commit, p99 ≤", ".0f"),
             ("stall_p999_ms", "loop stall p99.9 ms ≤", ".2f"),
             ("stall_max_ms", "longest loop stall ms", ".2f"),
+            ("hold_p999_ms", "store held the loop p99.9 ms ≤", ".2f"),
+            ("hold_max_ms", "store held the loop, longest ms", ".2f"),
             ("errors", "errors", "d"),
         ],
         notes="closed loop: each client waits for its ack before its next post. "
         "Ops per commit: the writer's batches (one commit each). A loop stall is the "
         "server's event loop running without a look at the network "
-        "(rt/service/loop_stalls.py); bucket upper bounds, the longest exact when it "
-        "was a record since the server started.",
+        "(rt/service/loop_stalls.py); the store's hold is the time one batch applied "
+        "on the loop's thread took (SQLite's inline commits, the memory store). Bucket "
+        "upper bounds, the longest exact when it was a record since the server started.",
     )
     chart(report.rows, report.path(".png"), quick)
     return report

@@ -127,6 +127,14 @@ class Metrics:
             [1 << k for k in range(10)],
             registry=r,
         )
+        self.store_hold = TallyHistogram(
+            "rt_store_hold_seconds",
+            "How long one batch applied on the event loop's thread held it (the store's part "
+            "of the loop stalls)",
+            STALL_BUCKETS,
+            registry=r,
+            max_name="rt_store_hold_max_seconds",
+        )
         self.loop_stalls = TallyHistogram(
             "rt_loop_stall_seconds",
             "How long the event loop ran between two looks at the network",

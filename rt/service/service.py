@@ -72,6 +72,7 @@ class Service:
             after_commit=hooks.after_commit,
         )
         self.writer = BatchWriter(backend.log, self.feed, self.metrics.writer_batch.observe)
+        backend.log.on_hold = self.metrics.store_hold.observe
         self.presence = backend.presence
         self.claims = backend.claims
         self.claims.on_takeover = lambda old: self.metrics.takeovers.labels(old.transport).inc()

@@ -30,7 +30,7 @@ import hashlib
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,10 @@ class Log(ABC):
 
     epoch: str
     feed: Feed | None = None
+    #: Told, in seconds, how long each batch applied on the event loop's thread held
+    #: it (a log that commits elsewhere, in a thread or over the network, tells
+    #: nothing): the metrics' `rt_store_hold_seconds`.
+    on_hold: Callable[[float], None] | None = None
 
     def attach(self, feed: Feed) -> None:
         """Hand committed events to `feed` from now on."""

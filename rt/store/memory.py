@@ -9,6 +9,7 @@ as the SQLite ones.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Sequence
 
 from rt.core.errors import RtError
@@ -50,7 +51,10 @@ class MemoryLog(Log):
         return self._last, self._log.read_last(count)
 
     async def apply_batch(self, ops: Sequence[Op]) -> list[OpResult | RtError]:
+        started = time.perf_counter()
         outcomes = [self._apply(op) for op in ops]
+        if self.on_hold is not None:
+            self.on_hold(time.perf_counter() - started)
         events = [o.event for o in outcomes if isinstance(o, OpResult) and o.event is not None]
         if events and self.feed is not None:
             await self.feed.committed(events)

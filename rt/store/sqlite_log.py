@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -47,8 +48,9 @@ from rt.store.sqlite_files import (
 
 READERS = 4
 # A batch of at most this many ops commits on the Trio thread (--sync normal):
-# at ~20-40 µs an op, at most about a millisecond of the loop.
-INLINE_MAX = 24
+# a lone op's latency is what the thread hop costs most (docs/decisions.md);
+# under load batches grow, the hop is shared, and the loop stays free.
+INLINE_MAX = 4
 # With inline commits the WAL is checkpointed in a worker thread once this many
 # ops were committed since the last checkpoint, or a second after any were.
 CHECKPOINT_OPS = 1000
@@ -131,11 +133,15 @@ class SqliteLog(Log):
         outcomes = None
         if self.inline and len(ops) <= INLINE_MAX:
             async with self._writer_limiter:
+                started = time.perf_counter()
                 try:
                     outcomes = self._apply_batch_sync(conn, list(ops))
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
+                finally:
+                    if self.on_hold is not None:
+                        self.on_hold(time.perf_counter() - started)
                     # Another process (the `rt` CLI) holds the file's write lock:
                     # wait for it in a thread, as without inline commits.
         if outcomes is None:
